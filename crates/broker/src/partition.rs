@@ -1,0 +1,203 @@
+//! One partition replica on this node: its Raft group, state machine and the produce/fetch logic.
+
+use openraft::type_config::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, EntryPayload, Raft, ServerState};
+use runnel_proto::v1;
+use runnel_raft::log_store::LogStore;
+use runnel_raft::network::Router;
+use runnel_raft::{codec, PartitionCommand, PartitionResponse, PartitionTypes, StoredBatch};
+use runnel_storage::keys::group_key;
+use runnel_storage::{Engine, Keyspace};
+use runnel_types::limits::{MAX_BATCH_BYTES, MAX_FETCH_BYTES, MAX_FETCH_WAIT_MS, DEFAULT_FETCH_BYTES};
+use runnel_types::topic::TopicConfig;
+use runnel_types::{ErrorCode, GroupId, NodeId, RunnelError};
+
+use crate::partition_sm::PartitionStateMachine;
+
+pub type PartitionRaft = Raft<PartitionTypes, PartitionStateMachine>;
+
+pub struct Partition {
+    pub topic: String,
+    pub partition: u32,
+    pub group: GroupId,
+    pub replicas: Vec<NodeId>,
+    pub config: TopicConfig,
+    pub raft: PartitionRaft,
+    pub sm: PartitionStateMachine,
+    pub log: LogStore<PartitionTypes>,
+    pub engine: Arc<dyn Engine>,
+    pub node_id: NodeId,
+    /// Where other nodes are: NOT_LEADER answers name the leader's address.
+    pub router: Router,
+}
+
+pub struct FetchOutcome {
+    pub batches: Vec<v1::FetchedBatch>,
+    pub high_watermark: u64,
+    pub log_start_offset: u64,
+    pub leader_epoch: u64,
+}
+
+impl Partition {
+    /// (is leader, term, current leader id) from openraft's view.
+    pub fn leadership(&self) -> (bool, u64, Option<NodeId>) {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        (m.state == ServerState::Leader, m.current_term, m.current_leader)
+    }
+
+    fn ensure_leader(&self, epoch: Option<u64>) -> Result<u64, RunnelError> {
+        let (is_leader, term, leader) = self.leadership();
+        if !is_leader {
+            let hint = self.leader_hint(leader);
+            return Err(RunnelError::not_leader(&self.topic, self.partition, hint));
+        }
+        if let Some(e) = epoch {
+            if e != term {
+                return Err(RunnelError::new(
+                    ErrorCode::StaleEpoch,
+                    format!("request for {}/{} carries leader epoch {e}, the current one is {term}", self.topic, self.partition),
+                ));
+            }
+        }
+        Ok(term)
+    }
+
+    /// Validates and appends a batch; with `wait` the answer comes after the commit (acks=all).
+    pub async fn produce(
+        &self,
+        batch: v1::RecordBatch,
+        wait: bool,
+        timeout: Duration,
+        epoch: Option<u64>,
+    ) -> Result<(u64, u64), RunnelError> {
+        let term = self.ensure_leader(epoch)?;
+        if batch.records.len() > MAX_BATCH_BYTES {
+            return Err(RunnelError::new(
+                ErrorCode::RecordTooLarge,
+                format!("batch of {} bytes exceeds the limit of {MAX_BATCH_BYTES} bytes", batch.records.len()),
+            ));
+        }
+        if batch.record_count == 0 {
+            return Err(RunnelError::new(ErrorCode::InvalidRequest, "produce request carries no records"));
+        }
+        // Checks the CRC and that every record decodes, before anything reaches the log.
+        let records = runnel_proto::decode_batch(&batch)?;
+        for (i, r) in records.iter().enumerate() {
+            let size = runnel_proto::record_size(r);
+            if size > self.config.max_record_bytes {
+                return Err(RunnelError::new(
+                    ErrorCode::RecordTooLarge,
+                    format!(
+                        "record {i} of the batch is {size} bytes; topic '{}' allows at most {} (max.record.bytes)",
+                        self.topic, self.config.max_record_bytes
+                    ),
+                ));
+            }
+        }
+        let cmd = PartitionCommand::Append(StoredBatch { crc32c: batch.crc32c, record_count: batch.record_count, records: batch.records });
+        if !wait {
+            self.raft
+                .client_write_ff(cmd, None)
+                .await
+                .map_err(|e| RunnelError::new(ErrorCode::LeaderNotAvailable, format!("{}/{}: {e}", self.topic, self.partition)))?;
+            return Ok((0, term));
+        }
+        let res = tokio::time::timeout(timeout, self.raft.client_write(cmd)).await.map_err(|_| {
+            RunnelError::new(
+                ErrorCode::Timeout,
+                format!("{}/{}: batch not committed within {} ms; it may still be", self.topic, self.partition, timeout.as_millis()),
+            )
+        })?;
+        match res {
+            Ok(r) => match r.data {
+                PartitionResponse::Appended { base_offset } => Ok((base_offset, term)),
+                PartitionResponse::Rejected { reason } => Err(RunnelError::new(ErrorCode::CorruptBatch, reason)),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let hint = self.leader_hint(f.leader_id);
+                Err(RunnelError::not_leader(&self.topic, self.partition, hint))
+            }
+            Err(e) => Err(RunnelError::new(ErrorCode::LeaderNotAvailable, format!("{}/{}: {e}", self.topic, self.partition))),
+        }
+    }
+
+    /// Reads whole batches from `offset` up to the high watermark, waiting up to `max_wait_ms`
+    /// when there is nothing new yet.
+    pub async fn fetch(
+        &self,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+        epoch: Option<u64>,
+    ) -> Result<FetchOutcome, RunnelError> {
+        let term = self.ensure_leader(epoch)?;
+        let max_bytes = if max_bytes == 0 { DEFAULT_FETCH_BYTES } else { max_bytes.min(MAX_FETCH_BYTES) } as usize;
+        let log_start = 0;
+        let mut hw = self.sm.high_watermark();
+        if offset > hw || offset < log_start {
+            return Err(RunnelError::offset_out_of_range(&self.topic, self.partition, offset, log_start, hw));
+        }
+        if offset == hw && max_wait_ms > 0 {
+            let mut rx = self.sm.watch_hw();
+            let wait = Duration::from_millis(max_wait_ms.min(MAX_FETCH_WAIT_MS) as u64);
+            let _ = tokio::time::timeout(wait, rx.wait_for(|h| *h > offset)).await;
+            hw = self.sm.high_watermark();
+        }
+        let mut out = FetchOutcome { batches: Vec::new(), high_watermark: hw, log_start_offset: log_start, leader_epoch: term };
+        if offset >= hw {
+            return Ok(out);
+        }
+        let rows = self.sm.index_from(offset, hw, 1024).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
+        let mut bytes = 0usize;
+        for row in rows {
+            let raw = self
+                .engine
+                .get(Keyspace::Log, &group_key(self.group, row.log_index))
+                .map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?
+                .ok_or_else(|| {
+                    RunnelError::internal(format!(
+                        "{}/{}: index points offset {} at log entry {} which is missing",
+                        self.topic, self.partition, row.base_offset, row.log_index
+                    ))
+                })?;
+            let entry: <PartitionTypes as openraft::RaftTypeConfig>::Entry = codec::decode(&raw).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
+            let EntryPayload::Normal(PartitionCommand::Append(b)) = entry.payload else {
+                return Err(RunnelError::internal(format!(
+                    "{}/{}: index points offset {} at log entry {} which is not a batch",
+                    self.topic, self.partition, row.base_offset, row.log_index
+                )));
+            };
+            // Trust boundary, paired with the check before append: never serve a corrupt batch.
+            if !b.checksum_ok() || b.record_count != row.record_count {
+                return Err(RunnelError::new(
+                    ErrorCode::CorruptBatch,
+                    format!("{}/{}: stored batch at offset {} fails its checksum on read", self.topic, self.partition, row.base_offset),
+                ));
+            }
+            bytes += b.records.len();
+            out.batches.push(v1::FetchedBatch {
+                base_offset: row.base_offset,
+                batch: Some(v1::RecordBatch { crc32c: b.crc32c, record_count: b.record_count, records: b.records }),
+            });
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// (leader id, address) for a NOT_LEADER answer, when the leader is another known node.
+    pub fn leader_hint(&self, leader: Option<NodeId>) -> Option<(NodeId, String)> {
+        leader.filter(|l| *l != self.node_id).and_then(|l| self.router.addr(l).map(|a| (l, a)))
+    }
+
+    pub fn membership_nodes(replicas: &[NodeId], addr: &dyn Fn(NodeId) -> Option<String>) -> BTreeMap<NodeId, BasicNode> {
+        replicas.iter().map(|r| (*r, BasicNode { addr: addr(*r).unwrap_or_default() })).collect()
+    }
+}

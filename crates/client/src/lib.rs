@@ -1,0 +1,893 @@
+//! Runnel's Rust client.
+//!
+//! [`Client`] bootstraps from any node, keeps a cache of the cluster metadata (brokers, the
+//! controller, each partition's leader) and sends partition requests straight to the leader. When
+//! leadership moves it follows the NOT_LEADER hint or refreshes the metadata and retries, within
+//! the bounds of a [`RetryPolicy`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), runnel_client::ClientError> {
+//! use runnel_client::{Acks, Client, OffsetSpec, Record};
+//!
+//! let client = Client::connect(&["127.0.0.1:9292".to_string()]).await?;
+//! client.create_topic("orders", 3, 1, []).await?;
+//! let record = Record { value: "hello".into(), ..Default::default() };
+//! let offset = client.produce("orders", 0, vec![record], Acks::All).await?;
+//! let start = client.list_offsets("orders", 0, OffsetSpec::Earliest).await?;
+//! let fetched = client.fetch("orders", 0, start, 1 << 20, 500).await?;
+//! assert!(fetched.records.iter().any(|r| r.offset == offset));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Delivery semantics
+//!
+//! A produce that fails in transit (connection reset, timeout) or with TIMEOUT is retried, and the
+//! first attempt may still have been committed: retried produces are *at least once* and may
+//! duplicate records until the idempotent producer exists. A produce answered with an error that
+//! is not retriable was not appended.
+
+mod error;
+mod metadata;
+mod partitioner;
+mod retry;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use runnel_proto::v1::runnel_client::RunnelClient;
+use runnel_proto::{check_error, decode_batch, encode_batch};
+use runnel_types::limits::{MAX_BATCH_BYTES, MAX_FETCH_WAIT_MS, MAX_GRPC_MESSAGE_BYTES};
+use tonic::transport::{Channel, Endpoint};
+
+pub use error::ClientError;
+pub use partitioner::{murmur2, partition_for_key, to_positive};
+pub use retry::RetryPolicy;
+pub use runnel_proto::v1;
+pub use runnel_proto::v1::{Acks, Header, OffsetSpec, Record};
+pub use runnel_types::{ErrorCode, NodeId, RunnelError};
+
+use metadata::{Lookup, MetadataCache};
+
+/// How many times a request is retried when the topic or partition is unknown: the node that
+/// answered the metadata request may lag behind the controller right after a topic was created.
+const UNKNOWN_TOPIC_ATTEMPTS: u32 = 3;
+
+/// Connection and retry settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Longest wait for a TCP connection to a node.
+    pub connect_timeout: Duration,
+    /// Longest wait for one answer, on top of any time the request asks the broker to wait
+    /// (a fetch's `max_wait_ms`, a produce's `produce_timeout_ms`).
+    pub request_timeout: Duration,
+    /// How long a broker may wait for a produce to commit before answering TIMEOUT, milliseconds
+    /// (sent with every produce; 0 means the broker's default).
+    pub produce_timeout_ms: u32,
+    /// HTTP/2 keep-alive ping interval: finds dead connections to paused or vanished nodes.
+    pub keep_alive_interval: Duration,
+    /// Retries after retriable errors.
+    pub retry: RetryPolicy,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(5),
+            produce_timeout_ms: 5_000,
+            keep_alive_interval: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// A record read from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    pub offset: u64,
+    /// Empty when the record has no key.
+    pub key: Bytes,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+    pub timestamp_ms: i64,
+}
+
+/// The answer to [`Client::fetch`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchResult {
+    /// Records at or above the requested offset, in offset order (possibly none: a long poll that
+    /// timed out).
+    pub records: Vec<ConsumedRecord>,
+    /// The offset after the last committed record: consumers can read below it.
+    pub high_watermark: u64,
+    /// The first offset still in the log.
+    pub log_start_offset: u64,
+    /// Where the next fetch should start: one past the last record returned, or the requested
+    /// offset when nothing was returned.
+    pub next_offset: u64,
+}
+
+/// One partition's share of a [`Client::produce_keyed`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducedBatch {
+    pub partition: u32,
+    /// Offset of the batch's first record.
+    pub base_offset: u64,
+    pub record_count: u32,
+}
+
+/// A connection to a Runnel cluster. Cheap to clone; clones share connections and metadata.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bootstrap: Vec<String>,
+    config: ClientConfig,
+    /// One lazily connected channel per node address; HTTP/2 multiplexes concurrent requests.
+    channels: Mutex<HashMap<String, Channel>>,
+    meta: RwLock<MetadataCache>,
+    /// Where the next keyless `produce_keyed` batch goes (round-robin across calls).
+    next_keyless: AtomicU32,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("bootstrap", &self.inner.bootstrap).finish_non_exhaustive()
+    }
+}
+
+/// Where an error came from, for classification in the retry loops.
+enum Next {
+    /// Not retriable: return this error.
+    Fail,
+    /// Retry after backing off.
+    Backoff,
+    /// Retry at once (a NOT_LEADER answer named a different node).
+    Now,
+}
+
+impl Client {
+    /// Connects with [`ClientConfig::default`]. See [`Client::connect_with`].
+    pub async fn connect(bootstrap: &[String]) -> Result<Client, ClientError> {
+        Self::connect_with(bootstrap, ClientConfig::default()).await
+    }
+
+    /// Checks every bootstrap address (`host:port`), then asks them in turn for the cluster
+    /// metadata until one answers. Fails with [`ClientError::Bootstrap`] if none does: this call
+    /// does not wait for a cluster that is still starting.
+    pub async fn connect_with(bootstrap: &[String], config: ClientConfig) -> Result<Client, ClientError> {
+        let bootstrap: Vec<String> =
+            bootstrap.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+        if bootstrap.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "no bootstrap address given (expected host:port[,host:port...])".into(),
+            ));
+        }
+        for addr in &bootstrap {
+            endpoint(addr, &config)?;
+        }
+        let client = Client {
+            inner: Arc::new(Inner {
+                bootstrap,
+                config,
+                channels: Mutex::new(HashMap::new()),
+                meta: RwLock::new(MetadataCache::default()),
+                next_keyless: AtomicU32::new(rand::random::<u32>()),
+            }),
+        };
+        let mut last = None;
+        for addr in &client.inner.bootstrap {
+            match client.metadata_from(addr, &[]).await {
+                Ok(_) => return Ok(client),
+                Err(e) => {
+                    tracing::debug!(addr = %addr, error = %e, "bootstrap address did not answer");
+                    last = Some(e);
+                }
+            }
+        }
+        let addrs = client.inner.bootstrap.join(", ");
+        Err(match last {
+            Some(last) => ClientError::Bootstrap { addrs, last: Box::new(last) },
+            None => ClientError::InvalidArgument("no bootstrap address given".into()),
+        })
+    }
+
+    /// The bootstrap addresses this client was created with.
+    pub fn bootstrap(&self) -> &[String] {
+        &self.inner.bootstrap
+    }
+
+    /// The settings this client uses.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Partition requests
+    // ---------------------------------------------------------------------------------------
+
+    /// Appends `records` as one batch to `topic`/`partition` and returns the offset of the first
+    /// one (the others follow consecutively). With [`Acks::All`] the answer means the batch is
+    /// fsynced on a quorum; with [`Acks::None`] only that the leader accepted it.
+    ///
+    /// Retries (see the crate docs on duplicates) on NOT_LEADER, LEADER_NOT_AVAILABLE, TIMEOUT and
+    /// connection failures.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Record>,
+        acks: Acks,
+    ) -> Result<u64, ClientError> {
+        if records.is_empty() {
+            return Err(ClientError::InvalidArgument(format!(
+                "produce to {topic}/{partition}: no records to send"
+            )));
+        }
+        let count = records.len();
+        let batch = encode_batch(records);
+        if batch.records.len() > MAX_BATCH_BYTES {
+            return Err(ClientError::InvalidArgument(format!(
+                "produce to {topic}/{partition}: {count} records encode to {} bytes, more than the \
+                 {MAX_BATCH_BYTES}-byte limit for one batch; send fewer records per call",
+                batch.records.len()
+            )));
+        }
+        let timeout_ms = self.inner.config.produce_timeout_ms;
+        let wait = Duration::from_millis(u64::from(timeout_ms));
+        self.with_leader("produce", topic, partition, |addr| {
+            let req = v1::ProduceRequest {
+                topic: topic.to_string(),
+                partition,
+                batch: Some(batch.clone()),
+                acks: acks as i32,
+                timeout_ms,
+                leader_epoch: None,
+            };
+            async move {
+                let target = format!("{topic}/{partition}");
+                let resp = self
+                    .call("produce", &target, &addr, wait, move |mut c, t| async move {
+                        c.produce(with_timeout(req, t)).await
+                    })
+                    .await?;
+                broker_result("produce", &target, &addr, resp.error.as_ref())?;
+                Ok(resp.base_offset)
+            }
+        })
+        .await
+    }
+
+    /// Spreads `records` over `topic`'s partitions like Kafka's default partitioner: a record
+    /// with a key goes to [`partition_for_key`]; keyless records (empty key) all go to one
+    /// partition, chosen round-robin across calls. Sends one batch per partition, concurrently,
+    /// and returns one entry per partition written, in partition order.
+    ///
+    /// On error some partitions may have been written (the error names the one that failed).
+    pub async fn produce_keyed(
+        &self,
+        topic: &str,
+        records: Vec<Record>,
+        acks: Acks,
+    ) -> Result<Vec<ProducedBatch>, ClientError> {
+        if records.is_empty() {
+            return Ok(vec![]);
+        }
+        let n = self.partition_count(topic).await?;
+        let keyless = self.inner.next_keyless.fetch_add(1, Ordering::Relaxed) % n;
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<Record>> = Default::default();
+        for r in records {
+            let p = if r.key.is_empty() { keyless } else { partition_for_key(&r.key, n) };
+            by_partition.entry(p).or_default().push(r);
+        }
+        let sends = by_partition.into_iter().map(|(p, recs)| {
+            let count = recs.len() as u32;
+            async move {
+                let base_offset = self.produce(topic, p, recs, acks).await?;
+                Ok::<_, ClientError>(ProducedBatch { partition: p, base_offset, record_count: count })
+            }
+        });
+        futures::future::try_join_all(sends).await
+    }
+
+    /// Reads from `topic`/`partition` starting at `offset`: up to about `max_bytes` (0 = the
+    /// broker's default; at least one batch is returned when available), waiting up to
+    /// `max_wait_ms` (capped at 30 000) for records to arrive when there are none yet.
+    ///
+    /// Every batch's CRC32C is checked on receipt. OFFSET_OUT_OF_RANGE is returned, not retried;
+    /// [`ClientError::valid_range`] gives the partition's valid range.
+    pub async fn fetch(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        max_bytes: u32,
+        max_wait_ms: u32,
+    ) -> Result<FetchResult, ClientError> {
+        let max_wait_ms = max_wait_ms.min(MAX_FETCH_WAIT_MS);
+        let wait = Duration::from_millis(u64::from(max_wait_ms));
+        let resp = self
+            .with_leader("fetch", topic, partition, |addr| {
+                let req = v1::FetchRequest {
+                    topic: topic.to_string(),
+                    partition,
+                    offset,
+                    max_bytes,
+                    max_wait_ms,
+                    leader_epoch: None,
+                };
+                async move {
+                    let target = format!("{topic}/{partition}");
+                    let resp = self
+                        .call("fetch", &target, &addr, wait, move |mut c, t| async move {
+                            c.fetch(with_timeout(req, t)).await
+                        })
+                        .await?;
+                    broker_result("fetch", &target, &addr, resp.error.as_ref())?;
+                    Ok((addr, resp))
+                }
+            })
+            .await?;
+        let (addr, resp) = resp;
+        decode_fetch(topic, partition, offset, &addr, resp)
+    }
+
+    /// The first offset still in the log ([`OffsetSpec::Earliest`]) or the high watermark, the
+    /// offset the next committed record will get ([`OffsetSpec::Latest`]).
+    pub async fn list_offsets(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64, ClientError> {
+        self.with_leader("list offsets", topic, partition, |addr| {
+            let req = v1::ListOffsetsRequest { topic: topic.to_string(), partition, spec: spec as i32 };
+            async move {
+                let target = format!("{topic}/{partition}");
+                let resp = self
+                    .call("list offsets", &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                        c.list_offsets(with_timeout(req, t)).await
+                    })
+                    .await?;
+                broker_result("list offsets", &target, &addr, resp.error.as_ref())?;
+                Ok(resp.offset)
+            }
+        })
+        .await
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Metadata and administration
+    // ---------------------------------------------------------------------------------------
+
+    /// Asks the cluster for fresh metadata about `topics` (empty: every topic), updates the cache
+    /// and returns the answer. Tries the known nodes in turn until one answers; fails with
+    /// UNKNOWN_TOPIC if a requested topic does not exist.
+    pub async fn metadata(&self, topics: &[String]) -> Result<v1::MetadataResponse, ClientError> {
+        let (addr, resp) = self.refresh(topics).await?;
+        if let Some(missing) = topics.iter().find(|t| !resp.topics.iter().any(|i| &i.name == *t)) {
+            return Err(ClientError::Broker {
+                op: "metadata",
+                target: format!("topic '{missing}'"),
+                addr,
+                error: RunnelError::unknown_topic(missing),
+            });
+        }
+        Ok(resp)
+    }
+
+    /// How many partitions `topic` has (from the cache, refreshing it if the topic is not known).
+    pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
+        if let Some(n) = self.inner.meta.read().partition_count(topic).filter(|n| *n > 0) {
+            return Ok(n);
+        }
+        let resp = self.metadata(&[topic.to_string()]).await?;
+        let n = resp.topics.iter().find(|t| t.name == topic).map_or(0, |t| t.partitions.len() as u32);
+        if n == 0 {
+            return Err(ClientError::Broker {
+                op: "metadata",
+                target: format!("topic '{topic}'"),
+                addr: "metadata".into(),
+                error: RunnelError::new(
+                    ErrorCode::LeaderNotAvailable,
+                    format!("topic '{topic}' has no partitions assigned yet"),
+                ),
+            });
+        }
+        Ok(n)
+    }
+
+    /// Creates a topic. Any node accepts this and forwards it to the controller; the client
+    /// retries on NOT_CONTROLLER and connection failures only. `configs` are per-topic settings
+    /// such as `max.record.bytes`.
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u32,
+        configs: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<v1::TopicInfo, ClientError> {
+        let configs: HashMap<String, String> = configs.into_iter().collect();
+        let target = format!("topic '{name}'");
+        let resp = self
+            .with_controller("create topic", &target, |addr| {
+                let req = v1::CreateTopicRequest {
+                    name: name.to_string(),
+                    partitions,
+                    replication_factor,
+                    configs: configs.clone(),
+                };
+                let target = target.clone();
+                async move {
+                    let resp = self
+                        .call("create topic", &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                            c.create_topic(with_timeout(req, t)).await
+                        })
+                        .await?;
+                    broker_result("create topic", &target, &addr, resp.error.as_ref())?;
+                    Ok(resp)
+                }
+            })
+            .await?;
+        let info = resp.topic.unwrap_or_else(|| v1::TopicInfo { name: name.to_string(), ..Default::default() });
+        if !info.partitions.is_empty() {
+            self.inner.meta.write().insert_topic(&info);
+        }
+        Ok(info)
+    }
+
+    /// Deletes a topic (through the controller, like [`Client::create_topic`]).
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let target = format!("topic '{name}'");
+        self.with_controller("delete topic", &target, |addr| {
+            let req = v1::DeleteTopicRequest { name: name.to_string() };
+            let target = target.clone();
+            async move {
+                let resp = self
+                    .call("delete topic", &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                        c.delete_topic(with_timeout(req, t)).await
+                    })
+                    .await?;
+                broker_result("delete topic", &target, &addr, resp.error.as_ref())
+            }
+        })
+        .await?;
+        self.inner.meta.write().forget_topic(name);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Plumbing
+    // ---------------------------------------------------------------------------------------
+
+    /// A gRPC stub on the cached channel for `addr` (created lazily: no I/O here).
+    fn stub(&self, addr: &str) -> Result<RunnelClient<Channel>, ClientError> {
+        let channel = {
+            let mut channels = self.inner.channels.lock();
+            match channels.get(addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = endpoint(addr, &self.inner.config)?.connect_lazy();
+                    channels.insert(addr.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        Ok(RunnelClient::new(channel)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES))
+    }
+
+    /// Drops the cached channel for `addr` after a connection failure, so the next request dials
+    /// afresh instead of reusing a connection that may be half dead.
+    fn evict(&self, addr: &str) {
+        self.inner.channels.lock().remove(addr);
+    }
+
+    /// One RPC to `addr` with a deadline of `request_timeout + server_wait`.
+    async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        target: &str,
+        addr: &str,
+        server_wait: Duration,
+        rpc: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnOnce(RunnelClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let stub = self.stub(addr)?;
+        let timeout = self.inner.config.request_timeout + server_wait;
+        match tokio::time::timeout(timeout, rpc(stub, timeout)).await {
+            Err(_) => Err(ClientError::Timeout { op, target: target.to_string(), addr: addr.to_string(), timeout }),
+            Ok(Err(status)) => Err(ClientError::Transport {
+                op,
+                target: target.to_string(),
+                addr: addr.to_string(),
+                code: status.code(),
+                detail: error::describe_status(&status),
+            }),
+            Ok(Ok(resp)) => Ok(resp.into_inner()),
+        }
+    }
+
+    /// One Metadata request to `addr`; merges the answer into the cache. A top-level
+    /// UNKNOWN_TOPIC answer counts as "those topics do not exist", not as a failure.
+    async fn metadata_from(&self, addr: &str, topics: &[String]) -> Result<v1::MetadataResponse, ClientError> {
+        let req = v1::MetadataRequest { topics: topics.to_vec() };
+        let resp = self
+            .call("metadata", "cluster metadata", addr, Duration::ZERO, move |mut c, t| async move {
+                c.metadata(with_timeout(req, t)).await
+            })
+            .await?;
+        if let Err(e) = check_error(resp.error.as_ref()) {
+            if e.code != ErrorCode::UnknownTopic {
+                return Err(ClientError::Broker { op: "metadata", target: "cluster metadata".into(), addr: addr.into(), error: e });
+            }
+        }
+        self.inner.meta.write().apply(&resp, topics);
+        Ok(resp)
+    }
+
+    /// Refreshes metadata from the first node that answers (live brokers, then bootstrap
+    /// addresses). Returns the address that answered and its answer.
+    async fn refresh(&self, topics: &[String]) -> Result<(String, v1::MetadataResponse), ClientError> {
+        let candidates = self.inner.meta.read().candidates(&self.inner.bootstrap, false);
+        let mut last = None;
+        for addr in candidates {
+            match self.metadata_from(&addr, topics).await {
+                Ok(resp) => return Ok((addr, resp)),
+                Err(e) => {
+                    tracing::debug!(addr = %addr, error = %e, "metadata refresh failed; trying the next node");
+                    if e.is_transport() {
+                        self.evict(&addr);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::InvalidArgument("no broker address known".into())))
+    }
+
+    /// The leader of `topic`/`partition`, refreshing the metadata when the cache does not know it.
+    async fn leader(&self, op: &'static str, topic: &str, partition: u32) -> Result<(NodeId, String), ClientError> {
+        if let Lookup::Leader(id, addr) = self.inner.meta.read().lookup(topic, partition) {
+            return Ok((id, addr));
+        }
+        let (answered_by, _) = self.refresh(&[topic.to_string()]).await?;
+        let lookup = self.inner.meta.read().lookup(topic, partition);
+        let error = match lookup {
+            Lookup::Leader(id, addr) => return Ok((id, addr)),
+            Lookup::UnknownTopic => RunnelError::unknown_topic(topic),
+            Lookup::UnknownPartition(n) => RunnelError::unknown_partition(topic, partition, n),
+            Lookup::NoLeader => RunnelError::new(
+                ErrorCode::LeaderNotAvailable,
+                format!("{topic}/{partition} has no leader right now (an election may be running)"),
+            ),
+            Lookup::LeaderWithoutAddr(id) => RunnelError::new(
+                ErrorCode::LeaderNotAvailable,
+                format!("{topic}/{partition} is led by node {id}, whose address is not known yet"),
+            ),
+        };
+        Err(ClientError::Broker { op, target: format!("{topic}/{partition}"), addr: answered_by, error })
+    }
+
+    /// Runs `attempt(leader_addr)` against the partition's leader, following leadership changes
+    /// and retrying retriable errors within the retry policy.
+    async fn with_leader<T, F, Fut>(
+        &self,
+        op: &'static str,
+        topic: &str,
+        partition: u32,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let policy = &self.inner.config.retry;
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut unknown = 0u32;
+        loop {
+            attempts += 1;
+            let (err, asked) = match self.leader(op, topic, partition).await {
+                Ok((id, addr)) => match attempt(addr.clone()).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) => (e, Some(id)),
+                },
+                Err(e) => (e, None),
+            };
+            let next = match &err {
+                ClientError::Broker { error, .. } => match error.code {
+                    ErrorCode::NotLeader => match &error.leader {
+                        Some((id, addr)) if !addr.is_empty() && asked != Some(*id) => {
+                            self.inner.meta.write().set_leader(topic, partition, *id, addr);
+                            Next::Now
+                        }
+                        _ => {
+                            self.inner.meta.write().forget_leader(topic, partition);
+                            Next::Backoff
+                        }
+                    },
+                    code if code.is_retriable() => {
+                        self.inner.meta.write().forget_leader(topic, partition);
+                        Next::Backoff
+                    }
+                    ErrorCode::UnknownTopic | ErrorCode::UnknownPartition => {
+                        unknown += 1;
+                        self.inner.meta.write().forget_topic(topic);
+                        if unknown < UNKNOWN_TOPIC_ATTEMPTS {
+                            Next::Backoff
+                        } else {
+                            Next::Fail
+                        }
+                    }
+                    _ => Next::Fail,
+                },
+                ClientError::Transport { code, addr, .. } if error::is_retriable_code(*code) => {
+                    self.evict(addr);
+                    self.inner.meta.write().forget_leader(topic, partition);
+                    Next::Backoff
+                }
+                ClientError::Timeout { addr, .. } => {
+                    self.evict(addr);
+                    self.inner.meta.write().forget_leader(topic, partition);
+                    Next::Backoff
+                }
+                _ => Next::Fail,
+            };
+            if matches!(next, Next::Fail) {
+                return Err(err);
+            }
+            let elapsed = started.elapsed();
+            let Some(delay) = policy.next_delay(attempts, elapsed, rand::random::<f64>()) else {
+                return Err(exhausted(op, format!("{topic}/{partition}"), attempts, elapsed, err));
+            };
+            tracing::debug!(op, topic, partition, attempts, error = %err, "retrying");
+            if matches!(next, Next::Backoff) {
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    /// Runs `attempt(addr)` against the controller when known, else any node (which forwards to
+    /// the controller). Retries only NOT_CONTROLLER and connection failures, moving to another
+    /// node each time.
+    async fn with_controller<T, F, Fut>(&self, op: &'static str, target: &str, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let policy = &self.inner.config.retry;
+        let started = Instant::now();
+        let mut attempts = 0u32;
+        let mut hinted: Option<String> = None;
+        let mut in_doubt: Option<String> = None;
+        loop {
+            attempts += 1;
+            let addr = match hinted.take() {
+                Some(a) => a,
+                None => {
+                    let candidates = self.inner.meta.read().candidates(&self.inner.bootstrap, true);
+                    let i = (attempts as usize - 1) % candidates.len().max(1);
+                    candidates.get(i).cloned().unwrap_or_default()
+                }
+            };
+            let err = match attempt(addr.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let retry = match &err {
+                ClientError::Broker { error, .. } if error.code == ErrorCode::NotController => {
+                    hinted = error.leader.as_ref().map(|(_, a)| a.clone()).filter(|a| !a.is_empty());
+                    if hinted.is_none() {
+                        // Learn the new controller, if the cluster already knows it.
+                        let _ = self.refresh(&[]).await;
+                    }
+                    true
+                }
+                ClientError::Transport { code, .. } if error::is_retriable_code(*code) => {
+                    self.evict(&addr);
+                    in_doubt = Some(addr.clone());
+                    true
+                }
+                ClientError::Timeout { .. } => {
+                    self.evict(&addr);
+                    in_doubt = Some(addr.clone());
+                    true
+                }
+                _ => false,
+            };
+            if !retry {
+                return Err(match (err, in_doubt) {
+                    (ClientError::Broker { op, target, addr, mut error }, Some(doubt)) => {
+                        error.message.push_str(&format!(
+                            " (note: an earlier attempt via {doubt} failed in transit and may have been applied)"
+                        ));
+                        ClientError::Broker { op, target, addr, error }
+                    }
+                    (err, _) => err,
+                });
+            }
+            let elapsed = started.elapsed();
+            let Some(delay) = policy.next_delay(attempts, elapsed, rand::random::<f64>()) else {
+                return Err(exhausted(op, target.to_string(), attempts, elapsed, err));
+            };
+            tracing::debug!(op, target, attempts, error = %err, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// The error to return when the retry policy runs out: the last error itself if there was only
+/// one attempt, else that error wrapped with the attempt count and time spent.
+fn exhausted(op: &'static str, target: String, attempts: u32, elapsed: Duration, last: ClientError) -> ClientError {
+    if attempts <= 1 {
+        return last;
+    }
+    ClientError::RetriesExhausted { op, target, attempts, elapsed, last: Box::new(last) }
+}
+
+fn broker_result(op: &'static str, target: &str, addr: &str, err: Option<&v1::Error>) -> Result<(), ClientError> {
+    check_error(err).map_err(|error| ClientError::Broker {
+        op,
+        target: target.to_string(),
+        addr: addr.to_string(),
+        error,
+    })
+}
+
+fn with_timeout<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.set_timeout(timeout);
+    req
+}
+
+/// Validates `addr` (`host:port`, optionally prefixed with `http://`) and builds its endpoint.
+fn endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
+    let invalid = |reason: &str| ClientError::InvalidAddress { addr: addr.to_string(), reason: reason.to_string() };
+    if addr.starts_with("https://") {
+        return Err(invalid("TLS is not supported; use host:port"));
+    }
+    let host_port = addr.strip_prefix("http://").unwrap_or(addr);
+    let Some((host, port)) = host_port.rsplit_once(':') else {
+        return Err(invalid("expected host:port"));
+    };
+    if host.is_empty() || host.contains('/') {
+        return Err(invalid("expected host:port"));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(invalid(&format!("port '{port}' is not a number between 0 and 65535")));
+    }
+    let ep = Endpoint::from_shared(format!("http://{host_port}")).map_err(|e| invalid(&e.to_string()))?;
+    Ok(ep
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(config.keep_alive_interval)
+        .keep_alive_timeout(config.connect_timeout))
+}
+
+/// Verifies and decodes fetched batches, dropping records below `offset` (the first batch may
+/// start earlier than asked).
+fn decode_fetch(
+    topic: &str,
+    partition: u32,
+    offset: u64,
+    addr: &str,
+    resp: v1::FetchResponse,
+) -> Result<FetchResult, ClientError> {
+    let corrupt = |error: RunnelError| ClientError::Broker {
+        op: "fetch",
+        target: format!("{topic}/{partition}"),
+        addr: addr.to_string(),
+        error,
+    };
+    let mut records = Vec::new();
+    for fb in &resp.batches {
+        let Some(batch) = &fb.batch else {
+            return Err(corrupt(RunnelError::new(
+                ErrorCode::CorruptBatch,
+                format!("the batch at base offset {} arrived without its records", fb.base_offset),
+            )));
+        };
+        let decoded = decode_batch(batch).map_err(|mut e| {
+            e.message = format!("batch at base offset {}: {}", fb.base_offset, e.message);
+            corrupt(e)
+        })?;
+        for (i, r) in decoded.into_iter().enumerate() {
+            let o = fb.base_offset + i as u64;
+            if o < offset {
+                continue;
+            }
+            if let Some(prev) = records.last().map(|r: &ConsumedRecord| r.offset) {
+                if o <= prev {
+                    return Err(corrupt(RunnelError::new(
+                        ErrorCode::CorruptBatch,
+                        format!("offsets went backwards in the answer: {o} after {prev}"),
+                    )));
+                }
+            }
+            records.push(ConsumedRecord {
+                offset: o,
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+                timestamp_ms: r.timestamp_ms,
+            });
+        }
+    }
+    let next_offset = records.last().map_or(offset, |r| r.offset + 1);
+    Ok(FetchResult { records, high_watermark: resp.high_watermark, log_start_offset: resp.log_start_offset, next_offset })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(v: &str) -> Record {
+        Record { value: Bytes::from(v.to_string()), timestamp_ms: 1, ..Default::default() }
+    }
+
+    #[test]
+    fn fetch_skips_records_below_the_requested_offset() {
+        let resp = v1::FetchResponse {
+            high_watermark: 13,
+            log_start_offset: 0,
+            batches: vec![
+                v1::FetchedBatch { base_offset: 8, batch: Some(encode_batch(vec![rec("a"), rec("b"), rec("c")])) },
+                v1::FetchedBatch { base_offset: 11, batch: Some(encode_batch(vec![rec("d"), rec("e")])) },
+            ],
+            ..Default::default()
+        };
+        let r = decode_fetch("t", 0, 10, "x:1", resp).unwrap();
+        let got: Vec<(u64, &[u8])> = r.records.iter().map(|r| (r.offset, &r.value[..])).collect();
+        assert_eq!(got, vec![(10, &b"c"[..]), (11, b"d"), (12, b"e")]);
+        assert_eq!(r.next_offset, 13);
+        assert_eq!(r.high_watermark, 13);
+
+        let empty = decode_fetch("t", 0, 13, "x:1", v1::FetchResponse::default()).unwrap();
+        assert_eq!(empty.next_offset, 13);
+    }
+
+    #[test]
+    fn fetch_rejects_corrupt_batches() {
+        let mut batch = encode_batch(vec![rec("a")]);
+        batch.crc32c ^= 1;
+        let resp = v1::FetchResponse {
+            batches: vec![v1::FetchedBatch { base_offset: 4, batch: Some(batch) }],
+            ..Default::default()
+        };
+        let e = decode_fetch("t", 2, 4, "x:1", resp).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::CorruptBatch));
+        let text = e.to_string();
+        assert!(text.contains("t/2") && text.contains("base offset 4") && text.contains("x:1"), "{text}");
+    }
+
+    #[test]
+    fn addresses_are_validated() {
+        let c = ClientConfig::default();
+        assert!(endpoint("127.0.0.1:9292", &c).is_ok());
+        assert!(endpoint("http://node-1:9292", &c).is_ok());
+        for bad in ["127.0.0.1", "host:port", ":9292", "https://a:1", "a:99999"] {
+            let e = endpoint(bad, &c).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_reports_unreachable_bootstrap() {
+        // Port 1 on localhost: nothing listens there, the connection is refused at once.
+        let cfg = ClientConfig { connect_timeout: Duration::from_millis(500), ..Default::default() };
+        let e = Client::connect_with(&["127.0.0.1:1".to_string()], cfg).await.unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("127.0.0.1:1") && text.contains("bootstrap"), "{text}");
+        assert!(e.is_transport(), "{e:?}");
+        let e = Client::connect(&[]).await.unwrap_err();
+        assert!(matches!(e, ClientError::InvalidArgument(_)));
+    }
+}

@@ -1,0 +1,21 @@
+//! bincode for everything Raft stores or sends between nodes (both ends run the same code).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(pub String);
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, CodecError> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| CodecError(format!("encode: {e}")))
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (v, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| CodecError(format!("decode: {e}")))?;
+    if used != bytes.len() {
+        return Err(CodecError(format!("decode: {} trailing bytes", bytes.len() - used)));
+    }
+    Ok(v)
+}

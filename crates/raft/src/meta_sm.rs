@@ -1,0 +1,144 @@
+//! The metadata group's state machine: the pure [`ClusterState`] behind openraft.
+//!
+//! The state lives in memory and is rebuilt on restart by re-applying the (never purged) metadata
+//! log up to the persisted commit point. Every applied change is published on a watch channel;
+//! brokers act only on what this channel shows, i.e. only on committed metadata.
+
+use std::io;
+use std::sync::Arc;
+
+use futures::{Stream, TryStreamExt};
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use runnel_meta::{ClusterState, MetaResponse};
+use tokio::sync::{watch, Mutex};
+
+use crate::{codec, MetaTypes};
+
+/// A committed view of the metadata, as of `applied_index`.
+#[derive(Debug, Clone, Default)]
+pub struct MetaView {
+    pub state: ClusterState,
+    pub applied_index: u64,
+}
+
+struct Inner {
+    state: ClusterState,
+    last_applied: Option<LogIdOf<MetaTypes>>,
+    membership: StoredMembershipOf<MetaTypes>,
+    snapshot: Option<(SnapshotMetaOf<MetaTypes>, Vec<u8>)>,
+}
+
+#[derive(Clone)]
+pub struct MetaStateMachine {
+    inner: Arc<Mutex<Inner>>,
+    tx: Arc<watch::Sender<Arc<MetaView>>>,
+}
+
+impl Default for MetaStateMachine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MetaStateMachine {
+    pub fn new() -> Self {
+        let (tx, _) = watch::channel(Arc::new(MetaView::default()));
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                state: ClusterState::default(),
+                last_applied: None,
+                membership: Default::default(),
+                snapshot: None,
+            })),
+            tx: Arc::new(tx),
+        }
+    }
+
+    /// Follow the committed metadata.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<MetaView>> {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Arc<MetaView> {
+        self.tx.borrow().clone()
+    }
+
+    fn publish(&self, inner: &Inner) {
+        let view = MetaView { state: inner.state.clone(), applied_index: inner.last_applied.as_ref().map(|l| l.index).unwrap_or(0) };
+        self.tx.send_replace(Arc::new(view));
+    }
+}
+
+fn encode_snapshot(inner: &Inner) -> io::Result<Vec<u8>> {
+    codec::encode(&inner.state).map_err(|e| io::Error::other(e.to_string()))
+}
+
+impl RaftSnapshotBuilder<MetaTypes> for MetaStateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<MetaTypes, Vec<u8>>, io::Error> {
+        let mut inner = self.inner.lock().await;
+        let data = encode_snapshot(&inner)?;
+        let meta = SnapshotMetaOf::<MetaTypes> {
+            last_log_id: inner.last_applied.clone(),
+            last_membership: inner.membership.clone(),
+        };
+        inner.snapshot = Some((meta.clone(), data.clone()));
+        Ok(SnapshotOf::<MetaTypes, Vec<u8>> { meta, snapshot: data })
+    }
+}
+
+impl RaftStateMachine<MetaTypes> for MetaStateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<MetaTypes>>, StoredMembershipOf<MetaTypes>), io::Error> {
+        let inner = self.inner.lock().await;
+        Ok((inner.last_applied.clone(), inner.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<MetaTypes>, io::Error>> + Unpin + OptionalSend,
+    {
+        let mut inner = self.inner.lock().await;
+        while let Some((entry, responder)) = entries.try_next().await? {
+            inner.last_applied = Some(entry.log_id.clone());
+            let resp = match &entry.payload {
+                EntryPayload::Blank => MetaResponse::Done,
+                EntryPayload::Normal(cmd) => inner.state.apply(cmd),
+                EntryPayload::Membership(m) => {
+                    inner.membership = StoredMembershipOf::<MetaTypes>::new(Some(entry.log_id.clone()), m.clone());
+                    MetaResponse::Done
+                }
+            };
+            if let Some(r) = responder {
+                r.send(resp);
+            }
+        }
+        self.publish(&inner);
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<MetaTypes>, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let state: ClusterState = codec::decode(&snapshot).map_err(|e| io::Error::other(e.to_string()))?;
+        let mut inner = self.inner.lock().await;
+        inner.state = state;
+        inner.last_applied = meta.last_log_id.clone();
+        inner.membership = meta.last_membership.clone();
+        inner.snapshot = Some((meta.clone(), snapshot));
+        self.publish(&inner);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<MetaTypes, Vec<u8>>>, io::Error> {
+        let inner = self.inner.lock().await;
+        Ok(inner.snapshot.as_ref().map(|(meta, data)| SnapshotOf::<MetaTypes, Vec<u8>> { meta: meta.clone(), snapshot: data.clone() }))
+    }
+}

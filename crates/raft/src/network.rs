@@ -1,0 +1,232 @@
+//! The sending side of the multiplexed Raft network: one lazily connected gRPC channel per peer
+//! node, shared by every group; each message names its group.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, OptionalSend, RaftTypeConfig};
+use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
+use parking_lot::RwLock;
+use runnel_proto::internal::raft_transport_client::RaftTransportClient;
+use runnel_proto::internal::{RaftMessage, RaftRpcKind};
+use runnel_types::limits::MAX_GRPC_MESSAGE_BYTES;
+use runnel_types::{GroupId, NodeId};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::codec;
+
+/// Where each node is and an open channel to it. Cheap to clone; shared by all groups.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<RouterInner>,
+}
+
+struct RouterInner {
+    self_id: NodeId,
+    addrs: RwLock<HashMap<NodeId, String>>,
+    channels: RwLock<HashMap<NodeId, (String, Channel)>>,
+}
+
+/// Failure of one RPC, as a plain error openraft can wrap.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NetError(pub String);
+
+enum CallError {
+    /// Could not reach the node (unknown address, connection refused, timed out).
+    Unreachable(String),
+    /// Reached it, but the call failed (group missing there, decode error, ...).
+    Failed(String),
+}
+
+impl CallError {
+    fn rpc<C: RaftTypeConfig>(self) -> RPCError<C> {
+        match self {
+            CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&NetError(m))),
+            CallError::Failed(m) => RPCError::Network(NetworkError::new(&NetError(m))),
+        }
+    }
+    fn streaming<C: RaftTypeConfig>(self) -> StreamingError<C> {
+        match self {
+            CallError::Unreachable(m) => StreamingError::Unreachable(Unreachable::new(&NetError(m))),
+            CallError::Failed(m) => StreamingError::Network(NetworkError::new(&NetError(m))),
+        }
+    }
+}
+
+impl Router {
+    pub fn new(self_id: NodeId) -> Self {
+        Self {
+            inner: Arc::new(RouterInner { self_id, addrs: RwLock::new(HashMap::new()), channels: RwLock::new(HashMap::new()) }),
+        }
+    }
+
+    /// Records (or updates) a node's address. A changed address drops the old channel.
+    pub fn set_addr(&self, node: NodeId, addr: &str) {
+        let mut addrs = self.inner.addrs.write();
+        if addrs.get(&node).map(String::as_str) != Some(addr) {
+            addrs.insert(node, addr.to_string());
+            self.inner.channels.write().remove(&node);
+        }
+    }
+
+    pub fn addr(&self, node: NodeId) -> Option<String> {
+        self.inner.addrs.read().get(&node).cloned()
+    }
+
+    fn channel(&self, node: NodeId) -> Result<Channel, CallError> {
+        let addr = self.addr(node).ok_or_else(|| CallError::Unreachable(format!("no address known for node {node}")))?;
+        if let Some((a, ch)) = self.inner.channels.read().get(&node) {
+            if *a == addr {
+                return Ok(ch.clone());
+            }
+        }
+        let ep = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| CallError::Unreachable(format!("bad address '{addr}' for node {node}: {e}")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let ch = ep.connect_lazy();
+        self.inner.channels.write().insert(node, (addr, ch.clone()));
+        Ok(ch)
+    }
+
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        group: GroupId,
+        kind: RaftRpcKind,
+        req: &Req,
+        ttl: Duration,
+    ) -> Result<Resp, CallError> {
+        let ch = self.channel(target)?;
+        let payload = codec::encode(req).map_err(|e| CallError::Failed(e.to_string()))?;
+        let mut client = RaftTransportClient::new(ch)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+        let msg = RaftMessage { group_id: group, kind: kind as i32, payload: Bytes::from(payload), from_node: self.inner.self_id };
+        let fut = client.call(msg);
+        let reply = match tokio::time::timeout(ttl, fut).await {
+            Err(_) => return Err(CallError::Unreachable(format!("node {target}: {kind:?} for group {group} timed out after {ttl:?}"))),
+            Ok(Err(status)) => {
+                return Err(match status.code() {
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+                        CallError::Unreachable(format!("node {target}: {}", status.message()))
+                    }
+                    _ => CallError::Failed(format!("node {target}: {status}")),
+                })
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        if !reply.error.is_empty() {
+            return Err(CallError::Failed(format!("node {target} group {group}: {}", reply.error)));
+        }
+        codec::decode(&reply.payload).map_err(|e| CallError::Failed(e.to_string()))
+    }
+}
+
+fn ttl(option: &RPCOption) -> Duration {
+    option.hard_ttl().max(Duration::from_millis(50))
+}
+
+impl<C> GroupRouter<C, GroupId> for Router
+where
+    C: RaftTypeConfig<NodeId = NodeId>,
+{
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        rpc: AppendEntriesRequest<C>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
+        self.call(target, group_id, RaftRpcKind::AppendEntries, &rpc, ttl(&option)).await.map_err(CallError::rpc)
+    }
+
+    async fn vote(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call(target, group_id, RaftRpcKind::Vote, &rpc, ttl(&option)).await.map_err(CallError::rpc)
+    }
+
+    async fn pre_vote(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        rpc: VoteRequest<C>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<C>, RPCError<C>> {
+        self.call(target, group_id, RaftRpcKind::PreVote, &rpc, ttl(&option)).await.map_err(CallError::rpc)
+    }
+
+    async fn full_snapshot(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        vote: VoteOf<C>,
+        snapshot: SnapshotOf<C, Vec<u8>>,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<C>, StreamingError<C>> {
+        let req = (vote, snapshot.meta, snapshot.snapshot);
+        self.call(target, group_id, RaftRpcKind::FullSnapshot, &req, ttl(&option).max(Duration::from_secs(30)))
+            .await
+            .map_err(CallError::streaming)
+    }
+
+    async fn transfer_leader(
+        &self,
+        target: NodeId,
+        group_id: GroupId,
+        req: TransferLeaderRequest<C>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<C>, RPCError<C>> {
+        self.call(target, group_id, RaftRpcKind::TransferLeader, &req, ttl(&option)).await.map_err(CallError::rpc)
+    }
+
+    fn backoff(&self) -> Option<Backoff> {
+        // A peer that is down is retried every 200 ms rather than in a tight loop.
+        Some(Backoff::new(std::iter::repeat(Duration::from_millis(200))))
+    }
+}
+
+/// The per-group network factory openraft asks for: (shared router, group id).
+pub type NetworkFactory = GroupNetworkFactory<Router, GroupId>;
+
+pub fn network_factory(router: &Router, group: GroupId) -> NetworkFactory {
+    GroupNetworkFactory::new(router.clone(), group)
+}
+
+macro_rules! impl_factory {
+    ($t:ty) => {
+        impl RaftNetworkFactory<$t> for GroupNetworkFactory<Router, GroupId> {
+            type Network = GroupNetworkAdapter<$t, GroupId, Router>;
+
+            async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> Self::Network {
+                GroupNetworkAdapter::new(self.factory.clone(), target, self.group_id)
+            }
+        }
+    };
+}
+
+impl_factory!(crate::MetaTypes);
+impl_factory!(crate::PartitionTypes);

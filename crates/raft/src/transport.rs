@@ -1,0 +1,107 @@
+//! The receiving side of the multiplexed Raft network: one gRPC service per node that hands each
+//! message to the group it names.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::storage::RaftStateMachine;
+use openraft::{Raft, RaftTypeConfig, Snapshot};
+use parking_lot::RwLock;
+use runnel_proto::internal::raft_transport_server::RaftTransport;
+use runnel_proto::internal::{RaftMessage, RaftReply, RaftRpcKind};
+use runnel_types::GroupId;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec;
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A group's inbound side, type-erased so groups of different type configs share one registry.
+pub trait GroupHandler: Send + Sync + 'static {
+    fn handle(&self, kind: RaftRpcKind, payload: Bytes) -> BoxFut<'_, Result<Vec<u8>, String>>;
+}
+
+/// Wraps a running openraft instance.
+pub struct RaftHandler<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
+    pub raft: Raft<C, SM>,
+}
+
+fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    codec::decode(b).map_err(|e| e.to_string())
+}
+
+fn enc<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, String> {
+    let v = r.map_err(|e| e.to_string())?;
+    codec::encode(&v).map_err(|e| e.to_string())
+}
+
+impl<C, SM> GroupHandler for RaftHandler<C, SM>
+where
+    C: RaftTypeConfig,
+    SM: RaftStateMachine<C, SnapshotData = Vec<u8>> + Send + Sync,
+    Raft<C, SM>: Send + Sync,
+{
+    fn handle(&self, kind: RaftRpcKind, payload: Bytes) -> BoxFut<'_, Result<Vec<u8>, String>> {
+        Box::pin(async move {
+            match kind {
+                RaftRpcKind::AppendEntries => enc(self.raft.append_entries(dec(&payload)?).await),
+                RaftRpcKind::Vote => enc(self.raft.vote(dec(&payload)?).await),
+                RaftRpcKind::PreVote => enc(self.raft.pre_vote(dec(&payload)?).await),
+                RaftRpcKind::TransferLeader => enc(self.raft.handle_transfer_leader(dec(&payload)?).await),
+                RaftRpcKind::FullSnapshot => {
+                    let (vote, meta, data): (VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>) = dec(&payload)?;
+                    enc(self.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await)
+                }
+            }
+        })
+    }
+}
+
+/// Groups running on this node, by id.
+#[derive(Clone, Default)]
+pub struct GroupRegistry {
+    groups: Arc<RwLock<HashMap<GroupId, Arc<dyn GroupHandler>>>>,
+}
+
+impl GroupRegistry {
+    pub fn insert(&self, group: GroupId, h: Arc<dyn GroupHandler>) {
+        self.groups.write().insert(group, h);
+    }
+    pub fn remove(&self, group: GroupId) {
+        self.groups.write().remove(&group);
+    }
+    pub fn get(&self, group: GroupId) -> Option<Arc<dyn GroupHandler>> {
+        self.groups.read().get(&group).cloned()
+    }
+}
+
+/// The `RaftTransport` gRPC service.
+pub struct TransportService {
+    pub registry: GroupRegistry,
+}
+
+#[tonic::async_trait]
+impl RaftTransport for TransportService {
+    async fn call(&self, req: tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        let m = req.into_inner();
+        let kind = RaftRpcKind::try_from(m.kind)
+            .map_err(|_| tonic::Status::invalid_argument(format!("unknown raft rpc kind {}", m.kind)))?;
+        let Some(h) = self.registry.get(m.group_id) else {
+            // Not started here yet (metadata not applied) or deleted: the sender backs off and retries.
+            return Ok(tonic::Response::new(RaftReply {
+                payload: Bytes::new(),
+                error: format!("group {} is not running on this node", m.group_id),
+            }));
+        };
+        let reply = match h.handle(kind, m.payload).await {
+            Ok(p) => RaftReply { payload: Bytes::from(p), error: String::new() },
+            Err(e) => RaftReply { payload: Bytes::new(), error: e },
+        };
+        Ok(tonic::Response::new(reply))
+    }
+}

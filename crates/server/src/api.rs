@@ -1,0 +1,242 @@
+//! The public `runnel.v1.Runnel` service: routes each call to the local partition replica, the
+//! local copy of the metadata, or the controller.
+
+use openraft::type_config::async_runtime::WatchReceiver;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runnel_broker::{Broker, Partition};
+use runnel_meta::TopicRecord;
+use runnel_proto::v1::runnel_client::RunnelClient;
+use runnel_proto::v1::runnel_server::Runnel;
+use runnel_proto::v1::*;
+use runnel_raft::meta_sm::MetaStateMachine;
+use runnel_types::limits::{DEFAULT_PRODUCE_TIMEOUT_MS, MAX_GRPC_MESSAGE_BYTES};
+use runnel_types::{ErrorCode, NodeId, RunnelError};
+use tonic::{Request, Response, Status};
+
+use crate::controller::Controller;
+
+pub struct Api {
+    pub broker: Arc<Broker>,
+    pub controller: Arc<Controller>,
+    pub meta: MetaStateMachine,
+}
+
+fn err(e: &RunnelError) -> Option<Error> {
+    Some(e.into())
+}
+
+pub fn topic_info(t: &TopicRecord) -> TopicInfo {
+    TopicInfo {
+        name: t.name.clone(),
+        topic_id: t.topic_id,
+        partitions: t
+            .partitions
+            .iter()
+            .map(|p| PartitionInfo {
+                partition: p.partition,
+                group_id: p.group_id,
+                replicas: p.replicas.clone(),
+                leader: p.leader,
+                leader_epoch: p.leader_epoch,
+                partition_epoch: p.partition_epoch,
+            })
+            .collect(),
+        configs: t.config.to_map().into_iter().collect(),
+    }
+}
+
+impl Api {
+    fn addr_of(&self, id: NodeId) -> Option<String> {
+        self.controller.router.addr(id)
+    }
+
+    /// The local replica of `topic/partition`, or the error a client can act on.
+    fn local(&self, topic: &str, partition: u32) -> Result<Arc<Partition>, RunnelError> {
+        if let Some(p) = self.broker.partition(topic, partition) {
+            return Ok(p);
+        }
+        let view = self.meta.current();
+        let t = view.state.topics.get(topic).ok_or_else(|| RunnelError::unknown_topic(topic))?;
+        let p = t
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| RunnelError::unknown_partition(topic, partition, t.partitions.len()))?;
+        let hint = p.leader.filter(|l| *l != self.broker.node_id()).and_then(|l| self.addr_of(l).map(|a| (l, a)));
+        Err(RunnelError::not_leader(topic, partition, hint))
+    }
+
+    async fn controller_client(&self) -> Result<RunnelClient<tonic::transport::Channel>, RunnelError> {
+        let (id, addr) = self.controller.controller().ok_or_else(|| {
+            RunnelError::new(ErrorCode::NotController, "no metadata leader (controller) is known yet; retry shortly")
+        })?;
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| RunnelError::internal(format!("controller address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| RunnelError::new(ErrorCode::NotController, format!("controller node {id} at {addr} unreachable: {e}")))?;
+        Ok(RunnelClient::new(ch).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES))
+    }
+}
+
+#[tonic::async_trait]
+impl Runnel for Api {
+    async fn produce(&self, req: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        let r = req.into_inner();
+        let out = async {
+            let p = self.local(&r.topic, r.partition)?;
+            let batch = r.batch.ok_or_else(|| RunnelError::new(ErrorCode::InvalidRequest, "produce request has no batch"))?;
+            let timeout_ms = if r.timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT_MS } else { r.timeout_ms };
+            let wait = r.acks != Acks::None as i32;
+            p.produce(batch, wait, Duration::from_millis(timeout_ms as u64), r.leader_epoch).await
+        }
+        .await;
+        Ok(Response::new(match out {
+            Ok((base_offset, leader_epoch)) => ProduceResponse { error: None, base_offset, leader_epoch },
+            Err(e) => ProduceResponse { error: err(&e), ..Default::default() },
+        }))
+    }
+
+    async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+        let r = req.into_inner();
+        let out = async {
+            let p = self.local(&r.topic, r.partition)?;
+            p.fetch(r.offset, r.max_bytes, r.max_wait_ms, r.leader_epoch).await
+        }
+        .await;
+        Ok(Response::new(match out {
+            Ok(o) => FetchResponse {
+                error: None,
+                high_watermark: o.high_watermark,
+                log_start_offset: o.log_start_offset,
+                batches: o.batches,
+                leader_epoch: o.leader_epoch,
+            },
+            Err(e) => FetchResponse { error: err(&e), ..Default::default() },
+        }))
+    }
+
+    async fn list_offsets(&self, req: Request<ListOffsetsRequest>) -> Result<Response<ListOffsetsResponse>, Status> {
+        let r = req.into_inner();
+        let out = async {
+            let p = self.local(&r.topic, r.partition)?;
+            let (leader, term, current) = p.leadership();
+            if !leader {
+                let hint = p.leader_hint(current);
+                return Err(RunnelError::not_leader(&r.topic, r.partition, hint));
+            }
+            let offset = if r.spec == OffsetSpec::Latest as i32 { p.sm.high_watermark() } else { 0 };
+            Ok((offset, term))
+        }
+        .await;
+        Ok(Response::new(match out {
+            Ok((offset, leader_epoch)) => ListOffsetsResponse { error: None, offset, leader_epoch },
+            Err(e) => ListOffsetsResponse { error: err(&e), ..Default::default() },
+        }))
+    }
+
+    async fn metadata(&self, req: Request<MetadataRequest>) -> Result<Response<MetadataResponse>, Status> {
+        let r = req.into_inner();
+        let view = self.meta.current();
+        let is_controller = self.controller.is_controller();
+        let brokers = view
+            .state
+            .brokers
+            .values()
+            .map(|b| BrokerInfo {
+                id: b.id,
+                addr: b.addr.clone(),
+                // Only the controller tracks heartbeats; other nodes report registered brokers.
+                alive: !is_controller || self.controller.is_live(b.id),
+                epoch: b.epoch,
+            })
+            .collect();
+        let mut topics = Vec::new();
+        let mut error = None;
+        if r.topics.is_empty() {
+            topics = view.state.topics.values().map(topic_info).collect();
+        } else {
+            for name in &r.topics {
+                match view.state.topics.get(name) {
+                    Some(t) => topics.push(topic_info(t)),
+                    None => error = err(&RunnelError::unknown_topic(name)),
+                }
+            }
+        }
+        Ok(Response::new(MetadataResponse {
+            error,
+            brokers,
+            controller_id: self.controller.controller().map(|(id, _)| id),
+            topics,
+            metadata_version: view.applied_index,
+            node_id: self.broker.node_id(),
+        }))
+    }
+
+    async fn create_topic(&self, req: Request<CreateTopicRequest>) -> Result<Response<CreateTopicResponse>, Status> {
+        let r = req.into_inner();
+        if !self.controller.is_controller() {
+            let out = match self.controller_client().await {
+                Ok(mut c) => c.create_topic(r).await.map(|x| x.into_inner()),
+                Err(e) => return Ok(Response::new(CreateTopicResponse { error: err(&e), topic: None })),
+            };
+            return out.map(Response::new);
+        }
+        let configs: BTreeMap<String, String> = r.configs.into_iter().collect();
+        Ok(Response::new(match self.controller.create_topic(&r.name, r.partitions, r.replication_factor, &configs).await {
+            Ok(t) => CreateTopicResponse { error: None, topic: Some(topic_info(&t)) },
+            Err(e) => CreateTopicResponse { error: err(&e), topic: None },
+        }))
+    }
+
+    async fn delete_topic(&self, req: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
+        let r = req.into_inner();
+        if !self.controller.is_controller() {
+            let out = match self.controller_client().await {
+                Ok(mut c) => c.delete_topic(r).await.map(|x| x.into_inner()),
+                Err(e) => return Ok(Response::new(DeleteTopicResponse { error: err(&e) })),
+            };
+            return out.map(Response::new);
+        }
+        Ok(Response::new(DeleteTopicResponse { error: self.controller.delete_topic(&r.name).await.err().as_ref().and_then(err) }))
+    }
+
+    async fn describe_replicas(
+        &self,
+        _req: Request<DescribeReplicasRequest>,
+    ) -> Result<Response<DescribeReplicasResponse>, Status> {
+        let mut replicas: Vec<ReplicaStatus> = self
+            .broker
+            .partitions()
+            .iter()
+            .map(|p| {
+                let m = p.raft.metrics();
+                let m = m.borrow_watched();
+                ReplicaStatus {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    group_id: p.group,
+                    role: match m.state {
+                        openraft::ServerState::Leader => "leader",
+                        openraft::ServerState::Follower => "follower",
+                        openraft::ServerState::Candidate => "candidate",
+                        openraft::ServerState::Learner => "learner",
+                        openraft::ServerState::Shutdown => "shutdown",
+                    }
+                    .to_string(),
+                    term: m.current_term,
+                    leader: m.current_leader,
+                    last_log_index: m.last_log_index.unwrap_or(0),
+                    committed_index: m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
+                    high_watermark: p.sm.high_watermark(),
+                    replicas: p.replicas.clone(),
+                }
+            })
+            .collect();
+        replicas.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
+        Ok(Response::new(DescribeReplicasResponse { error: None, node_id: self.broker.node_id(), replicas }))
+    }
+}

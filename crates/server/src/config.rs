@@ -1,0 +1,255 @@
+//! Node configuration: defaults, then a TOML file, then `RUNNEL_*` environment variables, then
+//! command-line flags (later wins). Every bad value is reported with its field and value.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use runnel_types::{NodeId, DEFAULT_PORT};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("configuration: {0}")]
+    Figment(#[from] Box<figment::Error>),
+}
+
+fn invalid(field: &str, value: impl std::fmt::Display, why: &str) -> ConfigError {
+    ConfigError::Invalid(format!("field '{field}' has value '{value}': {why}"))
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's id; unique in the cluster, never reused for another machine.
+    pub node_id: NodeId,
+    /// Address the gRPC server binds.
+    pub listen: SocketAddr,
+    /// Address other nodes and clients use to reach this node (default: `listen`).
+    pub advertise: Option<String>,
+    /// Where RocksDB keeps this node's data.
+    pub data_dir: PathBuf,
+    /// The metadata Raft group's voters as `id=host:port` (1, 3 or 5 of them).
+    pub voters: Vec<String>,
+    /// Raft heartbeat interval for every group, milliseconds.
+    pub raft_heartbeat_ms: u64,
+    /// Raft election timeout lower bound, milliseconds (the upper bound is twice this).
+    pub raft_election_timeout_ms: u64,
+    /// How often a broker reports to the controller, milliseconds.
+    pub broker_heartbeat_ms: u64,
+    /// A broker the controller has not heard from for this long counts as not live, milliseconds.
+    pub broker_session_timeout_ms: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)),
+            advertise: None,
+            data_dir: PathBuf::from("./runnel-data"),
+            voters: vec![],
+            raft_heartbeat_ms: 100,
+            raft_election_timeout_ms: 500,
+            broker_heartbeat_ms: 250,
+            broker_session_timeout_ms: 6_000,
+        }
+    }
+}
+
+/// Command-line overrides; every field is optional so unset flags do not mask the file or env.
+#[derive(Debug, Clone, Default, Serialize, clap::Args)]
+pub struct NodeFlags {
+    /// TOML configuration file (keys as in the README's configuration reference).
+    #[arg(long, env = "RUNNEL_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// This node's id.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<NodeId>,
+    /// Address to bind, e.g. 127.0.0.1:9292.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Address others reach this node at (default: --listen).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// Data directory.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Metadata voters, comma separated: 1=127.0.0.1:9292,2=127.0.0.1:9293,3=127.0.0.1:9294
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voters: Option<Vec<String>>,
+}
+
+impl NodeConfig {
+    /// Loads defaults < `flags.config` TOML file < `RUNNEL_*` env < flags, then validates.
+    pub fn load(flags: &NodeFlags) -> Result<NodeConfig, ConfigError> {
+        Self::load_from(flags, Env::prefixed("RUNNEL_").ignore(&["config", "bootstrap", "log"]))
+    }
+
+    fn load_from(flags: &NodeFlags, env: Env) -> Result<NodeConfig, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(NodeConfig::default()));
+        if let Some(path) = &flags.config {
+            if !path.exists() {
+                return Err(invalid("config", path.display(), "file does not exist"));
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        // RUNNEL_VOTERS="1=a:1,2=b:2" is a list; figment reads it as one string, so split it here.
+        fig = fig.merge(env.map(|k| k.as_str().to_ascii_lowercase().into()).filter(|k| k != "voters"));
+        if let Ok(v) = std::env::var("RUNNEL_VOTERS") {
+            let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            fig = fig.merge(Serialized::default("voters", list));
+        }
+        fig = fig.merge(Serialized::defaults(flags));
+        let cfg: NodeConfig = fig.extract().map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The single-node embedded default: this node is its own only voter.
+    pub fn dev(listen: Option<SocketAddr>, data_dir: Option<PathBuf>) -> NodeConfig {
+        let mut cfg = NodeConfig::default();
+        if let Some(l) = listen {
+            cfg.listen = l;
+        }
+        if let Some(d) = data_dir {
+            cfg.data_dir = d;
+        }
+        cfg.voters = vec![format!("{}={}", cfg.node_id, cfg.advertise_addr())];
+        cfg
+    }
+
+    pub fn advertise_addr(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| self.listen.to_string())
+    }
+
+    /// Parsed voters, ordered by id.
+    pub fn voter_map(&self) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for v in &self.voters {
+            let (id, addr) = v
+                .split_once('=')
+                .ok_or_else(|| invalid("voters", v, "expected id=host:port"))?;
+            let id: NodeId = id.trim().parse().map_err(|_| invalid("voters", v, "the id is not a number"))?;
+            let addr = addr.trim();
+            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(invalid("voters", v, "expected host:port after '='"));
+            }
+            if out.insert(id, addr.to_string()).is_some() {
+                return Err(invalid("voters", v, "node id listed twice"));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(invalid("node_id", 0, "node ids start at 1"));
+        }
+        let voters = self.voter_map()?;
+        if voters.is_empty() {
+            return Err(invalid("voters", "", "at least one metadata voter is required (id=host:port)"));
+        }
+        if ![1, 3, 5].contains(&voters.len()) {
+            return Err(invalid(
+                "voters",
+                self.voters.join(","),
+                "use 1, 3 or 5 metadata voters (an even count adds no fault tolerance)",
+            ));
+        }
+        if let Some(addr) = voters.get(&self.node_id) {
+            if *addr != self.advertise_addr() {
+                return Err(invalid(
+                    "voters",
+                    self.voters.join(","),
+                    &format!(
+                        "lists node {} at {addr}, but this node advertises {}",
+                        self.node_id,
+                        self.advertise_addr()
+                    ),
+                ));
+            }
+        }
+        if self.raft_heartbeat_ms == 0 || self.raft_heartbeat_ms * 3 > self.raft_election_timeout_ms {
+            return Err(invalid(
+                "raft_heartbeat_ms",
+                self.raft_heartbeat_ms,
+                &format!(
+                    "must be positive and at most a third of raft_election_timeout_ms ({})",
+                    self.raft_election_timeout_ms
+                ),
+            ));
+        }
+        if self.broker_heartbeat_ms == 0 || self.broker_heartbeat_ms * 2 > self.broker_session_timeout_ms {
+            return Err(invalid(
+                "broker_heartbeat_ms",
+                self.broker_heartbeat_ms,
+                "must be positive and at most half of broker_session_timeout_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Env {
+        Env::prefixed("RUNNEL_TEST_UNUSED_PREFIX_")
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "node_id = 2\nlisten = \"127.0.0.1:9293\"\nvoters = [\"1=127.0.0.1:9292\", \"2=127.0.0.1:9293\", \"3=127.0.0.1:9294\"]\n",
+        )
+        .unwrap();
+        let flags = NodeFlags { config: Some(file.clone()), ..Default::default() };
+        let cfg = NodeConfig::load_from(&flags, no_env()).unwrap();
+        assert_eq!(cfg.node_id, 2);
+        assert_eq!(cfg.voter_map().unwrap().len(), 3);
+
+        let flags = NodeFlags { config: Some(file), data_dir: Some("/tmp/x".into()), ..Default::default() };
+        assert_eq!(NodeConfig::load_from(&flags, no_env()).unwrap().data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let flags = NodeFlags { voters: Some(vec!["1=127.0.0.1:9292".into(), "2=nope".into()]), ..Default::default() };
+        let e = NodeConfig::load_from(&flags, no_env()).unwrap_err().to_string();
+        assert!(e.contains("voters") && e.contains("2=nope"), "{e}");
+
+        let flags = NodeFlags {
+            voters: Some(vec!["1=127.0.0.1:9292".into(), "2=127.0.0.1:9293".into()]),
+            ..Default::default()
+        };
+        let e = NodeConfig::load_from(&flags, no_env()).unwrap_err().to_string();
+        assert!(e.contains("1, 3 or 5"), "{e}");
+
+        let flags = NodeFlags { listen: Some("not-an-addr".into()), voters: Some(vec!["1=127.0.0.1:9292".into()]), ..Default::default() };
+        let e = NodeConfig::load_from(&flags, no_env()).unwrap_err().to_string();
+        assert!(e.contains("listen") || e.contains("not-an-addr"), "{e}");
+    }
+
+    #[test]
+    fn dev_is_its_own_voter() {
+        let cfg = NodeConfig::dev(None, None);
+        cfg.validate().unwrap();
+        assert_eq!(cfg.voter_map().unwrap().get(&1).map(String::as_str), Some("127.0.0.1:9292"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Wiring: configuration, one gRPC server per node, the metadata group (controller), the broker.
+
+pub mod api;
+pub mod config;
+pub mod controller;
+mod node;
+
+pub use config::{ConfigError, NodeConfig, NodeFlags};
+pub use node::run_node;

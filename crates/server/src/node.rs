@@ -1,0 +1,197 @@
+//! One Runnel node: storage, the metadata group, the broker, and one gRPC server for all of it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use openraft::BasicNode;
+use runnel_broker::{Broker, BrokerDeps};
+use runnel_proto::internal::controller_client::ControllerClient;
+use runnel_proto::internal::controller_server::ControllerServer;
+use runnel_proto::internal::raft_transport_server::RaftTransportServer;
+use runnel_proto::internal::{BrokerHeartbeatRequest, LeaderReport};
+use runnel_proto::v1::runnel_server::RunnelServer;
+use runnel_raft::log_store::LogStore;
+use runnel_raft::meta_sm::MetaStateMachine;
+use runnel_raft::network::{network_factory, Router};
+use runnel_raft::transport::{GroupRegistry, RaftHandler, TransportService};
+use runnel_raft::{group_config, MetaTypes, RaftTiming};
+use runnel_storage::{Engine, GroupSyncer, RocksEngine};
+use runnel_types::limits::MAX_GRPC_MESSAGE_BYTES;
+use runnel_types::{NodeId, META_GROUP_ID};
+
+use crate::api::Api;
+use crate::controller::{Controller, ControllerService};
+use crate::NodeConfig;
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let voters = cfg.voter_map()?;
+    let node_id = cfg.node_id;
+    let advertise = cfg.advertise_addr();
+    let timing = RaftTiming { heartbeat_ms: cfg.raft_heartbeat_ms, election_timeout_ms: cfg.raft_election_timeout_ms };
+
+    let db_dir = cfg.data_dir.join("db");
+    let engine: Arc<dyn Engine> = Arc::new(
+        RocksEngine::open(&db_dir).with_context(|| format!("opening the data directory {}", db_dir.display()))?,
+    );
+    let syncer = Arc::new(GroupSyncer::start(engine.clone()));
+    let router = Router::new(node_id);
+    for (id, addr) in &voters {
+        router.set_addr(*id, addr);
+    }
+    router.set_addr(node_id, &advertise);
+    let registry = GroupRegistry::default();
+
+    // The metadata group: voters from the configuration; every other broker joins as a learner.
+    let meta_sm = MetaStateMachine::new();
+    let meta_log = LogStore::<MetaTypes>::new(META_GROUP_ID, engine.clone(), syncer.clone());
+    let meta_raft = openraft::Raft::new(
+        node_id,
+        group_config("metadata", timing)?,
+        network_factory(&router, META_GROUP_ID),
+        meta_log,
+        meta_sm.clone(),
+    )
+    .await?;
+    registry.insert(META_GROUP_ID, Arc::new(RaftHandler { raft: meta_raft.clone() }));
+    if voters.contains_key(&node_id) && !meta_raft.is_initialized().await? {
+        let members: BTreeMap<NodeId, BasicNode> =
+            voters.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+        // Every voter initializes with the same member list; openraft accepts that.
+        if let Err(e) = meta_raft.initialize(members).await {
+            tracing::debug!(error = %e, "metadata group already initialized");
+        }
+    }
+
+    let broker = Broker::new(BrokerDeps {
+        node_id,
+        engine: engine.clone(),
+        syncer: syncer.clone(),
+        router: router.clone(),
+        registry: registry.clone(),
+        timing,
+    });
+    let controller = Controller::new(
+        node_id,
+        meta_raft.clone(),
+        meta_sm.clone(),
+        router.clone(),
+        Duration::from_millis(cfg.broker_session_timeout_ms),
+    );
+
+    let reconciler = tokio::spawn(broker.clone().run_reconciler(meta_sm.subscribe()));
+    let heartbeats = tokio::spawn(heartbeat_loop(
+        node_id,
+        advertise.clone(),
+        Duration::from_millis(cfg.broker_heartbeat_ms),
+        voters.keys().cloned().collect(),
+        broker.clone(),
+        controller.clone(),
+    ));
+
+    let api = Api { broker: broker.clone(), controller: controller.clone(), meta: meta_sm.clone() };
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    tracing::info!(node_id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "runnel node ready");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            RunnelServer::new(api)
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+        )
+        .add_service(
+            RaftTransportServer::new(TransportService { registry: registry.clone() })
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+        )
+        .add_service(ControllerServer::new(ControllerService(controller.clone())))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal())
+        .await?;
+
+    tracing::info!(node_id, "shutting down");
+    heartbeats.abort();
+    reconciler.abort();
+    broker.shutdown().await;
+    let _ = meta_raft.shutdown().await;
+    // Whatever was written is made durable before the process exits.
+    syncer.sync().await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// Reports this broker (and the partitions it leads) to the controller every `every`.
+async fn heartbeat_loop(
+    node_id: NodeId,
+    advertise: String,
+    every: Duration,
+    voters: Vec<NodeId>,
+    broker: Arc<Broker>,
+    controller: Arc<Controller>,
+) {
+    let incarnation: u64 = rand::random();
+    let mut next_voter = 0usize;
+    // One channel per controller address, reused across heartbeats.
+    let mut client: Option<(String, ControllerClient<tonic::transport::Channel>)> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let target = match controller.controller() {
+            Some((_, addr)) => addr,
+            None => {
+                if voters.is_empty() {
+                    continue;
+                }
+                next_voter = (next_voter + 1) % voters.len();
+                match controller.router.addr(voters[next_voter]) {
+                    Some(a) => a,
+                    None => continue,
+                }
+            }
+        };
+        let req = BrokerHeartbeatRequest {
+            broker_id: node_id,
+            addr: advertise.clone(),
+            leaders: broker.leader_reports().into_iter().map(|(g, _, term)| LeaderReport { group_id: g, term }).collect(),
+            incarnation,
+        };
+        let mut c = match &client {
+            Some((a, c)) if *a == target => c.clone(),
+            _ => match tonic::transport::Endpoint::from_shared(format!("http://{target}")) {
+                Ok(ep) => {
+                    let c = ControllerClient::new(ep.connect_timeout(every * 2).connect_lazy());
+                    client = Some((target.clone(), c.clone()));
+                    c
+                }
+                Err(e) => {
+                    tracing::warn!(%target, error = %e, "bad controller address");
+                    continue;
+                }
+            },
+        };
+        let call = async { c.broker_heartbeat(req).await.map_err(|e| e.to_string()) };
+        match tokio::time::timeout(every * 4, call).await {
+            Ok(Ok(r)) if !r.get_ref().accepted => tracing::debug!(error = %r.get_ref().error, "heartbeat not accepted"),
+            Ok(Err(e)) => tracing::debug!(%target, error = %e, "heartbeat failed"),
+            Err(_) => tracing::debug!(%target, "heartbeat timed out"),
+            _ => {}
+        }
+    }
+}

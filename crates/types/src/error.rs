@@ -1,0 +1,141 @@
+//! One error type with stable numeric codes, shared by server and client. A retired code is never
+//! reused (the numbers match `runnel.v1.ErrorCode`).
+
+use crate::NodeId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum ErrorCode {
+    UnknownTopic = 1,
+    UnknownPartition = 2,
+    NotLeader = 3,
+    OffsetOutOfRange = 4,
+    RecordTooLarge = 5,
+    InvalidConfig = 6,
+    TopicAlreadyExists = 7,
+    CorruptBatch = 8,
+    NotEnoughBrokers = 9,
+    NotController = 10,
+    Timeout = 11,
+    StaleEpoch = 12,
+    InvalidRequest = 13,
+    LeaderNotAvailable = 14,
+    Internal = 15,
+    Storage = 16,
+}
+
+impl ErrorCode {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        use ErrorCode::*;
+        Some(match v {
+            1 => UnknownTopic,
+            2 => UnknownPartition,
+            3 => NotLeader,
+            4 => OffsetOutOfRange,
+            5 => RecordTooLarge,
+            6 => InvalidConfig,
+            7 => TopicAlreadyExists,
+            8 => CorruptBatch,
+            9 => NotEnoughBrokers,
+            10 => NotController,
+            11 => Timeout,
+            12 => StaleEpoch,
+            13 => InvalidRequest,
+            14 => LeaderNotAvailable,
+            15 => Internal,
+            16 => Storage,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            UnknownTopic => "UNKNOWN_TOPIC",
+            UnknownPartition => "UNKNOWN_PARTITION",
+            NotLeader => "NOT_LEADER",
+            OffsetOutOfRange => "OFFSET_OUT_OF_RANGE",
+            RecordTooLarge => "RECORD_TOO_LARGE",
+            InvalidConfig => "INVALID_CONFIG",
+            TopicAlreadyExists => "TOPIC_ALREADY_EXISTS",
+            CorruptBatch => "CORRUPT_BATCH",
+            NotEnoughBrokers => "NOT_ENOUGH_BROKERS",
+            NotController => "NOT_CONTROLLER",
+            Timeout => "TIMEOUT",
+            StaleEpoch => "STALE_EPOCH",
+            InvalidRequest => "INVALID_REQUEST",
+            LeaderNotAvailable => "LEADER_NOT_AVAILABLE",
+            Internal => "INTERNAL",
+            Storage => "STORAGE",
+        }
+    }
+
+    /// Errors a client may retry after refreshing metadata (leadership moved or is moving).
+    pub fn is_retriable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::NotLeader
+                | ErrorCode::LeaderNotAvailable
+                | ErrorCode::NotController
+                | ErrorCode::Timeout
+                | ErrorCode::StaleEpoch
+        )
+    }
+}
+
+/// An error as it crosses the API: a code, a message naming what was wrong, and the hints a client
+/// needs to recover (the current leader, the valid offset range).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.name())]
+pub struct RunnelError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub leader: Option<(NodeId, String)>,
+    pub valid_range: Option<(u64, u64)>,
+}
+
+impl RunnelError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), leader: None, valid_range: None }
+    }
+
+    pub fn unknown_topic(topic: &str) -> Self {
+        Self::new(ErrorCode::UnknownTopic, format!("topic '{topic}' does not exist"))
+    }
+
+    pub fn unknown_partition(topic: &str, partition: u32, count: usize) -> Self {
+        Self::new(
+            ErrorCode::UnknownPartition,
+            format!("topic '{topic}' has no partition {partition} (it has {count}: 0..{count})"),
+        )
+    }
+
+    pub fn not_leader(topic: &str, partition: u32, leader: Option<(NodeId, String)>) -> Self {
+        let msg = match &leader {
+            Some((id, addr)) => format!(
+                "this node does not lead {topic}/{partition}; the leader is node {id} at {addr}"
+            ),
+            None => format!("this node does not lead {topic}/{partition}; the leader is not known yet"),
+        };
+        Self { code: ErrorCode::NotLeader, message: msg, leader, valid_range: None }
+    }
+
+    pub fn offset_out_of_range(topic: &str, partition: u32, offset: u64, start: u64, end: u64) -> Self {
+        Self {
+            code: ErrorCode::OffsetOutOfRange,
+            message: format!(
+                "offset {offset} is outside {topic}/{partition}'s valid range [{start}, {end}]"
+            ),
+            leader: None,
+            valid_range: Some((start, end)),
+        }
+    }
+
+    pub fn invalid_config(field: &str, value: impl std::fmt::Display, why: &str) -> Self {
+        Self::new(ErrorCode::InvalidConfig, format!("invalid value '{value}' for '{field}': {why}"))
+    }
+
+    pub fn internal(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Internal, msg)
+    }
+}

@@ -1,0 +1,8 @@
+# Sourced by the other scripts: one shared build directory outside the clone, so RocksDB's C++ (most
+# of a clean build) is compiled once per machine and reused by every clone and CI run.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/runnel/target}"
+mkdir -p "$CARGO_TARGET_DIR"
+# RocksDB's build script compiles with every core it is given.
+export NUM_JOBS="${NUM_JOBS:-$(nproc)}"
+RUNNEL_BIN="$CARGO_TARGET_DIR/debug/runnel"
+export RUNNEL_BIN

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, the storage conformance suite, and the integration tests that start
+# real `runnel` processes. Installs missing system packages first.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+"$here/setup.sh"
+. "$here/env.sh"
+cd "$here/.."
+# The integration tests start the real binary, so build it first (same profile as the tests).
+cargo build --bin runnel
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
