@@ -19,6 +19,9 @@ use runnel_types::{ErrorCode, GroupId, NodeId, RunnelError};
 
 use crate::partition_sm::PartitionStateMachine;
 
+/// How long a read waits for a just-elected leader to commit its first entry.
+const LEADER_READY_WAIT: Duration = Duration::from_secs(2);
+
 pub type PartitionRaft = Raft<PartitionTypes, PartitionStateMachine>;
 
 pub struct Partition {
@@ -51,7 +54,7 @@ impl Partition {
         (m.state == ServerState::Leader, m.current_term, m.current_leader)
     }
 
-    fn ensure_leader(&self, epoch: Option<u64>) -> Result<u64, RunnelError> {
+    pub fn ensure_leader(&self, epoch: Option<u64>) -> Result<u64, RunnelError> {
         let (is_leader, term, leader) = self.leadership();
         if !is_leader {
             let hint = self.leader_hint(leader);
@@ -66,6 +69,35 @@ impl Partition {
             }
         }
         Ok(term)
+    }
+
+    /// Like [`Self::ensure_leader`], and also waits until this leader has applied an entry of its
+    /// own term: before that its high watermark can trail what the previous leader acknowledged,
+    /// and a read would appear to go backwards.
+    pub async fn ensure_readable(&self, epoch: Option<u64>) -> Result<u64, RunnelError> {
+        let term = self.ensure_leader(epoch)?;
+        let mut rx = self.raft.metrics();
+        let ready = |m: &openraft::RaftMetrics<PartitionTypes>| {
+            m.state != ServerState::Leader
+                || m.current_term != term
+                || m.last_applied.as_ref().is_some_and(|l| l.leader_id.term == term)
+        };
+        let deadline = tokio::time::Instant::now() + LEADER_READY_WAIT;
+        loop {
+            if ready(&rx.borrow_watched()) {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => {
+                    return Err(RunnelError::new(
+                        ErrorCode::LeaderNotAvailable,
+                        format!("{}/{}: the new leader has not committed its first entry yet", self.topic, self.partition),
+                    ))
+                }
+            }
+        }
+        self.ensure_leader(epoch)
     }
 
     /// Validates and appends a batch; with `wait` the answer comes after the commit (acks=all).
@@ -136,7 +168,7 @@ impl Partition {
         max_wait_ms: u32,
         epoch: Option<u64>,
     ) -> Result<FetchOutcome, RunnelError> {
-        let term = self.ensure_leader(epoch)?;
+        let term = self.ensure_readable(epoch).await?;
         let max_bytes = if max_bytes == 0 { DEFAULT_FETCH_BYTES } else { max_bytes.min(MAX_FETCH_BYTES) } as usize;
         let log_start = 0;
         let mut hw = self.sm.high_watermark();

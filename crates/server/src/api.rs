@@ -123,11 +123,7 @@ impl Runnel for Api {
         let r = req.into_inner();
         let out = async {
             let p = self.local(&r.topic, r.partition)?;
-            let (leader, term, current) = p.leadership();
-            if !leader {
-                let hint = p.leader_hint(current);
-                return Err(RunnelError::not_leader(&r.topic, r.partition, hint));
-            }
+            let term = p.ensure_readable(None).await?;
             let offset = if r.spec == OffsetSpec::Latest as i32 { p.sm.high_watermark() } else { 0 };
             Ok((offset, term))
         }

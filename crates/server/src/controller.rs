@@ -84,7 +84,9 @@ impl Controller {
         let seen = self.last_seen.lock().get(&id).cloned();
         match seen {
             Some(t) => t.elapsed() < self.session_timeout,
-            None => false,
+            // A newly elected controller has heard from nobody yet: registered brokers get one
+            // session timeout to report in before they count as not live.
+            None => self.leader_since.lock().is_some_and(|t| t.elapsed() < self.session_timeout),
         }
     }
 

@@ -1,0 +1,141 @@
+//! A broker with one single-replica partition on the in-memory engine: the whole produce → Raft →
+//! apply → index → fetch path, without RocksDB or a network.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use runnel_broker::{Broker, BrokerDeps};
+use runnel_meta::{ClusterState, MetaCommand};
+use runnel_proto::v1::Record;
+use runnel_proto::{decode_batch, encode_batch};
+use runnel_raft::meta_sm::MetaView;
+use runnel_raft::network::Router;
+use runnel_raft::transport::GroupRegistry;
+use runnel_raft::RaftTiming;
+use runnel_storage::{Engine, GroupSyncer, MemEngine};
+use runnel_types::topic::TopicConfig;
+use runnel_types::ErrorCode;
+use tokio::sync::watch;
+
+fn rec(v: &str) -> Record {
+    Record { key: Bytes::new(), value: Bytes::from(v.to_string()), headers: vec![], timestamp_ms: 0 }
+}
+
+async fn broker_with_topic(engine: Arc<dyn Engine>, max_record_bytes: u64) -> (Arc<Broker>, watch::Sender<Arc<MetaView>>) {
+    let deps = BrokerDeps {
+        node_id: 1,
+        engine: engine.clone(),
+        syncer: Arc::new(GroupSyncer::start(engine)),
+        router: Router::new(1),
+        registry: GroupRegistry::default(),
+        timing: RaftTiming { heartbeat_ms: 50, election_timeout_ms: 200 },
+    };
+    let broker = Broker::new(deps);
+    let mut state = ClusterState::default();
+    state.apply(&MetaCommand::RegisterBroker { id: 1, addr: "127.0.0.1:1".into(), incarnation: 1 });
+    state.apply(&MetaCommand::CreateTopic {
+        name: "t".into(),
+        config: TopicConfig { max_record_bytes },
+        assignments: vec![vec![1]],
+    });
+    let (tx, rx) = watch::channel(Arc::new(MetaView { state, applied_index: 2 }));
+    tokio::spawn(broker.clone().run_reconciler(rx));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(p) = broker.partition("t", 0) {
+            if p.leadership().0 && p.ensure_readable(None).await.is_ok() {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "single replica never became a ready leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (broker, tx)
+}
+
+#[tokio::test]
+async fn produce_assigns_dense_offsets_and_fetch_returns_them() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let (broker, _meta) = broker_with_topic(engine, 1024).await;
+    let p = broker.partition("t", 0).unwrap();
+    let t = Duration::from_secs(5);
+    let (b0, _) = p.produce(encode_batch(vec![rec("a"), rec("b")]), true, t, None).await.unwrap();
+    let (b1, _) = p.produce(encode_batch(vec![rec("c")]), true, t, None).await.unwrap();
+    let (b2, _) = p.produce(encode_batch(vec![rec("d"), rec("e"), rec("f")]), true, t, None).await.unwrap();
+    assert_eq!((b0, b1, b2), (0, 2, 3));
+    assert_eq!(p.sm.high_watermark(), 6);
+
+    // From inside the second batch: the batch holding offset 2 comes first.
+    let out = p.fetch(2, 1 << 20, 0, None).await.unwrap();
+    assert_eq!(out.high_watermark, 6);
+    let bases: Vec<u64> = out.batches.iter().map(|b| b.base_offset).collect();
+    assert_eq!(bases, vec![2, 3]);
+    let values: Vec<Bytes> =
+        out.batches.iter().flat_map(|b| decode_batch(b.batch.as_ref().unwrap()).unwrap()).map(|r| r.value).collect();
+    assert_eq!(values, vec![Bytes::from("c"), Bytes::from("d"), Bytes::from("e"), Bytes::from("f")]);
+
+    let mid = p.fetch(4, 1 << 20, 0, None).await.unwrap();
+    assert_eq!(mid.batches.iter().map(|b| b.base_offset).collect::<Vec<_>>(), vec![3]);
+
+    let e = p.fetch(7, 1 << 20, 0, None).await.err().unwrap();
+    assert_eq!(e.code, ErrorCode::OffsetOutOfRange);
+    assert_eq!(e.valid_range, Some((0, 6)));
+    assert!(p.fetch(6, 1 << 20, 0, None).await.unwrap().batches.is_empty());
+}
+
+#[tokio::test]
+async fn long_poll_wakes_on_new_data() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let (broker, _meta) = broker_with_topic(engine, 1024).await;
+    let p = broker.partition("t", 0).unwrap();
+    let p2 = p.clone();
+    let poll = tokio::spawn(async move { p2.fetch(0, 1 << 20, 10_000, None).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!poll.is_finished(), "a fetch at the high watermark must wait for data");
+    p.produce(encode_batch(vec![rec("x")]), true, Duration::from_secs(5), None).await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(5), poll).await.expect("poll woke").unwrap().unwrap();
+    assert_eq!(out.batches.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_batches_are_refused_and_change_nothing() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let (broker, _meta) = broker_with_topic(engine, 8).await;
+    let p = broker.partition("t", 0).unwrap();
+    let t = Duration::from_secs(5);
+    let e = p.produce(encode_batch(vec![rec("way too large")]), true, t, None).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::RecordTooLarge);
+    assert!(e.message.contains("max.record.bytes") && e.message.contains('8'), "{e}");
+
+    let mut corrupt = encode_batch(vec![rec("ok")]);
+    corrupt.crc32c ^= 1;
+    assert_eq!(p.produce(corrupt, true, t, None).await.unwrap_err().code, ErrorCode::CorruptBatch);
+
+    let e = p.produce(encode_batch(vec![rec("ok")]), true, t, Some(999)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::StaleEpoch);
+
+    assert_eq!(p.sm.high_watermark(), 0, "refused batches must not take offsets");
+    p.produce(encode_batch(vec![rec("ok")]), true, t, None).await.unwrap();
+    assert_eq!(p.sm.high_watermark(), 1);
+}
+
+#[tokio::test]
+async fn state_survives_restart_on_the_same_engine() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    {
+        let (broker, _meta) = broker_with_topic(engine.clone(), 1024).await;
+        let p = broker.partition("t", 0).unwrap();
+        for i in 0..5 {
+            p.produce(encode_batch(vec![rec(&format!("v{i}"))]), true, Duration::from_secs(5), None).await.unwrap();
+        }
+        broker.shutdown().await;
+    }
+    let (broker, _meta) = broker_with_topic(engine, 1024).await;
+    let p = broker.partition("t", 0).unwrap();
+    let out = p.fetch(0, 1 << 20, 0, None).await.unwrap();
+    assert_eq!(out.high_watermark, 5);
+    assert_eq!(out.batches.len(), 5);
+    let (b, _) = p.produce(encode_batch(vec![rec("v5")]), true, Duration::from_secs(5), None).await.unwrap();
+    assert_eq!(b, 5);
+}

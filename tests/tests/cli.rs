@@ -1,0 +1,135 @@
+//! `runnel dev` plus the command line, as the README shows them, and the errors users see.
+
+use std::io::Write;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use runnel_tests::{free_port, runnel_bin, wait_for, Cluster};
+
+struct Dev {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_dev() -> Dev {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(runnel_bin())
+        .args(["dev", "--listen", &addr, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn runnel dev");
+    let a = addr.clone();
+    wait_for(Duration::from_secs(60), "runnel dev answers metadata with a controller", || {
+        let a = a.clone();
+        async move { Cluster::metadata_from(&a).await.filter(|m| m.controller_id.is_some() && !m.brokers.is_empty()) }
+    })
+    .await;
+    Dev { child, addr, _dir: dir }
+}
+
+fn cli(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(runnel_bin());
+    cmd.args(args).env("RUNNEL_BOOTSTRAP", addr).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn runnel cli");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    child.wait_with_output().expect("cli output")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn fails_with(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
+    for n in needles {
+        assert!(err.contains(n), "stderr should mention '{n}': {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_node_and_cli_round_trip() {
+    let dev = start_dev().await;
+    let a = dev.addr.as_str();
+
+    ok(&cli(a, &["topic", "create", "greetings", "--partitions", "3", "--replication-factor", "1"], None));
+    let list = ok(&cli(a, &["topic", "list"], None));
+    assert!(list.contains("greetings"), "{list}");
+
+    let input = "alice:hello\nbob:hi\nalice:how are you\ncarol:hey\nbob:bye\nalice:bye\n";
+    ok(&cli(a, &["produce", "greetings", "--key-separator", ":"], Some(input)));
+
+    let out = ok(&cli(
+        a,
+        &["consume", "greetings", "--from-beginning", "--max-records", "6", "--print-key", "--timeout-ms", "10000"],
+        None,
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    // Every line comes back once, and each key's values in the order they were produced.
+    for key in ["alice", "bob", "carol"] {
+        let sent: Vec<&str> = input.lines().filter(|l| l.starts_with(&format!("{key}:"))).map(|l| &l[key.len() + 1..]).collect();
+        let got: Vec<String> = lines
+            .iter()
+            .filter(|l| l.starts_with(key))
+            .map(|l| l[key.len()..].trim_start_matches(|c: char| c == ':' || c == '\t' || c == ' ').to_string())
+            .collect();
+        assert_eq!(got, sent, "values of key {key} in {out}");
+    }
+
+    let json = ok(&cli(a, &["topic", "describe", "greetings", "--output", "json"], None));
+    assert!(json.trim_start().starts_with('{') || json.trim_start().starts_with('['), "{json}");
+    assert!(json.contains("greetings"));
+    let info = ok(&cli(a, &["cluster", "info"], None));
+    assert!(info.contains(a), "cluster info should list the broker address: {info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_errors_that_name_what_was_wrong() {
+    let dev = start_dev().await;
+    let a = dev.addr.as_str();
+
+    fails_with(&cli(a, &["topic", "create", "wide", "--partitions", "1", "--replication-factor", "3"], None), &["replication factor 3", "1"]);
+    fails_with(&cli(a, &["topic", "create", "bad name", "--partitions", "1", "--replication-factor", "1"], None), &["bad name"]);
+    fails_with(&cli(a, &["produce", "nosuch"], Some("x\n")), &["nosuch"]);
+    ok(&cli(
+        a,
+        &["topic", "create", "small", "--partitions", "1", "--replication-factor", "1", "--config", "max.record.bytes=100"],
+        None,
+    ));
+    fails_with(&cli(a, &["topic", "create", "small", "--partitions", "1", "--replication-factor", "1"], None), &["small", "exists"]);
+    fails_with(
+        &cli(a, &["topic", "create", "cfg", "--partitions", "1", "--replication-factor", "1", "--config", "max.record.bytes=lots"], None),
+        &["max.record.bytes", "lots"],
+    );
+    let big = format!("{}\n", "x".repeat(200));
+    fails_with(&cli(a, &["produce", "small"], Some(&big)), &["max.record.bytes", "100"]);
+    ok(&cli(a, &["produce", "small"], Some("fits\n")));
+    fails_with(&cli(a, &["consume", "small", "--partition", "0", "--offset", "99", "--max-records", "1"], None), &["99", "[0, 1]"]);
+    fails_with(&cli(a, &["consume", "small", "--partition", "7", "--from-beginning", "--max-records", "1"], None), &["partition 7"]);
+
+    // The record that was accepted is still there after all the refusals.
+    let out = ok(&cli(a, &["consume", "small", "--from-beginning", "--max-records", "1", "--timeout-ms", "10000"], None));
+    assert_eq!(out.trim(), "fits");
+}
