@@ -42,6 +42,13 @@ up() {
   done
   # Ready when node 1 reports a controller and all N brokers.
   for _ in $(seq 1 150); do
+    for i in $(seq 1 "$n"); do
+      if ! is_running "$dir/node$i.pid"; then
+        echo "cluster.sh: node $i exited; last lines of $dir/node$i.log:" >&2
+        tail -n 20 "$dir/node$i.log" >&2
+        exit 1
+      fi
+    done
     if "$RUNNEL_BIN" cluster info --bootstrap "127.0.0.1:$base_port" --output json 2>/dev/null |
       python3 -c "import json,sys; d=json.load(sys.stdin); b=d.get('brokers',[]); sys.exit(0 if d.get('controller_id') and len(b)>=$n else 1)" 2>/dev/null; then
       echo "cluster ready: $n nodes"

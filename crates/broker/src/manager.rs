@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use openraft::type_config::async_runtime::WatchReceiver;
 use parking_lot::RwLock;
 use runnel_meta::{PartitionRecord, TopicRecord};
 use runnel_raft::log_store::LogStore;
@@ -154,6 +155,38 @@ impl Broker {
             }
         }
         tracing::info!(topic = %p.topic, partition = p.partition, group, "partition replica stopped");
+    }
+
+    /// Preferred-leader balancing: a partition led by a node other than its preferred replica (the
+    /// first in its replica list) hands leadership to the preferred one once that replica has every
+    /// entry the leader has. Placement spreads preferred leaders evenly, so this spreads leadership
+    /// (and the work that goes with it) after startup races and restarts.
+    pub async fn run_leader_balancer(self: Arc<Self>, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for p in self.partitions() {
+                let Some(&preferred) = p.replicas.first() else { continue };
+                if preferred == self.deps.node_id {
+                    continue;
+                }
+                let caught_up = {
+                    let m = p.raft.metrics();
+                    let m = m.borrow_watched();
+                    let leader = m.state == openraft::ServerState::Leader;
+                    let last = m.last_log_index;
+                    let matched = m.replication.as_ref().and_then(|r| r.get(&preferred).cloned().flatten()).map(|l| l.index);
+                    leader && last.is_some() && matched == last
+                };
+                if caught_up {
+                    tracing::info!(topic = %p.topic, partition = p.partition, to = preferred, "moving leadership to the preferred replica");
+                    if let Err(e) = p.raft.trigger().transfer_leader(preferred).await {
+                        tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "leader transfer failed");
+                    }
+                }
+            }
+        }
     }
 
     /// Stops every partition (node shutdown), keeping their data.

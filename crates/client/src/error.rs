@@ -36,13 +36,21 @@ pub enum ClientError {
     },
     /// No answer within the request deadline.
     #[error("{op} {target}: no answer from {addr} within {} ms", .timeout.as_millis())]
-    Timeout { op: &'static str, target: String, addr: String, timeout: Duration },
+    Timeout {
+        op: &'static str,
+        target: String,
+        addr: String,
+        timeout: Duration,
+    },
     /// A bootstrap or broker address that is not a valid `host:port`.
     #[error("invalid broker address '{addr}': {reason}")]
     InvalidAddress { addr: String, reason: String },
     /// None of the bootstrap addresses answered a metadata request.
     #[error("could not reach any bootstrap address ({addrs}); last error: {last}")]
-    Bootstrap { addrs: String, last: Box<ClientError> },
+    Bootstrap {
+        addrs: String,
+        last: Box<ClientError>,
+    },
     /// Retriable errors kept happening until the retry policy's limits ran out.
     #[error("{op} {target}: gave up after {attempts} attempts over {} ms; last error: {last}", .elapsed.as_millis())]
     RetriesExhausted {
@@ -139,7 +147,10 @@ mod tests {
             error: RunnelError::not_leader("orders", 3, None),
         };
         let text = e.to_string();
-        assert!(text.contains("produce orders/3 via 127.0.0.1:9293: NOT_LEADER"), "{text}");
+        assert!(
+            text.contains("produce orders/3 via 127.0.0.1:9293: NOT_LEADER"),
+            "{text}"
+        );
         let wrapped = ClientError::RetriesExhausted {
             op: "produce",
             target: "orders/3".into(),
@@ -149,7 +160,10 @@ mod tests {
         };
         assert_eq!(wrapped.code(), Some(ErrorCode::NotLeader));
         let text = wrapped.to_string();
-        assert!(text.contains("gave up after 30 attempts over 12345 ms"), "{text}");
+        assert!(
+            text.contains("gave up after 30 attempts over 12345 ms"),
+            "{text}"
+        );
         assert!(text.contains("NOT_LEADER"), "{text}");
     }
 

@@ -62,6 +62,19 @@ impl Default for NodeConfig {
     }
 }
 
+/// The keys a node reads from `RUNNEL_<KEY>` environment variables.
+const ENV_KEYS: [&str; 9] = [
+    "node_id",
+    "listen",
+    "advertise",
+    "data_dir",
+    "voters",
+    "raft_heartbeat_ms",
+    "raft_election_timeout_ms",
+    "broker_heartbeat_ms",
+    "broker_session_timeout_ms",
+];
+
 /// Command-line overrides; every field is optional so unset flags do not mask the file or env.
 #[derive(Debug, Clone, Default, Serialize, clap::Args)]
 pub struct NodeFlags {
@@ -94,7 +107,9 @@ pub struct NodeFlags {
 impl NodeConfig {
     /// Loads defaults < `flags.config` TOML file < `RUNNEL_*` env < flags, then validates.
     pub fn load(flags: &NodeFlags) -> Result<NodeConfig, ConfigError> {
-        Self::load_from(flags, Env::prefixed("RUNNEL_").ignore(&["config", "bootstrap", "log"]))
+        // Only this struct's keys: other RUNNEL_* variables (RUNNEL_BOOTSTRAP, RUNNEL_LOG, ...) belong
+        // to the client or the scripts.
+        Self::load_from(flags, Env::prefixed("RUNNEL_").only(&ENV_KEYS))
     }
 
     fn load_from(flags: &NodeFlags, env: Env) -> Result<NodeConfig, ConfigError> {

@@ -83,6 +83,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     );
 
     let reconciler = tokio::spawn(broker.clone().run_reconciler(meta_sm.subscribe()));
+    let balancer = tokio::spawn(broker.clone().run_leader_balancer(Duration::from_secs(2)));
     let heartbeats = tokio::spawn(heartbeat_loop(
         node_id,
         advertise.clone(),
@@ -113,6 +114,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
 
     tracing::info!(node_id, "shutting down");
     heartbeats.abort();
+    balancer.abort();
     reconciler.abort();
     broker.shutdown().await;
     let _ = meta_raft.shutdown().await;

@@ -1,0 +1,161 @@
+//! `runnel bench produce`: drives a cluster with concurrent acks=all producers and reports
+//! throughput and latency (hdrhistogram). Speed is measured here, never asserted in tests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use runnel_client::Client;
+use runnel_proto::v1::{Acks, Record};
+use serde::Serialize;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProduceBench {
+    /// Topic to write to; created if missing.
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Records to send in total.
+    #[arg(long, default_value_t = 200_000)]
+    pub records: u64,
+    /// Bytes per record value.
+    #[arg(long, default_value_t = 100)]
+    pub record_size: usize,
+    /// Records per produce request.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Produce requests in flight at once (spread over partitions).
+    #[arg(long, default_value_t = 32)]
+    pub in_flight: usize,
+    /// Partitions when the topic is created.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: u32,
+    /// Replication factor when the topic is created.
+    #[arg(long, default_value_t = 3)]
+    pub replication_factor: u32,
+    /// all | none
+    #[arg(long, default_value = "all")]
+    pub acks: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub records: u64,
+    pub record_size: usize,
+    pub batch: usize,
+    pub in_flight: usize,
+    pub partitions: u32,
+    pub replication_factor: u32,
+    pub acks: String,
+    pub seconds: f64,
+    pub records_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_p999: f64,
+    pub latency_ms_max: f64,
+    pub errors: u64,
+}
+
+pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchReport> {
+    let acks = match b.acks.as_str() {
+        "all" => Acks::All,
+        "none" => Acks::None,
+        other => anyhow::bail!("--acks must be 'all' or 'none', not '{other}'"),
+    };
+    anyhow::ensure!(b.batch > 0 && b.in_flight > 0 && b.records > 0, "--batch, --in-flight and --records must be positive");
+    let partitions = match client.partition_count(&b.topic).await {
+        Ok(n) => n,
+        Err(_) => {
+            client
+                .create_topic(&b.topic, b.partitions, b.replication_factor, Default::default())
+                .await
+                .with_context(|| format!("creating topic '{}'", b.topic))?;
+            b.partitions
+        }
+    };
+    let value = Bytes::from(vec![b'x'; b.record_size]);
+    let batches_total = b.records.div_ceil(b.batch as u64);
+    let next_batch = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let pb = if b.quiet { ProgressBar::hidden() } else { ProgressBar::new(b.records) };
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..b.in_flight {
+        let (client, topic, value, next_batch, errors, pb) =
+            (client.clone(), b.topic.clone(), value.clone(), next_batch.clone(), errors.clone(), pb.clone());
+        let batch = b.batch;
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds");
+            let mut p = (w as u32) % partitions;
+            loop {
+                let i = next_batch.fetch_add(1, Ordering::Relaxed);
+                if i >= batches_total {
+                    break;
+                }
+                let records: Vec<Record> = (0..batch)
+                    .map(|_| Record { key: Bytes::new(), value: value.clone(), headers: vec![], timestamp_ms: 0 })
+                    .collect();
+                let t = Instant::now();
+                match client.produce(&topic, p, records, acks).await {
+                    Ok(_) => {
+                        let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                        pb.inc(batch as u64);
+                    }
+                    Err(e) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "produce failed");
+                    }
+                }
+                p = (p + 1) % partitions;
+            }
+            hist
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
+    for t in tasks {
+        hist.add(t.await.context("bench task")?).context("merging histograms")?;
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    pb.finish_and_clear();
+    let sent = hist.len() * b.batch as u64;
+    let ms = |v: u64| Duration::from_micros(v).as_secs_f64() * 1000.0;
+    Ok(BenchReport {
+        records: sent,
+        record_size: b.record_size,
+        batch: b.batch,
+        in_flight: b.in_flight,
+        partitions,
+        replication_factor: b.replication_factor,
+        acks: b.acks.clone(),
+        seconds: secs,
+        records_per_sec: sent as f64 / secs,
+        mb_per_sec: (sent as f64 * b.record_size as f64) / secs / 1e6,
+        latency_ms_p50: ms(hist.value_at_quantile(0.50)),
+        latency_ms_p99: ms(hist.value_at_quantile(0.99)),
+        latency_ms_p999: ms(hist.value_at_quantile(0.999)),
+        latency_ms_max: ms(hist.max()),
+        errors: errors.load(Ordering::Relaxed),
+    })
+}
+
+pub fn print_text(r: &BenchReport) {
+    println!(
+        "produced {} records of {} B in {:.2} s: {:.0} records/s, {:.1} MB/s (batch {}, in-flight {}, {} partitions, acks={})",
+        r.records, r.record_size, r.seconds, r.records_per_sec, r.mb_per_sec, r.batch, r.in_flight, r.partitions, r.acks
+    );
+    println!(
+        "request latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}   errors: {}",
+        r.latency_ms_p50, r.latency_ms_p99, r.latency_ms_p999, r.latency_ms_max, r.errors
+    );
+}
