@@ -63,6 +63,13 @@ pub struct BenchReport {
     pub errors: u64,
 }
 
+/// Latency histogram in microseconds, 1 µs to 10 min, 3 significant digits.
+fn new_histogram() -> Histogram<u64> {
+    // Constant, valid bounds (low >= 1, high >= 2 * low, sigfig <= 5): construction cannot fail.
+    #[allow(clippy::expect_used)]
+    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
+}
+
 pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchReport> {
     let acks = match b.acks.as_str() {
         "all" => Acks::All,
@@ -96,7 +103,7 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
             (client.clone(), b.topic.clone(), value.clone(), next_batch.clone(), errors.clone(), pb.clone());
         let batch = b.batch;
         tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds");
+            let mut hist = new_histogram();
             let mut p = (w as u32) % partitions;
             loop {
                 let i = next_batch.fetch_add(1, Ordering::Relaxed);
@@ -122,7 +129,7 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
             hist
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).context("histogram")?;
+    let mut hist = new_histogram();
     for t in tasks {
         hist.add(t.await.context("bench task")?).context("merging histograms")?;
     }

@@ -3,6 +3,7 @@
 //! errors to the exit code.
 
 pub mod admin;
+pub mod bench;
 pub mod consume;
 pub mod output;
 pub mod produce;
@@ -40,6 +41,22 @@ pub enum Command {
     Consume(consume::ConsumeArgs),
     /// Show the cluster's state.
     Cluster(admin::ClusterArgs),
+    /// Measure the cluster: throughput and latency under load.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub kind: BenchKind,
+    #[command(flatten)]
+    pub client: ClientOpts,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchKind {
+    /// Concurrent producers; reports records/s, MB/s and request latency percentiles.
+    Produce(bench::ProduceBench),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +120,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Cluster(args) => admin::cluster(args).await,
+        Command::Bench(args) => {
+            let client = args.client.connect().await?;
+            match &args.kind {
+                BenchKind::Produce(b) => {
+                    let report = bench::produce(&client, b).await?;
+                    match args.client.output {
+                        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                        OutputFormat::Text => bench::print_text(&report),
+                    }
+                    Ok(())
+                }
+            }
+        }
     }
 }
 

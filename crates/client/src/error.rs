@@ -19,8 +19,8 @@ pub enum ClientError {
         /// The node that answered (or `local` for errors the client found itself, such as a
         /// batch failing its checksum on receipt).
         addr: String,
-        /// The broker's error.
-        error: RunnelError,
+        /// The broker's error (boxed: it is large and errors should be cheap to move).
+        error: Box<RunnelError>,
     },
     /// The gRPC call failed without a broker answer: connection refused or reset, DNS failure,
     /// HTTP/2 error, or a gRPC status the broker produced outside the Runnel error model.
@@ -70,7 +70,7 @@ impl ClientError {
     /// [`ClientError::Bootstrap`].
     pub fn runnel_error(&self) -> Option<&RunnelError> {
         match self {
-            ClientError::Broker { error, .. } => Some(error),
+            ClientError::Broker { error, .. } => Some(&**error),
             ClientError::RetriesExhausted { last, .. } | ClientError::Bootstrap { last, .. } => {
                 last.runnel_error()
             }
@@ -144,7 +144,7 @@ mod tests {
             op: "produce",
             target: "orders/3".into(),
             addr: "127.0.0.1:9293".into(),
-            error: RunnelError::not_leader("orders", 3, None),
+            error: Box::new(RunnelError::not_leader("orders", 3, None)),
         };
         let text = e.to_string();
         assert!(
@@ -173,7 +173,7 @@ mod tests {
             op: "fetch",
             target: "t/0".into(),
             addr: "a:1".into(),
-            error: RunnelError::offset_out_of_range("t", 0, 99, 5, 10),
+            error: Box::new(RunnelError::offset_out_of_range("t", 0, 99, 5, 10)),
         };
         assert_eq!(e.valid_range(), Some((5, 10)));
         assert!(!e.is_transport());

@@ -416,10 +416,10 @@ impl Client {
             .find(|t| !resp.topics.iter().any(|i| &i.name == *t))
         {
             return Err(ClientError::Broker {
-                op: "metadata",
+                op: "look up",
                 target: format!("topic '{missing}'"),
                 addr,
-                error: RunnelError::unknown_topic(missing),
+                error: Box::new(RunnelError::unknown_topic(missing)),
             });
         }
         Ok(resp)
@@ -444,13 +444,13 @@ impl Client {
             .map_or(0, |t| t.partitions.len() as u32);
         if n == 0 {
             return Err(ClientError::Broker {
-                op: "metadata",
+                op: "look up",
                 target: format!("topic '{topic}'"),
-                addr: "metadata".into(),
-                error: RunnelError::new(
+                addr: "cluster metadata".into(),
+                error: Box::new(RunnelError::new(
                     ErrorCode::LeaderNotAvailable,
                     format!("topic '{topic}' has no partitions assigned yet"),
-                ),
+                )),
             });
         }
         Ok(n)
@@ -467,7 +467,7 @@ impl Client {
         configs: BTreeMap<String, String>,
     ) -> Result<v1::TopicInfo, ClientError> {
         let configs: HashMap<String, String> = configs.into_iter().collect();
-        let target = format!("topic '{name}'");
+        let target = format!("'{name}'");
         let resp = self
             .with_controller("create topic", &target, |addr| {
                 let req = v1::CreateTopicRequest {
@@ -500,7 +500,7 @@ impl Client {
 
     /// Deletes a topic (through the controller, like [`Client::create_topic`]).
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
-        let target = format!("topic '{name}'");
+        let target = format!("'{name}'");
         self.with_controller("delete topic", &target, |addr| {
             let req = v1::DeleteTopicRequest {
                 name: name.to_string(),
@@ -626,7 +626,7 @@ impl Client {
         };
         let resp = self
             .call(
-                "metadata",
+                "read",
                 "cluster metadata",
                 addr,
                 Duration::ZERO,
@@ -636,10 +636,10 @@ impl Client {
         if let Err(e) = check_error(resp.error.as_ref()) {
             if e.code != ErrorCode::UnknownTopic {
                 return Err(ClientError::Broker {
-                    op: "metadata",
+                    op: "read",
                     target: "cluster metadata".into(),
                     addr: addr.into(),
-                    error: e,
+                    error: Box::new(e),
                 });
             }
         }
@@ -704,7 +704,7 @@ impl Client {
             op,
             target: format!("{topic}/{partition}"),
             addr: answered_by,
-            error,
+            error: Box::new(error),
         })
     }
 
@@ -929,7 +929,7 @@ fn broker_result(
         op,
         target: target.to_string(),
         addr: addr.to_string(),
-        error,
+        error: Box::new(error),
     })
 }
 
@@ -982,7 +982,7 @@ fn decode_fetch(
         op: "fetch",
         target: format!("{topic}/{partition}"),
         addr: addr.to_string(),
-        error,
+        error: Box::new(error),
     };
     let mut records = Vec::new();
     for fb in &resp.batches {
