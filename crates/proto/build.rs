@@ -3,10 +3,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = [
-        root.join("runnel/v1/runnel.proto"),
-        root.join("runnel/v1/internal.proto"),
-    ];
+    let files = [root.join("runnel/v1/runnel.proto"), root.join("runnel/v1/internal.proto")];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -47,7 +47,21 @@ fn cli(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
     if let Some(input) = stdin {
         child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     }
-    child.wait_with_output().expect("cli output")
+    // Bounded: a CLI that never exits fails the test with its arguments instead of hanging CI.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("cli output"),
+        Err(_) => {
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+            panic!("`runnel {}` did not exit within 60 s", args.join(" "));
+        }
+    }
 }
 
 fn ok(out: &Output) -> String {
@@ -89,7 +103,8 @@ async fn dev_node_and_cli_round_trip() {
     assert_eq!(lines.len(), 6, "{out}");
     // Every line comes back once, and each key's values in the order they were produced.
     for key in ["alice", "bob", "carol"] {
-        let sent: Vec<&str> = input.lines().filter(|l| l.starts_with(&format!("{key}:"))).map(|l| &l[key.len() + 1..]).collect();
+        let sent: Vec<&str> =
+            input.lines().filter(|l| l.starts_with(&format!("{key}:"))).map(|l| &l[key.len() + 1..]).collect();
         let got: Vec<String> = lines
             .iter()
             .filter(|l| l.starts_with(key))
@@ -103,6 +118,12 @@ async fn dev_node_and_cli_round_trip() {
     assert!(json.contains("greetings"));
     let info = ok(&cli(a, &["cluster", "info"], None));
     assert!(info.contains(a), "cluster info should list the broker address: {info}");
+
+    // Delete: the topic disappears, and producing to it names the missing topic.
+    ok(&cli(a, &["topic", "delete", "greetings"], None));
+    let list = ok(&cli(a, &["topic", "list", "--output", "json"], None));
+    assert!(!list.contains("greetings"), "{list}");
+    fails_with(&cli(a, &["produce", "greetings"], Some("late\n")), &["greetings"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,26 +131,66 @@ async fn bad_requests_get_errors_that_name_what_was_wrong() {
     let dev = start_dev().await;
     let a = dev.addr.as_str();
 
-    fails_with(&cli(a, &["topic", "create", "wide", "--partitions", "1", "--replication-factor", "3"], None), &["replication factor 3", "1"]);
-    fails_with(&cli(a, &["topic", "create", "bad name", "--partitions", "1", "--replication-factor", "1"], None), &["bad name"]);
+    fails_with(
+        &cli(a, &["topic", "create", "wide", "--partitions", "1", "--replication-factor", "3"], None),
+        &["replication factor 3", "1"],
+    );
+    fails_with(
+        &cli(a, &["topic", "create", "bad name", "--partitions", "1", "--replication-factor", "1"], None),
+        &["bad name"],
+    );
     fails_with(&cli(a, &["produce", "nosuch"], Some("x\n")), &["nosuch"]);
     ok(&cli(
         a,
-        &["topic", "create", "small", "--partitions", "1", "--replication-factor", "1", "--config", "max.record.bytes=100"],
+        &[
+            "topic",
+            "create",
+            "small",
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "1",
+            "--config",
+            "max.record.bytes=100",
+        ],
         None,
     ));
-    fails_with(&cli(a, &["topic", "create", "small", "--partitions", "1", "--replication-factor", "1"], None), &["small", "exists"]);
     fails_with(
-        &cli(a, &["topic", "create", "cfg", "--partitions", "1", "--replication-factor", "1", "--config", "max.record.bytes=lots"], None),
+        &cli(a, &["topic", "create", "small", "--partitions", "1", "--replication-factor", "1"], None),
+        &["small", "exists"],
+    );
+    fails_with(
+        &cli(
+            a,
+            &[
+                "topic",
+                "create",
+                "cfg",
+                "--partitions",
+                "1",
+                "--replication-factor",
+                "1",
+                "--config",
+                "max.record.bytes=lots",
+            ],
+            None,
+        ),
         &["max.record.bytes", "lots"],
     );
     let big = format!("{}\n", "x".repeat(200));
     fails_with(&cli(a, &["produce", "small"], Some(&big)), &["max.record.bytes", "100"]);
     ok(&cli(a, &["produce", "small"], Some("fits\n")));
-    fails_with(&cli(a, &["consume", "small", "--partition", "0", "--offset", "99", "--max-records", "1"], None), &["99", "[0, 1]"]);
-    fails_with(&cli(a, &["consume", "small", "--partition", "7", "--from-beginning", "--max-records", "1"], None), &["partition 7"]);
+    fails_with(
+        &cli(a, &["consume", "small", "--partition", "0", "--offset", "99", "--max-records", "1"], None),
+        &["99", "[0, 1]"],
+    );
+    fails_with(
+        &cli(a, &["consume", "small", "--partition", "7", "--from-beginning", "--max-records", "1"], None),
+        &["partition 7"],
+    );
 
     // The record that was accepted is still there after all the refusals.
-    let out = ok(&cli(a, &["consume", "small", "--from-beginning", "--max-records", "1", "--timeout-ms", "10000"], None));
+    let out =
+        ok(&cli(a, &["consume", "small", "--from-beginning", "--max-records", "1", "--timeout-ms", "10000"], None));
     assert_eq!(out.trim(), "fits");
 }

@@ -143,7 +143,8 @@ async fn killing_a_leader_under_acks_all_load_loses_nothing() {
     };
 
     let acked_count = || acked.lock().unwrap().len();
-    wait_for(READY, "300 acknowledged batches before the kill", || async { (acked_count() >= 300).then_some(()) }).await;
+    wait_for(READY, "300 acknowledged batches before the kill", || async { (acked_count() >= 300).then_some(()) })
+        .await;
     let meta = Cluster::metadata_from(&cluster.nodes[0].addr).await.expect("metadata");
     let leader = meta.topics.iter().find(|t| t.name == "events").unwrap().partitions[0].leader.expect("leader");
     cluster.kill9(leader);

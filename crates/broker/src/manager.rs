@@ -176,7 +176,8 @@ impl Broker {
                     let m = m.borrow_watched();
                     let leader = m.state == openraft::ServerState::Leader;
                     let last = m.last_log_index;
-                    let matched = m.replication.as_ref().and_then(|r| r.get(&preferred).cloned().flatten()).map(|l| l.index);
+                    let matched =
+                        m.replication.as_ref().and_then(|r| r.get(&preferred).cloned().flatten()).map(|l| l.index);
                     leader && last.is_some() && matched == last
                 };
                 if caught_up {

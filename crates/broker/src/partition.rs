@@ -13,7 +13,7 @@ use runnel_raft::network::Router;
 use runnel_raft::{codec, PartitionCommand, PartitionResponse, PartitionTypes, StoredBatch};
 use runnel_storage::keys::group_key;
 use runnel_storage::{Engine, Keyspace};
-use runnel_types::limits::{MAX_BATCH_BYTES, MAX_FETCH_BYTES, MAX_FETCH_WAIT_MS, DEFAULT_FETCH_BYTES};
+use runnel_types::limits::{DEFAULT_FETCH_BYTES, MAX_BATCH_BYTES, MAX_FETCH_BYTES, MAX_FETCH_WAIT_MS};
 use runnel_types::topic::TopicConfig;
 use runnel_types::{ErrorCode, GroupId, NodeId, RunnelError};
 
@@ -64,7 +64,10 @@ impl Partition {
             if e != term {
                 return Err(RunnelError::new(
                     ErrorCode::StaleEpoch,
-                    format!("request for {}/{} carries leader epoch {e}, the current one is {term}", self.topic, self.partition),
+                    format!(
+                        "request for {}/{} carries leader epoch {e}, the current one is {term}",
+                        self.topic, self.partition
+                    ),
                 ));
             }
         }
@@ -92,7 +95,10 @@ impl Partition {
                 _ => {
                     return Err(RunnelError::new(
                         ErrorCode::LeaderNotAvailable,
-                        format!("{}/{}: the new leader has not committed its first entry yet", self.topic, self.partition),
+                        format!(
+                            "{}/{}: the new leader has not committed its first entry yet",
+                            self.topic, self.partition
+                        ),
                     ))
                 }
             }
@@ -132,18 +138,26 @@ impl Partition {
                 ));
             }
         }
-        let cmd = PartitionCommand::Append(StoredBatch { crc32c: batch.crc32c, record_count: batch.record_count, records: batch.records });
+        let cmd = PartitionCommand::Append(StoredBatch {
+            crc32c: batch.crc32c,
+            record_count: batch.record_count,
+            records: batch.records,
+        });
         if !wait {
-            self.raft
-                .client_write_ff(cmd, None)
-                .await
-                .map_err(|e| RunnelError::new(ErrorCode::LeaderNotAvailable, format!("{}/{}: {e}", self.topic, self.partition)))?;
+            self.raft.client_write_ff(cmd, None).await.map_err(|e| {
+                RunnelError::new(ErrorCode::LeaderNotAvailable, format!("{}/{}: {e}", self.topic, self.partition))
+            })?;
             return Ok((0, term));
         }
         let res = tokio::time::timeout(timeout, self.raft.client_write(cmd)).await.map_err(|_| {
             RunnelError::new(
                 ErrorCode::Timeout,
-                format!("{}/{}: batch not committed within {} ms; it may still be", self.topic, self.partition, timeout.as_millis()),
+                format!(
+                    "{}/{}: batch not committed within {} ms; it may still be",
+                    self.topic,
+                    self.partition,
+                    timeout.as_millis()
+                ),
             )
         })?;
         match res {
@@ -155,7 +169,9 @@ impl Partition {
                 let hint = self.leader_hint(f.leader_id);
                 Err(RunnelError::not_leader(&self.topic, self.partition, hint))
             }
-            Err(e) => Err(RunnelError::new(ErrorCode::LeaderNotAvailable, format!("{}/{}: {e}", self.topic, self.partition))),
+            Err(e) => {
+                Err(RunnelError::new(ErrorCode::LeaderNotAvailable, format!("{}/{}: {e}", self.topic, self.partition)))
+            }
         }
     }
 
@@ -181,11 +197,13 @@ impl Partition {
             let _ = tokio::time::timeout(wait, rx.wait_for(|h| *h > offset)).await;
             hw = self.sm.high_watermark();
         }
-        let mut out = FetchOutcome { batches: Vec::new(), high_watermark: hw, log_start_offset: log_start, leader_epoch: term };
+        let mut out =
+            FetchOutcome { batches: Vec::new(), high_watermark: hw, log_start_offset: log_start, leader_epoch: term };
         if offset >= hw {
             return Ok(out);
         }
-        let rows = self.sm.index_from(offset, hw, 1024).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
+        let rows =
+            self.sm.index_from(offset, hw, 1024).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
         let mut bytes = 0usize;
         for row in rows {
             let raw = self
@@ -198,7 +216,8 @@ impl Partition {
                         self.topic, self.partition, row.base_offset, row.log_index
                     ))
                 })?;
-            let entry: <PartitionTypes as openraft::RaftTypeConfig>::Entry = codec::decode(&raw).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
+            let entry: <PartitionTypes as openraft::RaftTypeConfig>::Entry =
+                codec::decode(&raw).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
             let EntryPayload::Normal(PartitionCommand::Append(b)) = entry.payload else {
                 return Err(RunnelError::internal(format!(
                     "{}/{}: index points offset {} at log entry {} which is not a batch",
@@ -209,7 +228,10 @@ impl Partition {
             if !b.checksum_ok() || b.record_count != row.record_count {
                 return Err(RunnelError::new(
                     ErrorCode::CorruptBatch,
-                    format!("{}/{}: stored batch at offset {} fails its checksum on read", self.topic, self.partition, row.base_offset),
+                    format!(
+                        "{}/{}: stored batch at offset {} fails its checksum on read",
+                        self.topic, self.partition, row.base_offset
+                    ),
                 ));
             }
             bytes += b.records.len();
@@ -229,7 +251,10 @@ impl Partition {
         leader.filter(|l| *l != self.node_id).and_then(|l| self.router.addr(l).map(|a| (l, a)))
     }
 
-    pub fn membership_nodes(replicas: &[NodeId], addr: &dyn Fn(NodeId) -> Option<String>) -> BTreeMap<NodeId, BasicNode> {
+    pub fn membership_nodes(
+        replicas: &[NodeId],
+        addr: &dyn Fn(NodeId) -> Option<String>,
+    ) -> BTreeMap<NodeId, BasicNode> {
         replicas.iter().map(|r| (*r, BasicNode { addr: addr(*r).unwrap_or_default() })).collect()
     }
 }

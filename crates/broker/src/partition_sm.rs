@@ -85,14 +85,17 @@ impl PartitionStateMachine {
     /// Index rows for batches holding offsets in `[from, hw)`, starting with the batch that
     /// contains `from`, at most `limit` rows.
     pub fn index_from(&self, from: u64, hw: u64, limit: usize) -> io::Result<Vec<IndexEntry>> {
-        let first = self
-            .engine
-            .last_in_range(Keyspace::Index, &group_key(self.group, 0), &group_key(self.group, from.saturating_add(1)))?;
+        let first = self.engine.last_in_range(
+            Keyspace::Index,
+            &group_key(self.group, 0),
+            &group_key(self.group, from.saturating_add(1)),
+        )?;
         let start = match first {
             Some((k, v)) => decode_index(&k, &v)?.base_offset,
             None => from,
         };
-        let rows = self.engine.scan(Keyspace::Index, &group_key(self.group, start), &group_key(self.group, hw), limit)?;
+        let rows =
+            self.engine.scan(Keyspace::Index, &group_key(self.group, start), &group_key(self.group, hw), limit)?;
         rows.iter().map(|(k, v)| decode_index(k, v)).collect()
     }
 
@@ -142,26 +145,38 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
             let resp = match &entry.payload {
                 EntryPayload::Blank => None,
                 EntryPayload::Membership(m) => {
-                    inner.applied.membership = StoredMembershipOf::<PartitionTypes>::new(Some(entry.log_id.clone()), m.clone());
+                    inner.applied.membership =
+                        StoredMembershipOf::<PartitionTypes>::new(Some(entry.log_id.clone()), m.clone());
                     None
                 }
                 EntryPayload::Normal(PartitionCommand::Append(batch)) => {
                     if batch.checksum_ok() {
                         let base = inner.applied.next_offset;
-                        wb.put(Keyspace::Index, group_key(self.group, base), encode_index(entry.log_id.index, batch.record_count));
+                        wb.put(
+                            Keyspace::Index,
+                            group_key(self.group, base),
+                            encode_index(entry.log_id.index, batch.record_count),
+                        );
                         inner.applied.next_offset = base + batch.record_count as u64;
                         Some(PartitionResponse::Appended { base_offset: base })
                     } else {
                         // The leader checked it before appending, so this is corruption in between;
                         // the batch gets no offsets and the producer hears why.
-                        tracing::error!(group = self.group, index = entry.log_id.index, "committed batch fails its checksum; not applied");
-                        Some(PartitionResponse::Rejected { reason: "batch failed its CRC32C check when applied".into() })
+                        tracing::error!(
+                            group = self.group,
+                            index = entry.log_id.index,
+                            "committed batch fails its checksum; not applied"
+                        );
+                        Some(PartitionResponse::Rejected {
+                            reason: "batch failed its CRC32C check when applied".into(),
+                        })
                     }
                 }
             };
             inner.applied.last_applied = Some(entry.log_id.clone());
             if let Some(r) = responder {
-                responses.push((r, resp.unwrap_or(PartitionResponse::Appended { base_offset: inner.applied.next_offset })));
+                responses
+                    .push((r, resp.unwrap_or(PartitionResponse::Appended { base_offset: inner.applied.next_offset })));
             }
         }
         wb.put(
@@ -181,7 +196,11 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
         self.clone()
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<PartitionTypes>, snapshot: Vec<u8>) -> Result<(), io::Error> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetaOf<PartitionTypes>,
+        snapshot: Vec<u8>,
+    ) -> Result<(), io::Error> {
         // Only reachable once logs are purged (retention, a later issue); the log below the
         // snapshot is then gone everywhere, so the applied state is all there is to install.
         let applied: AppliedState = codec::decode(&snapshot).map_err(|e| io::Error::other(e.to_string()))?;

@@ -22,7 +22,10 @@ fn rec(v: &str) -> Record {
     Record { key: Bytes::new(), value: Bytes::from(v.to_string()), headers: vec![], timestamp_ms: 0 }
 }
 
-async fn broker_with_topic(engine: Arc<dyn Engine>, max_record_bytes: u64) -> (Arc<Broker>, watch::Sender<Arc<MetaView>>) {
+async fn broker_with_topic(
+    engine: Arc<dyn Engine>,
+    max_record_bytes: u64,
+) -> (Arc<Broker>, watch::Sender<Arc<MetaView>>) {
     let deps = BrokerDeps {
         node_id: 1,
         engine: engine.clone(),

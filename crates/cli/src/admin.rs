@@ -67,21 +67,14 @@ pub async fn topic(args: TopicArgs) -> anyhow::Result<()> {
     let client = args.client.connect().await?;
     let out = args.client.output;
     match args.command {
-        TopicCommand::Create {
-            name,
-            partitions,
-            replication_factor,
-            configs,
-        } => {
+        TopicCommand::Create { name, partitions, replication_factor, configs } => {
             let mut map = BTreeMap::new();
             for (k, v) in configs {
                 if let Some(old) = map.insert(k.clone(), v.clone()) {
                     anyhow::bail!("--config {k} given twice ('{old}' and '{v}')");
                 }
             }
-            let info = client
-                .create_topic(&name, partitions, replication_factor, map)
-                .await?;
+            let info = client.create_topic(&name, partitions, replication_factor, map).await?;
             match out {
                 OutputFormat::Json => print_json(&topic_json(&info)),
                 OutputFormat::Text => print(&format!(
@@ -94,9 +87,7 @@ pub async fn topic(args: TopicArgs) -> anyhow::Result<()> {
             let mut topics = md.topics;
             topics.sort_by(|a, b| a.name.cmp(&b.name));
             match out {
-                OutputFormat::Json => {
-                    print_json(&Value::Array(topics.iter().map(topic_json).collect()))
-                }
+                OutputFormat::Json => print_json(&Value::Array(topics.iter().map(topic_json).collect())),
                 OutputFormat::Text => {
                     let rows: Vec<Vec<String>> = topics
                         .iter()
@@ -109,26 +100,19 @@ pub async fn topic(args: TopicArgs) -> anyhow::Result<()> {
                             ]
                         })
                         .collect();
-                    print(&table(
-                        &["TOPIC", "PARTITIONS", "REPLICATION_FACTOR", "TOPIC_ID"],
-                        &rows,
-                    ))
+                    print(&table(&["TOPIC", "PARTITIONS", "REPLICATION_FACTOR", "TOPIC_ID"], &rows))
                 }
             }
         }
         TopicCommand::Describe { name } => {
             let md = client.metadata(std::slice::from_ref(&name)).await?;
-            let info = md
-                .topics
-                .iter()
-                .find(|t| t.name == name)
-                .with_context(|| format!("topic '{name}' does not exist"))?;
+            let info =
+                md.topics.iter().find(|t| t.name == name).with_context(|| format!("topic '{name}' does not exist"))?;
             match out {
                 OutputFormat::Json => print_json(&topic_json(info)),
                 OutputFormat::Text => {
                     let configs: BTreeMap<_, _> = info.configs.iter().collect();
-                    let configs: Vec<String> =
-                        configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let configs: Vec<String> = configs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     let mut text = format!(
                         "Topic: {}  TopicId: {}  Partitions: {}  ReplicationFactor: {}  Configs: {}\n\n",
                         info.name,
@@ -141,14 +125,7 @@ pub async fn topic(args: TopicArgs) -> anyhow::Result<()> {
                     parts.sort_by_key(|p| p.partition);
                     let rows: Vec<Vec<String>> = parts.iter().map(partition_row).collect();
                     text.push_str(&table(
-                        &[
-                            "PARTITION",
-                            "LEADER",
-                            "REPLICAS",
-                            "LEADER_EPOCH",
-                            "PARTITION_EPOCH",
-                            "GROUP",
-                        ],
+                        &["PARTITION", "LEADER", "REPLICAS", "LEADER_EPOCH", "PARTITION_EPOCH", "GROUP"],
                         &rows,
                     ));
                     print(&text)
@@ -180,11 +157,7 @@ pub async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
 }
 
 fn replication_factor(t: &v1::TopicInfo) -> usize {
-    t.partitions
-        .iter()
-        .map(|p| p.replicas.len())
-        .max()
-        .unwrap_or(0)
+    t.partitions.iter().map(|p| p.replicas.len()).max().unwrap_or(0)
 }
 
 fn partition_row(p: &v1::PartitionInfo) -> Vec<String> {
@@ -251,12 +224,7 @@ fn cluster_text(md: &v1::MetadataResponse) -> String {
     let rows: Vec<Vec<String>> = brokers
         .iter()
         .map(|b| {
-            vec![
-                b.id.to_string(),
-                b.addr.clone(),
-                if b.alive { "yes" } else { "no" }.to_string(),
-                b.epoch.to_string(),
-            ]
+            vec![b.id.to_string(), b.addr.clone(), if b.alive { "yes" } else { "no" }.to_string(), b.epoch.to_string()]
         })
         .collect();
     text.push_str(&table(&["BROKER", "ADDRESS", "ALIVE", "EPOCH"], &rows));
@@ -275,15 +243,7 @@ fn cluster_text(md: &v1::MetadataResponse) -> String {
         text.push_str("(no topics)\n");
     } else {
         text.push_str(&table(
-            &[
-                "TOPIC",
-                "PARTITION",
-                "LEADER",
-                "REPLICAS",
-                "LEADER_EPOCH",
-                "PARTITION_EPOCH",
-                "GROUP",
-            ],
+            &["TOPIC", "PARTITION", "LEADER", "REPLICAS", "LEADER_EPOCH", "PARTITION_EPOCH", "GROUP"],
             &rows,
         ));
     }
@@ -296,10 +256,7 @@ mod tests {
 
     #[test]
     fn key_values() {
-        assert_eq!(
-            parse_key_value("a.b=1").unwrap(),
-            ("a.b".into(), "1".into())
-        );
+        assert_eq!(parse_key_value("a.b=1").unwrap(), ("a.b".into(), "1".into()));
         assert_eq!(parse_key_value("a=").unwrap(), ("a".into(), "".into()));
         assert!(parse_key_value("novalue").unwrap_err().contains("novalue"));
         assert!(parse_key_value("=1").is_err());
@@ -308,12 +265,7 @@ mod tests {
     #[test]
     fn cluster_text_lists_everything() {
         let md = v1::MetadataResponse {
-            brokers: vec![v1::BrokerInfo {
-                id: 1,
-                addr: "127.0.0.1:9292".into(),
-                alive: true,
-                epoch: 2,
-            }],
+            brokers: vec![v1::BrokerInfo { id: 1, addr: "127.0.0.1:9292".into(), alive: true, epoch: 2 }],
             controller_id: Some(1),
             topics: vec![v1::TopicInfo {
                 name: "orders".into(),
@@ -330,14 +282,8 @@ mod tests {
             ..Default::default()
         };
         let text = cluster_text(&md);
-        assert!(
-            text.contains("Controller: node 1 (127.0.0.1:9292)"),
-            "{text}"
-        );
-        assert!(
-            text.contains("orders  0          -       1         3"),
-            "{text}"
-        );
+        assert!(text.contains("Controller: node 1 (127.0.0.1:9292)"), "{text}");
+        assert!(text.contains("orders  0          -       1         3"), "{text}");
         let j = cluster_json(&md);
         assert_eq!(j["topics"][0]["partitions"][0]["leader"], Value::Null);
         assert_eq!(j["brokers"][0]["alive"], Value::Bool(true));

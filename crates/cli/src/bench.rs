@@ -70,13 +70,31 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
 }
 
+/// Elections after topic creation are not part of the measurement: wait (up to 30 s) until every
+/// partition has a leader.
+async fn wait_for_leaders(client: &Client, topic: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = client.metadata(&[topic.to_string()]).await?;
+        let ready = m.topics.iter().any(|t| t.name == topic && t.partitions.iter().all(|p| p.leader.is_some()));
+        if ready {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "partitions of '{topic}' have no leader after 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchReport> {
     let acks = match b.acks.as_str() {
         "all" => Acks::All,
         "none" => Acks::None,
         other => anyhow::bail!("--acks must be 'all' or 'none', not '{other}'"),
     };
-    anyhow::ensure!(b.batch > 0 && b.in_flight > 0 && b.records > 0, "--batch, --in-flight and --records must be positive");
+    anyhow::ensure!(
+        b.batch > 0 && b.in_flight > 0 && b.records > 0,
+        "--batch, --in-flight and --records must be positive"
+    );
     let partitions = match client.partition_count(&b.topic).await {
         Ok(n) => n,
         Err(_) => {
@@ -87,6 +105,7 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
             b.partitions
         }
     };
+    wait_for_leaders(client, &b.topic).await?;
     let value = Bytes::from(vec![b'x'; b.record_size]);
     let batches_total = b.records.div_ceil(b.batch as u64);
     let next_batch = Arc::new(AtomicU64::new(0));

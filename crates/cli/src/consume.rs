@@ -35,9 +35,10 @@ fn parse_start(s: &str) -> Result<StartAt, String> {
     match s {
         "earliest" => Ok(StartAt::Earliest),
         "latest" => Ok(StartAt::Latest),
-        n => n.parse::<u64>().map(StartAt::Offset).map_err(|_| {
-            format!("expected an offset (a whole number), 'earliest' or 'latest', got '{s}'")
-        }),
+        n => n
+            .parse::<u64>()
+            .map(StartAt::Offset)
+            .map_err(|_| format!("expected an offset (a whole number), 'earliest' or 'latest', got '{s}'")),
     }
 }
 
@@ -93,13 +94,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     // Dropping the JoinSet (on any return) aborts the fetchers.
     let mut fetchers = JoinSet::new();
     for p in partitions {
-        fetchers.spawn(fetch_loop(
-            client.clone(),
-            topic.clone(),
-            p,
-            start,
-            tx.clone(),
-        ));
+        fetchers.spawn(fetch_loop(client.clone(), topic.clone(), p, start, tx.clone()));
     }
     drop(tx);
 
@@ -175,21 +170,11 @@ fn quiet_broken_pipe(e: std::io::Error) -> anyhow::Result<()> {
 
 /// Fetches one partition forever, sending non-empty batches to the printer. Jumps to the nearest
 /// valid offset (with a warning) when its position falls outside the log, e.g. after retention.
-async fn fetch_loop(
-    client: Client,
-    topic: String,
-    partition: u32,
-    start: StartAt,
-    tx: mpsc::Sender<Batch>,
-) {
+async fn fetch_loop(client: Client, topic: String, partition: u32, start: StartAt, tx: mpsc::Sender<Batch>) {
     let mut offset = match start {
         StartAt::Offset(o) => o,
         StartAt::Earliest | StartAt::Latest => {
-            let spec = if start == StartAt::Earliest {
-                OffsetSpec::Earliest
-            } else {
-                OffsetSpec::Latest
-            };
+            let spec = if start == StartAt::Earliest { OffsetSpec::Earliest } else { OffsetSpec::Latest };
             match client.list_offsets(&topic, partition, spec).await {
                 Ok(o) => o,
                 Err(e) => {
@@ -204,16 +189,7 @@ async fn fetch_loop(
     let mut explicit = matches!(start, StartAt::Offset(_));
     loop {
         let asked = Instant::now();
-        match client
-            .fetch(
-                &topic,
-                partition,
-                offset,
-                FETCH_MAX_BYTES,
-                FETCH_MAX_WAIT_MS,
-            )
-            .await
-        {
+        match client.fetch(&topic, partition, offset, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS).await {
             Ok(r) if r.records.is_empty() => {
                 if asked.elapsed() < Duration::from_millis(EMPTY_FETCH_PAUSE_MS) {
                     tokio::time::sleep(Duration::from_millis(EMPTY_FETCH_PAUSE_MS)).await;
@@ -228,9 +204,9 @@ async fn fetch_loop(
             }
             Err(e) if e.code() == Some(ErrorCode::OffsetOutOfRange) && explicit => {
                 let msg = match e.valid_range() {
-                    Some((start, end)) => format!(
-                        "--offset {offset} is outside {topic}/{partition}'s valid range [{start}, {end}]"
-                    ),
+                    Some((start, end)) => {
+                        format!("--offset {offset} is outside {topic}/{partition}'s valid range [{start}, {end}]")
+                    }
                     None => format!("--offset {offset} is out of range: {e}"),
                 };
                 let _ = tx.send(Err(ClientError::InvalidArgument(msg))).await;
@@ -240,12 +216,8 @@ async fn fetch_loop(
                 let (start, end) = match e.valid_range() {
                     Some(range) => range,
                     None => {
-                        let earliest = client
-                            .list_offsets(&topic, partition, OffsetSpec::Earliest)
-                            .await;
-                        let latest = client
-                            .list_offsets(&topic, partition, OffsetSpec::Latest)
-                            .await;
+                        let earliest = client.list_offsets(&topic, partition, OffsetSpec::Earliest).await;
+                        let latest = client.list_offsets(&topic, partition, OffsetSpec::Latest).await;
                         match (earliest, latest) {
                             (Ok(s), Ok(l)) => (s, l),
                             (Err(e), _) | (_, Err(e)) => {
@@ -282,12 +254,7 @@ fn format_record(
             let headers: serde_json::Map<String, Value> = r
                 .headers
                 .iter()
-                .map(|h| {
-                    (
-                        h.key.clone(),
-                        Value::String(String::from_utf8_lossy(&h.value).into_owned()),
-                    )
-                })
+                .map(|h| (h.key.clone(), Value::String(String::from_utf8_lossy(&h.value).into_owned())))
                 .collect();
             let obj = json!({
                 "partition": partition,
@@ -301,9 +268,7 @@ fn format_record(
         }
         OutputFormat::Text => {
             if args.print_offset {
-                out.extend_from_slice(
-                    format!("Partition:{partition}\tOffset:{}\t", r.offset).as_bytes(),
-                );
+                out.extend_from_slice(format!("Partition:{partition}\tOffset:{}\t", r.offset).as_bytes());
             }
             if args.print_key {
                 out.extend_from_slice(&r.key);
@@ -347,9 +312,7 @@ mod tests {
 
     #[test]
     fn text_and_json_lines() {
-        let args = T::try_parse_from(["t", "orders", "--print-key", "--print-offset"])
-            .unwrap()
-            .c;
+        let args = T::try_parse_from(["t", "orders", "--print-key", "--print-offset"]).unwrap().c;
         let mut out = Vec::new();
         format_record(&mut out, 3, &rec(), &args, OutputFormat::Text).unwrap();
         assert_eq!(out, b"Partition:3\tOffset:42\tk1\tv\xff\n");
@@ -366,19 +329,8 @@ mod tests {
     #[test]
     fn offset_needs_partition() {
         assert!(T::try_parse_from(["t", "orders", "--offset", "5"]).is_err());
-        assert!(T::try_parse_from([
-            "t",
-            "orders",
-            "--offset",
-            "5",
-            "-p",
-            "1",
-            "--from-beginning"
-        ])
-        .is_err());
-        let a = T::try_parse_from(["t", "orders", "--offset", "5", "-p", "1"])
-            .unwrap()
-            .c;
+        assert!(T::try_parse_from(["t", "orders", "--offset", "5", "-p", "1", "--from-beginning"]).is_err());
+        let a = T::try_parse_from(["t", "orders", "--offset", "5", "-p", "1"]).unwrap().c;
         assert_eq!(a.offset, Some(StartAt::Offset(5)));
     }
 }

@@ -148,19 +148,9 @@ mod tests {
 
     #[test]
     fn client_options_parse_anywhere() {
-        let cli = Cli::try_parse_from([
-            "runnel",
-            "topic",
-            "--bootstrap",
-            "a:1,b:2",
-            "list",
-            "--output",
-            "json",
-        ])
-        .unwrap();
-        let Command::Topic(t) = cli.command else {
-            panic!("not a topic command")
-        };
+        let cli =
+            Cli::try_parse_from(["runnel", "topic", "--bootstrap", "a:1,b:2", "list", "--output", "json"]).unwrap();
+        let Command::Topic(t) = cli.command else { panic!("not a topic command") };
         assert_eq!(t.client.bootstrap, vec!["a:1", "b:2"]);
         assert_eq!(t.client.output, OutputFormat::Json);
 
@@ -179,57 +169,16 @@ mod tests {
             "c:3",
         ])
         .unwrap();
-        let Command::Topic(t) = cli.command else {
-            panic!("not a topic command")
-        };
+        let Command::Topic(t) = cli.command else { panic!("not a topic command") };
         assert_eq!(t.client.bootstrap, vec!["c:3"]);
-        let admin::TopicCommand::Create {
-            configs,
-            partitions,
-            ..
-        } = t.command
-        else {
-            panic!("not create")
-        };
+        let admin::TopicCommand::Create { configs, partitions, .. } = t.command else { panic!("not create") };
         assert_eq!(partitions, 3);
-        assert_eq!(
-            configs,
-            vec![("max.record.bytes".to_string(), "10".to_string())]
-        );
+        assert_eq!(configs, vec![("max.record.bytes".to_string(), "10".to_string())]);
 
-        assert!(Cli::try_parse_from([
-            "runnel",
-            "topic",
-            "create",
-            "x",
-            "--partitions",
-            "0",
-            "-r",
-            "1"
-        ])
-        .is_err());
-        assert!(Cli::try_parse_from([
-            "runnel",
-            "produce",
-            "t",
-            "--key",
-            "k",
-            "--key-separator",
-            ":"
-        ])
-        .is_err());
-        let cli = Cli::try_parse_from([
-            "runnel",
-            "start",
-            "--node-id",
-            "2",
-            "--voters",
-            "1=a:1,2=b:2,3=c:3",
-        ])
-        .unwrap();
-        let Command::Start(s) = cli.command else {
-            panic!("not start")
-        };
+        assert!(Cli::try_parse_from(["runnel", "topic", "create", "x", "--partitions", "0", "-r", "1"]).is_err());
+        assert!(Cli::try_parse_from(["runnel", "produce", "t", "--key", "k", "--key-separator", ":"]).is_err());
+        let cli = Cli::try_parse_from(["runnel", "start", "--node-id", "2", "--voters", "1=a:1,2=b:2,3=c:3"]).unwrap();
+        let Command::Start(s) = cli.command else { panic!("not start") };
         assert_eq!(s.node.node_id, Some(2));
         assert_eq!(s.node.voters.map(|v| v.len()), Some(3));
     }

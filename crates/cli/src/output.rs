@@ -29,11 +29,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
                 s.push_str("  ");
             }
             s.push_str(cell);
-            let pad = widths
-                .get(i)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(cell.chars().count());
+            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
             s.extend(std::iter::repeat_n(' ', pad));
         }
         out.push_str(s.trim_end());
@@ -50,9 +46,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 pub fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(anyhow::anyhow!("writing to stdout: {e}"))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(anyhow::anyhow!("writing to stdout: {e}")),
         _ => Ok(()),
     }
 }
@@ -79,13 +73,7 @@ mod tests {
 
     #[test]
     fn columns_align() {
-        let t = table(
-            &["A", "LONGER"],
-            &[
-                vec!["xyz".into(), "1".into()],
-                vec!["q".into(), "22".into()],
-            ],
-        );
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()], vec!["q".into(), "22".into()]]);
         assert_eq!(t, "A    LONGER\nxyz  1\nq    22\n");
     }
 }

@@ -67,11 +67,7 @@ pub enum KeyMode {
 }
 
 /// Strips the line ending and splits key from value. `line_no` counts from 1, for errors.
-pub fn parse_line(
-    mut line: Vec<u8>,
-    mode: &KeyMode,
-    line_no: u64,
-) -> anyhow::Result<(Bytes, Bytes)> {
+pub fn parse_line(mut line: Vec<u8>, mode: &KeyMode, line_no: u64) -> anyhow::Result<(Bytes, Bytes)> {
     if line.last() == Some(&b'\n') {
         line.pop();
         if line.last() == Some(&b'\r') {
@@ -104,9 +100,7 @@ fn truncate(s: &str, max_chars: usize) -> String {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[derive(Default)]
@@ -155,16 +149,10 @@ pub async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     );
     // A send failure explains a read loop that stopped early, so it is reported first.
     if let Err(e) = send_result {
-        bail!(
-            "{e} ({} record(s) were acknowledged before the failure)",
-            sent.records
-        );
+        bail!("{e} ({} record(s) were acknowledged before the failure)", sent.records);
     }
     if let Err(e) = read_result {
-        bail!(
-            "{e:#} ({} record(s) were acknowledged before the failure)",
-            sent.records
-        );
+        bail!("{e:#} ({} record(s) were acknowledged before the failure)", sent.records);
     }
     match args.client.output {
         OutputFormat::Json => print_json(&serde_json::json!({
@@ -195,10 +183,7 @@ async fn read_stdin(
     let mut line_no = 0u64;
     loop {
         let mut line = Vec::new();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .await
-            .context("reading stdin")?;
+        let n = reader.read_until(b'\n', &mut line).await.context("reading stdin")?;
         if n == 0 {
             break;
         }
@@ -211,24 +196,13 @@ async fn read_stdin(
         };
         let entry = pending.entry(partition).or_default();
         entry.bytes += key.len() + value.len();
-        entry.records.push(Record {
-            key,
-            value,
-            headers: vec![],
-            timestamp_ms: now_ms(),
-        });
+        entry.records.push(Record { key, value, headers: vec![], timestamp_ms: now_ms() });
         let full = entry.records.len() >= MAX_BATCH_RECORDS || entry.bytes >= MAX_BATCH_BYTES;
         if full || reader.buffer().is_empty() {
             let flush: Flush = if full {
-                pending
-                    .remove(&partition)
-                    .map(|p| vec![(partition, p.records)])
-                    .unwrap_or_default()
+                pending.remove(&partition).map(|p| vec![(partition, p.records)]).unwrap_or_default()
             } else {
-                std::mem::take(&mut pending)
-                    .into_iter()
-                    .map(|(p, b)| (p, b.records))
-                    .collect()
+                std::mem::take(&mut pending).into_iter().map(|(p, b)| (p, b.records)).collect()
             };
             if flush.iter().any(|(p, _)| *p == sticky) {
                 sticky = (sticky + 1) % partitions;
@@ -266,12 +240,7 @@ async fn send_loop(
         for (p, count, result) in futures::future::join_all(sends).await {
             match result {
                 Ok(base) => {
-                    tracing::debug!(
-                        partition = p,
-                        base_offset = base,
-                        count,
-                        "batch acknowledged"
-                    );
+                    tracing::debug!(partition = p, base_offset = base, count, "batch acknowledged");
                     sent.records += count;
                     *sent.per_partition.entry(p).or_default() += count;
                 }
@@ -302,9 +271,7 @@ mod tests {
         assert_eq!((&k[..], &v[..]), (&b"user-1"[..], &b"hello::world"[..]));
         let (k, v) = parse_line(line("::v\n"), &sep, 2).unwrap();
         assert_eq!((&k[..], &v[..]), (&b""[..], &b"v"[..]));
-        let e = parse_line(line("no separator here\n"), &sep, 7)
-            .unwrap_err()
-            .to_string();
+        let e = parse_line(line("no separator here\n"), &sep, 7).unwrap_err().to_string();
         assert!(e.contains("line 7") && e.contains("'::'"), "{e}");
 
         let (k, v) = parse_line(line("plain"), &KeyMode::None, 1).unwrap();

@@ -36,30 +36,16 @@ pub enum ClientError {
     },
     /// No answer within the request deadline.
     #[error("{op} {target}: no answer from {addr} within {} ms", .timeout.as_millis())]
-    Timeout {
-        op: &'static str,
-        target: String,
-        addr: String,
-        timeout: Duration,
-    },
+    Timeout { op: &'static str, target: String, addr: String, timeout: Duration },
     /// A bootstrap or broker address that is not a valid `host:port`.
     #[error("invalid broker address '{addr}': {reason}")]
     InvalidAddress { addr: String, reason: String },
     /// None of the bootstrap addresses answered a metadata request.
     #[error("could not reach any bootstrap address ({addrs}); last error: {last}")]
-    Bootstrap {
-        addrs: String,
-        last: Box<ClientError>,
-    },
+    Bootstrap { addrs: String, last: Box<ClientError> },
     /// Retriable errors kept happening until the retry policy's limits ran out.
     #[error("{op} {target}: gave up after {attempts} attempts over {} ms; last error: {last}", .elapsed.as_millis())]
-    RetriesExhausted {
-        op: &'static str,
-        target: String,
-        attempts: u32,
-        elapsed: Duration,
-        last: Box<ClientError>,
-    },
+    RetriesExhausted { op: &'static str, target: String, attempts: u32, elapsed: Duration, last: Box<ClientError> },
     /// The caller passed something the client rejects before sending anything.
     #[error("{0}")]
     InvalidArgument(String),
@@ -71,9 +57,7 @@ impl ClientError {
     pub fn runnel_error(&self) -> Option<&RunnelError> {
         match self {
             ClientError::Broker { error, .. } => Some(&**error),
-            ClientError::RetriesExhausted { last, .. } | ClientError::Bootstrap { last, .. } => {
-                last.runnel_error()
-            }
+            ClientError::RetriesExhausted { last, .. } | ClientError::Bootstrap { last, .. } => last.runnel_error(),
             _ => None,
         }
     }
@@ -94,9 +78,7 @@ impl ClientError {
     pub fn is_transport(&self) -> bool {
         match self {
             ClientError::Transport { .. } | ClientError::Timeout { .. } => true,
-            ClientError::RetriesExhausted { last, .. } | ClientError::Bootstrap { last, .. } => {
-                last.is_transport()
-            }
+            ClientError::RetriesExhausted { last, .. } | ClientError::Bootstrap { last, .. } => last.is_transport(),
             _ => false,
         }
     }
@@ -147,10 +129,7 @@ mod tests {
             error: Box::new(RunnelError::not_leader("orders", 3, None)),
         };
         let text = e.to_string();
-        assert!(
-            text.contains("produce orders/3 via 127.0.0.1:9293: NOT_LEADER"),
-            "{text}"
-        );
+        assert!(text.contains("produce orders/3 via 127.0.0.1:9293: NOT_LEADER"), "{text}");
         let wrapped = ClientError::RetriesExhausted {
             op: "produce",
             target: "orders/3".into(),
@@ -160,10 +139,7 @@ mod tests {
         };
         assert_eq!(wrapped.code(), Some(ErrorCode::NotLeader));
         let text = wrapped.to_string();
-        assert!(
-            text.contains("gave up after 30 attempts over 12345 ms"),
-            "{text}"
-        );
+        assert!(text.contains("gave up after 30 attempts over 12345 ms"), "{text}");
         assert!(text.contains("NOT_LEADER"), "{text}");
     }
 

@@ -146,9 +146,7 @@ struct Inner {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client")
-            .field("bootstrap", &self.inner.bootstrap)
-            .finish_non_exhaustive()
+        f.debug_struct("Client").field("bootstrap", &self.inner.bootstrap).finish_non_exhaustive()
     }
 }
 
@@ -171,15 +169,8 @@ impl Client {
     /// Checks every bootstrap address (`host:port`), then asks them in turn for the cluster
     /// metadata until one answers. Fails with [`ClientError::Bootstrap`] if none does: this call
     /// does not wait for a cluster that is still starting.
-    pub async fn connect_with(
-        bootstrap: &[String],
-        config: ClientConfig,
-    ) -> Result<Client, ClientError> {
-        let bootstrap: Vec<String> = bootstrap
-            .iter()
-            .map(|a| a.trim().to_string())
-            .filter(|a| !a.is_empty())
-            .collect();
+    pub async fn connect_with(bootstrap: &[String], config: ClientConfig) -> Result<Client, ClientError> {
+        let bootstrap: Vec<String> = bootstrap.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
         if bootstrap.is_empty() {
             return Err(ClientError::InvalidArgument(
                 "no bootstrap address given (expected host:port[,host:port...])".into(),
@@ -210,10 +201,7 @@ impl Client {
         }
         let addrs = client.inner.bootstrap.join(", ");
         Err(match last {
-            Some(last) => ClientError::Bootstrap {
-                addrs,
-                last: Box::new(last),
-            },
+            Some(last) => ClientError::Bootstrap { addrs, last: Box::new(last) },
             None => ClientError::InvalidArgument("no bootstrap address given".into()),
         })
     }
@@ -246,9 +234,7 @@ impl Client {
         acks: Acks,
     ) -> Result<u64, ClientError> {
         if records.is_empty() {
-            return Err(ClientError::InvalidArgument(format!(
-                "produce to {topic}/{partition}: no records to send"
-            )));
+            return Err(ClientError::InvalidArgument(format!("produce to {topic}/{partition}: no records to send")));
         }
         let count = records.len();
         let batch = encode_batch(records);
@@ -273,13 +259,9 @@ impl Client {
             async move {
                 let target = format!("{topic}/{partition}");
                 let resp = self
-                    .call(
-                        "produce",
-                        &target,
-                        &addr,
-                        wait,
-                        move |mut c, t| async move { c.produce(with_timeout(req, t)).await },
-                    )
+                    .call("produce", &target, &addr, wait, move |mut c, t| async move {
+                        c.produce(with_timeout(req, t)).await
+                    })
                     .await?;
                 broker_result("produce", &target, &addr, resp.error.as_ref())?;
                 Ok(resp.base_offset)
@@ -307,22 +289,14 @@ impl Client {
         let keyless = self.inner.next_keyless.fetch_add(1, Ordering::Relaxed) % n;
         let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
         for r in records {
-            let p = if r.key.is_empty() {
-                keyless
-            } else {
-                partition_for_key(&r.key, n)
-            };
+            let p = if r.key.is_empty() { keyless } else { partition_for_key(&r.key, n) };
             by_partition.entry(p).or_default().push(r);
         }
         let sends = by_partition.into_iter().map(|(p, recs)| {
             let count = recs.len() as u32;
             async move {
                 let base_offset = self.produce(topic, p, recs, acks).await?;
-                Ok::<_, ClientError>(ProducedBatch {
-                    partition: p,
-                    base_offset,
-                    record_count: count,
-                })
+                Ok::<_, ClientError>(ProducedBatch { partition: p, base_offset, record_count: count })
             }
         });
         futures::future::try_join_all(sends).await
@@ -372,28 +346,15 @@ impl Client {
 
     /// The first offset still in the log ([`OffsetSpec::Earliest`]) or the high watermark, the
     /// offset the next committed record will get ([`OffsetSpec::Latest`]).
-    pub async fn list_offsets(
-        &self,
-        topic: &str,
-        partition: u32,
-        spec: OffsetSpec,
-    ) -> Result<u64, ClientError> {
+    pub async fn list_offsets(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64, ClientError> {
         self.with_leader("list offsets", topic, partition, |addr| {
-            let req = v1::ListOffsetsRequest {
-                topic: topic.to_string(),
-                partition,
-                spec: spec as i32,
-            };
+            let req = v1::ListOffsetsRequest { topic: topic.to_string(), partition, spec: spec as i32 };
             async move {
                 let target = format!("{topic}/{partition}");
                 let resp = self
-                    .call(
-                        "list offsets",
-                        &target,
-                        &addr,
-                        Duration::ZERO,
-                        move |mut c, t| async move { c.list_offsets(with_timeout(req, t)).await },
-                    )
+                    .call("list offsets", &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                        c.list_offsets(with_timeout(req, t)).await
+                    })
                     .await?;
                 broker_result("list offsets", &target, &addr, resp.error.as_ref())?;
                 Ok(resp.offset)
@@ -411,10 +372,7 @@ impl Client {
     /// UNKNOWN_TOPIC if a requested topic does not exist.
     pub async fn metadata(&self, topics: &[String]) -> Result<v1::MetadataResponse, ClientError> {
         let (addr, resp) = self.refresh(topics).await?;
-        if let Some(missing) = topics
-            .iter()
-            .find(|t| !resp.topics.iter().any(|i| &i.name == *t))
-        {
+        if let Some(missing) = topics.iter().find(|t| !resp.topics.iter().any(|i| &i.name == *t)) {
             return Err(ClientError::Broker {
                 op: "look up",
                 target: format!("topic '{missing}'"),
@@ -427,21 +385,11 @@ impl Client {
 
     /// How many partitions `topic` has (from the cache, refreshing it if the topic is not known).
     pub async fn partition_count(&self, topic: &str) -> Result<u32, ClientError> {
-        if let Some(n) = self
-            .inner
-            .meta
-            .read()
-            .partition_count(topic)
-            .filter(|n| *n > 0)
-        {
+        if let Some(n) = self.inner.meta.read().partition_count(topic).filter(|n| *n > 0) {
             return Ok(n);
         }
         let resp = self.metadata(&[topic.to_string()]).await?;
-        let n = resp
-            .topics
-            .iter()
-            .find(|t| t.name == topic)
-            .map_or(0, |t| t.partitions.len() as u32);
+        let n = resp.topics.iter().find(|t| t.name == topic).map_or(0, |t| t.partitions.len() as u32);
         if n == 0 {
             return Err(ClientError::Broker {
                 op: "look up",
@@ -488,10 +436,7 @@ impl Client {
                 }
             })
             .await?;
-        let info = resp.topic.unwrap_or_else(|| v1::TopicInfo {
-            name: name.to_string(),
-            ..Default::default()
-        });
+        let info = resp.topic.unwrap_or_else(|| v1::TopicInfo { name: name.to_string(), ..Default::default() });
         if !info.partitions.is_empty() {
             self.inner.meta.write().insert_topic(&info);
         }
@@ -502,19 +447,13 @@ impl Client {
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         let target = format!("'{name}'");
         self.with_controller("delete topic", &target, |addr| {
-            let req = v1::DeleteTopicRequest {
-                name: name.to_string(),
-            };
+            let req = v1::DeleteTopicRequest { name: name.to_string() };
             let target = target.clone();
             async move {
                 let resp = self
-                    .call(
-                        "delete topic",
-                        &target,
-                        &addr,
-                        Duration::ZERO,
-                        move |mut c, t| async move { c.delete_topic(with_timeout(req, t)).await },
-                    )
+                    .call("delete topic", &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                        c.delete_topic(with_timeout(req, t)).await
+                    })
                     .await?;
                 broker_result("delete topic", &target, &addr, resp.error.as_ref())
             }
@@ -570,11 +509,7 @@ impl Client {
         let suspects = self.inner.suspects.lock();
         if !suspects.is_empty() {
             let now = Instant::now();
-            candidates.sort_by_key(|a| {
-                suspects
-                    .get(a)
-                    .is_some_and(|t| now.duration_since(*t) < SUSPECT_FOR)
-            });
+            candidates.sort_by_key(|a| suspects.get(a).is_some_and(|t| now.duration_since(*t) < SUSPECT_FOR));
         }
         candidates
     }
@@ -597,12 +532,7 @@ impl Client {
         let result = tokio::time::timeout(timeout, rpc(stub, timeout)).await;
         self.note_health(addr, matches!(result, Ok(Ok(_))));
         match result {
-            Err(_) => Err(ClientError::Timeout {
-                op,
-                target: target.to_string(),
-                addr: addr.to_string(),
-                timeout,
-            }),
+            Err(_) => Err(ClientError::Timeout { op, target: target.to_string(), addr: addr.to_string(), timeout }),
             Ok(Err(status)) => Err(ClientError::Transport {
                 op,
                 target: target.to_string(),
@@ -616,22 +546,12 @@ impl Client {
 
     /// One Metadata request to `addr`; merges the answer into the cache. A top-level
     /// UNKNOWN_TOPIC answer counts as "those topics do not exist", not as a failure.
-    async fn metadata_from(
-        &self,
-        addr: &str,
-        topics: &[String],
-    ) -> Result<v1::MetadataResponse, ClientError> {
-        let req = v1::MetadataRequest {
-            topics: topics.to_vec(),
-        };
+    async fn metadata_from(&self, addr: &str, topics: &[String]) -> Result<v1::MetadataResponse, ClientError> {
+        let req = v1::MetadataRequest { topics: topics.to_vec() };
         let resp = self
-            .call(
-                "read",
-                "cluster metadata",
-                addr,
-                Duration::ZERO,
-                move |mut c, t| async move { c.metadata(with_timeout(req, t)).await },
-            )
+            .call("read", "cluster metadata", addr, Duration::ZERO, move |mut c, t| async move {
+                c.metadata(with_timeout(req, t)).await
+            })
             .await?;
         if let Err(e) = check_error(resp.error.as_ref()) {
             if e.code != ErrorCode::UnknownTopic {
@@ -649,15 +569,8 @@ impl Client {
 
     /// Refreshes metadata from the first node that answers (live brokers, then bootstrap
     /// addresses). Returns the address that answered and its answer.
-    async fn refresh(
-        &self,
-        topics: &[String],
-    ) -> Result<(String, v1::MetadataResponse), ClientError> {
-        let candidates = self
-            .inner
-            .meta
-            .read()
-            .candidates(&self.inner.bootstrap, false);
+    async fn refresh(&self, topics: &[String]) -> Result<(String, v1::MetadataResponse), ClientError> {
+        let candidates = self.inner.meta.read().candidates(&self.inner.bootstrap, false);
         let candidates = self.healthy_first(candidates);
         let mut last = None;
         for addr in candidates {
@@ -676,12 +589,7 @@ impl Client {
     }
 
     /// The leader of `topic`/`partition`, refreshing the metadata when the cache does not know it.
-    async fn leader(
-        &self,
-        op: &'static str,
-        topic: &str,
-        partition: u32,
-    ) -> Result<(NodeId, String), ClientError> {
+    async fn leader(&self, op: &'static str, topic: &str, partition: u32) -> Result<(NodeId, String), ClientError> {
         if let Lookup::Leader(id, addr) = self.inner.meta.read().lookup(topic, partition) {
             return Ok((id, addr));
         }
@@ -738,10 +646,7 @@ impl Client {
                 ClientError::Broker { error, .. } => match error.code {
                     ErrorCode::NotLeader => match &error.leader {
                         Some((id, addr)) if !addr.is_empty() && asked != Some(*id) => {
-                            self.inner
-                                .meta
-                                .write()
-                                .set_leader(topic, partition, *id, addr);
+                            self.inner.meta.write().set_leader(topic, partition, *id, addr);
                             Next::Now
                         }
                         _ => {
@@ -781,13 +686,7 @@ impl Client {
             }
             let elapsed = started.elapsed();
             let Some(delay) = policy.next_delay(attempts, elapsed, rand::random::<f64>()) else {
-                return Err(exhausted(
-                    op,
-                    format!("{topic}/{partition}"),
-                    attempts,
-                    elapsed,
-                    err,
-                ));
+                return Err(exhausted(op, format!("{topic}/{partition}"), attempts, elapsed, err));
             };
             tracing::debug!(op, topic, partition, attempts, error = %err, "retrying");
             if matches!(next, Next::Backoff) {
@@ -799,12 +698,7 @@ impl Client {
     /// Runs `attempt(addr)` against the controller when known, else any node (which forwards to
     /// the controller). Retries only NOT_CONTROLLER and connection failures, moving to another
     /// node each time.
-    async fn with_controller<T, F, Fut>(
-        &self,
-        op: &'static str,
-        target: &str,
-        mut attempt: F,
-    ) -> Result<T, ClientError>
+    async fn with_controller<T, F, Fut>(&self, op: &'static str, target: &str, mut attempt: F) -> Result<T, ClientError>
     where
         F: FnMut(String) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
@@ -821,11 +715,7 @@ impl Client {
                 Some(a) => a,
                 None => {
                     // The controller first, then each other node once before any repeats.
-                    let candidates = self
-                        .inner
-                        .meta
-                        .read()
-                        .candidates(&self.inner.bootstrap, true);
+                    let candidates = self.inner.meta.read().candidates(&self.inner.bootstrap, true);
                     let candidates = self.healthy_first(candidates);
                     if candidates.iter().all(|c| tried.contains(c)) {
                         tried.clear();
@@ -841,11 +731,7 @@ impl Client {
             };
             let retry = match &err {
                 ClientError::Broker { error, .. } if error.code == ErrorCode::NotController => {
-                    hinted = error
-                        .leader
-                        .as_ref()
-                        .map(|(_, a)| a.clone())
-                        .filter(|a| !a.is_empty());
+                    hinted = error.leader.as_ref().map(|(_, a)| a.clone()).filter(|a| !a.is_empty());
                     if hinted.is_none() {
                         // Learn the new controller, if the cluster already knows it.
                         let _ = self.refresh(&[]).await;
@@ -866,24 +752,11 @@ impl Client {
             };
             if !retry {
                 return Err(match (err, in_doubt) {
-                    (
-                        ClientError::Broker {
-                            op,
-                            target,
-                            addr,
-                            mut error,
-                        },
-                        Some(doubt),
-                    ) => {
+                    (ClientError::Broker { op, target, addr, mut error }, Some(doubt)) => {
                         error.message.push_str(&format!(
                             " (note: an earlier attempt via {doubt} failed in transit and may have been applied)"
                         ));
-                        ClientError::Broker {
-                            op,
-                            target,
-                            addr,
-                            error,
-                        }
+                        ClientError::Broker { op, target, addr, error }
                     }
                     (err, _) => err,
                 });
@@ -900,31 +773,14 @@ impl Client {
 
 /// The error to return when the retry policy runs out: the last error itself if there was only
 /// one attempt, else that error wrapped with the attempt count and time spent.
-fn exhausted(
-    op: &'static str,
-    target: String,
-    attempts: u32,
-    elapsed: Duration,
-    last: ClientError,
-) -> ClientError {
+fn exhausted(op: &'static str, target: String, attempts: u32, elapsed: Duration, last: ClientError) -> ClientError {
     if attempts <= 1 {
         return last;
     }
-    ClientError::RetriesExhausted {
-        op,
-        target,
-        attempts,
-        elapsed,
-        last: Box::new(last),
-    }
+    ClientError::RetriesExhausted { op, target, attempts, elapsed, last: Box::new(last) }
 }
 
-fn broker_result(
-    op: &'static str,
-    target: &str,
-    addr: &str,
-    err: Option<&v1::Error>,
-) -> Result<(), ClientError> {
+fn broker_result(op: &'static str, target: &str, addr: &str, err: Option<&v1::Error>) -> Result<(), ClientError> {
     check_error(err).map_err(|error| ClientError::Broker {
         op,
         target: target.to_string(),
@@ -941,10 +797,7 @@ fn with_timeout<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
 
 /// Validates `addr` (`host:port`, optionally prefixed with `http://`) and builds its endpoint.
 fn endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> {
-    let invalid = |reason: &str| ClientError::InvalidAddress {
-        addr: addr.to_string(),
-        reason: reason.to_string(),
-    };
+    let invalid = |reason: &str| ClientError::InvalidAddress { addr: addr.to_string(), reason: reason.to_string() };
     if addr.starts_with("https://") {
         return Err(invalid("TLS is not supported; use host:port"));
     }
@@ -956,12 +809,9 @@ fn endpoint(addr: &str, config: &ClientConfig) -> Result<Endpoint, ClientError> 
         return Err(invalid("expected host:port"));
     }
     if port.parse::<u16>().is_err() {
-        return Err(invalid(&format!(
-            "port '{port}' is not a number between 0 and 65535"
-        )));
+        return Err(invalid(&format!("port '{port}' is not a number between 0 and 65535")));
     }
-    let ep = Endpoint::from_shared(format!("http://{host_port}"))
-        .map_err(|e| invalid(&e.to_string()))?;
+    let ep = Endpoint::from_shared(format!("http://{host_port}")).map_err(|e| invalid(&e.to_string()))?;
     Ok(ep
         .connect_timeout(config.connect_timeout)
         .tcp_nodelay(true)
@@ -989,10 +839,7 @@ fn decode_fetch(
         let Some(batch) = &fb.batch else {
             return Err(corrupt(RunnelError::new(
                 ErrorCode::CorruptBatch,
-                format!(
-                    "the batch at base offset {} arrived without its records",
-                    fb.base_offset
-                ),
+                format!("the batch at base offset {} arrived without its records", fb.base_offset),
             )));
         };
         let decoded = decode_batch(batch).map_err(|mut e| {
@@ -1035,11 +882,7 @@ mod tests {
     use super::*;
 
     fn rec(v: &str) -> Record {
-        Record {
-            value: Bytes::from(v.to_string()),
-            timestamp_ms: 1,
-            ..Default::default()
-        }
+        Record { value: Bytes::from(v.to_string()), timestamp_ms: 1, ..Default::default() }
     }
 
     #[test]
@@ -1048,14 +891,8 @@ mod tests {
             high_watermark: 13,
             log_start_offset: 0,
             batches: vec![
-                v1::FetchedBatch {
-                    base_offset: 8,
-                    batch: Some(encode_batch(vec![rec("a"), rec("b"), rec("c")])),
-                },
-                v1::FetchedBatch {
-                    base_offset: 11,
-                    batch: Some(encode_batch(vec![rec("d"), rec("e")])),
-                },
+                v1::FetchedBatch { base_offset: 8, batch: Some(encode_batch(vec![rec("a"), rec("b"), rec("c")])) },
+                v1::FetchedBatch { base_offset: 11, batch: Some(encode_batch(vec![rec("d"), rec("e")])) },
             ],
             ..Default::default()
         };
@@ -1074,19 +911,13 @@ mod tests {
         let mut batch = encode_batch(vec![rec("a")]);
         batch.crc32c ^= 1;
         let resp = v1::FetchResponse {
-            batches: vec![v1::FetchedBatch {
-                base_offset: 4,
-                batch: Some(batch),
-            }],
+            batches: vec![v1::FetchedBatch { base_offset: 4, batch: Some(batch) }],
             ..Default::default()
         };
         let e = decode_fetch("t", 2, 4, "x:1", resp).unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::CorruptBatch));
         let text = e.to_string();
-        assert!(
-            text.contains("t/2") && text.contains("base offset 4") && text.contains("x:1"),
-            "{text}"
-        );
+        assert!(text.contains("t/2") && text.contains("base offset 4") && text.contains("x:1"), "{text}");
     }
 
     #[test]
@@ -1103,18 +934,10 @@ mod tests {
     #[tokio::test]
     async fn connect_reports_unreachable_bootstrap() {
         // Port 1 on localhost: nothing listens there, the connection is refused at once.
-        let cfg = ClientConfig {
-            connect_timeout: Duration::from_millis(500),
-            ..Default::default()
-        };
-        let e = Client::connect_with(&["127.0.0.1:1".to_string()], cfg)
-            .await
-            .unwrap_err();
+        let cfg = ClientConfig { connect_timeout: Duration::from_millis(500), ..Default::default() };
+        let e = Client::connect_with(&["127.0.0.1:1".to_string()], cfg).await.unwrap_err();
         let text = e.to_string();
-        assert!(
-            text.contains("127.0.0.1:1") && text.contains("bootstrap"),
-            "{text}"
-        );
+        assert!(text.contains("127.0.0.1:1") && text.contains("bootstrap"), "{text}");
         assert!(e.is_transport(), "{e:?}");
         let e = Client::connect(&[]).await.unwrap_err();
         assert!(matches!(e, ClientError::InvalidArgument(_)));

@@ -45,19 +45,8 @@ impl MetadataCache {
     /// replaced (and forgotten if absent).
     pub fn apply(&mut self, resp: &v1::MetadataResponse, requested: &[String]) {
         if !resp.brokers.is_empty() {
-            self.brokers = resp
-                .brokers
-                .iter()
-                .map(|b| {
-                    (
-                        b.id,
-                        BrokerEntry {
-                            addr: b.addr.clone(),
-                            alive: b.alive,
-                        },
-                    )
-                })
-                .collect();
+            self.brokers =
+                resp.brokers.iter().map(|b| (b.id, BrokerEntry { addr: b.addr.clone(), alive: b.alive })).collect();
         }
         self.controller = resp.controller_id;
         if requested.is_empty() {
@@ -68,23 +57,14 @@ impl MetadataCache {
             }
         }
         for t in &resp.topics {
-            let leaders = t
-                .partitions
-                .iter()
-                .map(|p| (p.partition, p.leader))
-                .collect();
+            let leaders = t.partitions.iter().map(|p| (p.partition, p.leader)).collect();
             self.topics.insert(t.name.clone(), TopicEntry { leaders });
         }
     }
 
     pub fn insert_topic(&mut self, topic: &v1::TopicInfo) {
-        let leaders = topic
-            .partitions
-            .iter()
-            .map(|p| (p.partition, p.leader))
-            .collect();
-        self.topics
-            .insert(topic.name.clone(), TopicEntry { leaders });
+        let leaders = topic.partitions.iter().map(|p| (p.partition, p.leader)).collect();
+        self.topics.insert(topic.name.clone(), TopicEntry { leaders });
     }
 
     pub fn lookup(&self, topic: &str, partition: u32) -> Lookup {
@@ -108,10 +88,7 @@ impl MetadataCache {
     /// Follows a NOT_LEADER hint: `id` at `addr` now leads the partition.
     pub fn set_leader(&mut self, topic: &str, partition: u32, id: NodeId, addr: &str) {
         if !addr.is_empty() {
-            let entry = self.brokers.entry(id).or_insert(BrokerEntry {
-                addr: String::new(),
-                alive: true,
-            });
+            let entry = self.brokers.entry(id).or_insert(BrokerEntry { addr: String::new(), alive: true });
             entry.addr = addr.to_string();
         }
         if let Some(t) = self.topics.get_mut(topic) {
@@ -123,11 +100,7 @@ impl MetadataCache {
 
     /// Forgets a partition's leader so the next request refreshes metadata first.
     pub fn forget_leader(&mut self, topic: &str, partition: u32) {
-        if let Some(l) = self
-            .topics
-            .get_mut(topic)
-            .and_then(|t| t.leaders.get_mut(&partition))
-        {
+        if let Some(l) = self.topics.get_mut(topic).and_then(|t| t.leaders.get_mut(&partition)) {
             *l = None;
         }
     }
@@ -138,10 +111,7 @@ impl MetadataCache {
 
     pub fn controller_addr(&self) -> Option<String> {
         let id = self.controller?;
-        self.brokers
-            .get(&id)
-            .map(|b| b.addr.clone())
-            .filter(|a| !a.is_empty())
+        self.brokers.get(&id).map(|b| b.addr.clone()).filter(|a| !a.is_empty())
     }
 
     /// Addresses to ask for metadata or to send admin requests to: the controller first (when
@@ -179,39 +149,16 @@ mod tests {
     fn resp() -> v1::MetadataResponse {
         v1::MetadataResponse {
             brokers: vec![
-                v1::BrokerInfo {
-                    id: 1,
-                    addr: "a:1".into(),
-                    alive: true,
-                    epoch: 1,
-                },
-                v1::BrokerInfo {
-                    id: 2,
-                    addr: "b:2".into(),
-                    alive: false,
-                    epoch: 1,
-                },
-                v1::BrokerInfo {
-                    id: 3,
-                    addr: "c:3".into(),
-                    alive: true,
-                    epoch: 1,
-                },
+                v1::BrokerInfo { id: 1, addr: "a:1".into(), alive: true, epoch: 1 },
+                v1::BrokerInfo { id: 2, addr: "b:2".into(), alive: false, epoch: 1 },
+                v1::BrokerInfo { id: 3, addr: "c:3".into(), alive: true, epoch: 1 },
             ],
             controller_id: Some(3),
             topics: vec![v1::TopicInfo {
                 name: "t".into(),
                 partitions: vec![
-                    v1::PartitionInfo {
-                        partition: 0,
-                        leader: Some(1),
-                        ..Default::default()
-                    },
-                    v1::PartitionInfo {
-                        partition: 1,
-                        leader: None,
-                        ..Default::default()
-                    },
+                    v1::PartitionInfo { partition: 0, leader: Some(1), ..Default::default() },
+                    v1::PartitionInfo { partition: 1, leader: None, ..Default::default() },
                 ],
                 ..Default::default()
             }],
@@ -232,10 +179,7 @@ mod tests {
         c.forget_leader("t", 0);
         assert_eq!(c.lookup("t", 0), Lookup::NoLeader);
         assert_eq!(c.partition_count("t"), Some(2));
-        assert_eq!(
-            c.candidates(&["z:9".into(), "a:1".into()], true),
-            vec!["c:3", "a:1", "d:4", "z:9", "b:2"]
-        );
+        assert_eq!(c.candidates(&["z:9".into(), "a:1".into()], true), vec!["c:3", "a:1", "d:4", "z:9", "b:2"]);
     }
 
     #[test]

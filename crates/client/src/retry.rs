@@ -42,10 +42,7 @@ const JITTER_FRACTION: f64 = 0.2;
 impl RetryPolicy {
     /// A policy that never retries.
     pub fn none() -> Self {
-        Self {
-            max_attempts: 1,
-            ..Self::default()
-        }
+        Self { max_attempts: 1, ..Self::default() }
     }
 
     /// The un-jittered backoff before retry number `retry` (0 = the first retry):
@@ -53,32 +50,21 @@ impl RetryPolicy {
     pub fn backoff(&self, retry: u32) -> Duration {
         // 2^20 * anything sensible is already past any cap; avoid overflow for large `retry`.
         let factor = 1u32 << retry.min(20);
-        self.initial_backoff
-            .saturating_mul(factor)
-            .min(self.max_backoff)
+        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
     }
 
     /// The jittered backoff: `backoff(retry)` reduced by `jitter * 20 %`, `jitter` in `[0, 1]`
     /// (clamped). Always within `[0.8 * backoff(retry), backoff(retry)]`.
     pub fn backoff_with_jitter(&self, retry: u32, jitter: f64) -> Duration {
         let base = self.backoff(retry);
-        let jitter = if jitter.is_finite() {
-            jitter.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        let jitter = if jitter.is_finite() { jitter.clamp(0.0, 1.0) } else { 0.0 };
         base.mul_f64(1.0 - JITTER_FRACTION * jitter)
     }
 
     /// Whether and how long to wait before the next attempt, after `attempts_made` attempts (>= 1)
     /// that started `elapsed` ago. `None` means give up. The wait never extends past
     /// `max_elapsed`.
-    pub fn next_delay(
-        &self,
-        attempts_made: u32,
-        elapsed: Duration,
-        jitter: f64,
-    ) -> Option<Duration> {
+    pub fn next_delay(&self, attempts_made: u32, elapsed: Duration, jitter: f64) -> Option<Duration> {
         if attempts_made >= self.max_attempts.max(1) || elapsed >= self.max_elapsed {
             return None;
         }
@@ -145,10 +131,7 @@ mod tests {
             attempts += 1;
             match p.next_delay(attempts, elapsed, 0.5) {
                 Some(d) => {
-                    assert!(
-                        elapsed + d <= p.max_elapsed,
-                        "a wait never crosses the deadline"
-                    );
+                    assert!(elapsed + d <= p.max_elapsed, "a wait never crosses the deadline");
                     elapsed += d;
                 }
                 None => break,
@@ -162,10 +145,7 @@ mod tests {
     #[test]
     fn none_never_retries() {
         assert_eq!(RetryPolicy::none().next_delay(1, Duration::ZERO, 0.0), None);
-        let zero = RetryPolicy {
-            max_attempts: 0,
-            ..RetryPolicy::default()
-        };
+        let zero = RetryPolicy { max_attempts: 0, ..RetryPolicy::default() };
         assert_eq!(zero.next_delay(1, Duration::ZERO, 0.0), None);
     }
 }

@@ -48,11 +48,23 @@ pub struct TopicRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
-    RegisterBroker { id: NodeId, addr: String, incarnation: u64 },
-    CreateTopic { name: String, config: TopicConfig, assignments: Vec<Vec<NodeId>> },
-    DeleteTopic { name: String },
+    RegisterBroker {
+        id: NodeId,
+        addr: String,
+        incarnation: u64,
+    },
+    CreateTopic {
+        name: String,
+        config: TopicConfig,
+        assignments: Vec<Vec<NodeId>>,
+    },
+    DeleteTopic {
+        name: String,
+    },
     /// Leaders as reported by brokers: (group, leader, term). Older terms are ignored.
-    ReportLeaders { reports: Vec<(GroupId, NodeId, u64)> },
+    ReportLeaders {
+        reports: Vec<(GroupId, NodeId, u64)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +108,8 @@ impl ClusterState {
                     Some(b) => b.epoch + 1,
                     None => 1,
                 };
-                self.brokers.insert(*id, BrokerRecord { id: *id, addr: addr.clone(), epoch, incarnation: *incarnation });
+                self.brokers
+                    .insert(*id, BrokerRecord { id: *id, addr: addr.clone(), epoch, incarnation: *incarnation });
                 MetaResponse::BrokerRegistered { epoch }
             }
             MetaCommand::CreateTopic { name, config, assignments } => {
@@ -237,9 +250,16 @@ mod tests {
         assert_eq!(groups, vec![1, 2]);
         assert!(matches!(s.apply(&cmd), MetaResponse::Rejected { code: 7, .. }));
         assert_eq!(s.apply(&MetaCommand::DeleteTopic { name: "t".into() }), MetaResponse::Done);
-        assert!(matches!(s.apply(&MetaCommand::DeleteTopic { name: "t".into() }), MetaResponse::Rejected { code: 1, .. }));
+        assert!(matches!(
+            s.apply(&MetaCommand::DeleteTopic { name: "t".into() }),
+            MetaResponse::Rejected { code: 1, .. }
+        ));
         // Group ids are never reused, so a recreated topic cannot meet its predecessor's data.
-        s.apply(&MetaCommand::CreateTopic { name: "t".into(), config: TopicConfig::default(), assignments: vec![vec![1]] });
+        s.apply(&MetaCommand::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig::default(),
+            assignments: vec![vec![1]],
+        });
         assert_eq!(s.topics["t"].partitions[0].group_id, 3);
     }
 
@@ -258,7 +278,11 @@ mod tests {
     #[test]
     fn leader_epochs_only_increase() {
         let mut s = with_brokers(3);
-        s.apply(&MetaCommand::CreateTopic { name: "t".into(), config: TopicConfig::default(), assignments: vec![vec![1, 2, 3]] });
+        s.apply(&MetaCommand::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig::default(),
+            assignments: vec![vec![1, 2, 3]],
+        });
         s.apply(&MetaCommand::ReportLeaders { reports: vec![(1, 2, 5)] });
         s.apply(&MetaCommand::ReportLeaders { reports: vec![(1, 1, 4)] });
         let p = &s.topics["t"].partitions[0];

@@ -43,11 +43,7 @@ pub fn decode_batch(batch: &v1::RecordBatch) -> Result<Vec<v1::Record>, RunnelEr
     if records.len() != batch.record_count as usize {
         return Err(RunnelError::new(
             ErrorCode::CorruptBatch,
-            format!(
-                "record batch header says {} records but holds {}",
-                batch.record_count,
-                records.len()
-            ),
+            format!("record batch header says {} records but holds {}", batch.record_count, records.len()),
         ));
     }
     Ok(records)
@@ -55,8 +51,7 @@ pub fn decode_batch(batch: &v1::RecordBatch) -> Result<Vec<v1::Record>, RunnelEr
 
 /// Size of one record as counted against `max.record.bytes`.
 pub fn record_size(r: &v1::Record) -> u64 {
-    (r.key.len() + r.value.len() + r.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>())
-        as u64
+    (r.key.len() + r.value.len() + r.headers.iter().map(|h| h.key.len() + h.value.len()).sum::<usize>()) as u64
 }
 
 impl From<&RunnelError> for v1::Error {
@@ -105,7 +100,12 @@ mod tests {
     use super::*;
 
     fn rec(k: &str, v: &str) -> v1::Record {
-        v1::Record { key: Bytes::from(k.to_string()), value: Bytes::from(v.to_string()), headers: vec![], timestamp_ms: 7 }
+        v1::Record {
+            key: Bytes::from(k.to_string()),
+            value: Bytes::from(v.to_string()),
+            headers: vec![],
+            timestamp_ms: 7,
+        }
     }
 
     #[test]

@@ -12,8 +12,8 @@ pub mod transport;
 use std::sync::Arc;
 
 pub use openraft;
-use runnel_meta::{MetaCommand, MetaResponse};
 pub use partition_types::{PartitionCommand, PartitionResponse, StoredBatch};
+use runnel_meta::{MetaCommand, MetaResponse};
 
 openraft::declare_raft_types!(
     /// The metadata group: commands change the cluster state the controller manages.

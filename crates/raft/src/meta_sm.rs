@@ -66,7 +66,10 @@ impl MetaStateMachine {
     }
 
     fn publish(&self, inner: &Inner) {
-        let view = MetaView { state: inner.state.clone(), applied_index: inner.last_applied.as_ref().map(|l| l.index).unwrap_or(0) };
+        let view = MetaView {
+            state: inner.state.clone(),
+            applied_index: inner.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+        };
         self.tx.send_replace(Arc::new(view));
     }
 }
@@ -94,7 +97,9 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
     type SnapshotData = Vec<u8>;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogIdOf<MetaTypes>>, StoredMembershipOf<MetaTypes>), io::Error> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<MetaTypes>>, StoredMembershipOf<MetaTypes>), io::Error> {
         let inner = self.inner.lock().await;
         Ok((inner.last_applied.clone(), inner.membership.clone()))
     }
@@ -139,6 +144,9 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<SnapshotOf<MetaTypes, Vec<u8>>>, io::Error> {
         let inner = self.inner.lock().await;
-        Ok(inner.snapshot.as_ref().map(|(meta, data)| SnapshotOf::<MetaTypes, Vec<u8>> { meta: meta.clone(), snapshot: data.clone() }))
+        Ok(inner
+            .snapshot
+            .as_ref()
+            .map(|(meta, data)| SnapshotOf::<MetaTypes, Vec<u8>> { meta: meta.clone(), snapshot: data.clone() }))
     }
 }

@@ -69,7 +69,11 @@ impl CallError {
 impl Router {
     pub fn new(self_id: NodeId) -> Self {
         Self {
-            inner: Arc::new(RouterInner { self_id, addrs: RwLock::new(HashMap::new()), channels: RwLock::new(HashMap::new()) }),
+            inner: Arc::new(RouterInner {
+                self_id,
+                addrs: RwLock::new(HashMap::new()),
+                channels: RwLock::new(HashMap::new()),
+            }),
         }
     }
 
@@ -87,7 +91,8 @@ impl Router {
     }
 
     fn channel(&self, node: NodeId) -> Result<Channel, CallError> {
-        let addr = self.addr(node).ok_or_else(|| CallError::Unreachable(format!("no address known for node {node}")))?;
+        let addr =
+            self.addr(node).ok_or_else(|| CallError::Unreachable(format!("no address known for node {node}")))?;
         if let Some((a, ch)) = self.inner.channels.read().get(&node) {
             if *a == addr {
                 return Ok(ch.clone());
@@ -117,10 +122,19 @@ impl Router {
         let mut client = RaftTransportClient::new(ch)
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-        let msg = RaftMessage { group_id: group, kind: kind as i32, payload: Bytes::from(payload), from_node: self.inner.self_id };
+        let msg = RaftMessage {
+            group_id: group,
+            kind: kind as i32,
+            payload: Bytes::from(payload),
+            from_node: self.inner.self_id,
+        };
         let fut = client.call(msg);
         let reply = match tokio::time::timeout(ttl, fut).await {
-            Err(_) => return Err(CallError::Unreachable(format!("node {target}: {kind:?} for group {group} timed out after {ttl:?}"))),
+            Err(_) => {
+                return Err(CallError::Unreachable(format!(
+                    "node {target}: {kind:?} for group {group} timed out after {ttl:?}"
+                )))
+            }
             Ok(Err(status)) => {
                 return Err(match status.code() {
                     tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {

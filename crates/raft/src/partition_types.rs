@@ -27,9 +27,13 @@ pub enum PartitionCommand {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PartitionResponse {
-    Appended { base_offset: u64 },
+    Appended {
+        base_offset: u64,
+    },
     /// The batch failed its checksum when applied; it holds no offsets.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for PartitionCommand {

@@ -77,7 +77,9 @@ impl Api {
             .connect_timeout(Duration::from_secs(2))
             .connect()
             .await
-            .map_err(|e| RunnelError::new(ErrorCode::NotController, format!("controller node {id} at {addr} unreachable: {e}")))?;
+            .map_err(|e| {
+                RunnelError::new(ErrorCode::NotController, format!("controller node {id} at {addr} unreachable: {e}"))
+            })?;
         Ok(RunnelClient::new(ch).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES))
     }
 }
@@ -88,7 +90,8 @@ impl Runnel for Api {
         let r = req.into_inner();
         let out = async {
             let p = self.local(&r.topic, r.partition)?;
-            let batch = r.batch.ok_or_else(|| RunnelError::new(ErrorCode::InvalidRequest, "produce request has no batch"))?;
+            let batch =
+                r.batch.ok_or_else(|| RunnelError::new(ErrorCode::InvalidRequest, "produce request has no batch"))?;
             let timeout_ms = if r.timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT_MS } else { r.timeout_ms };
             let wait = r.acks != Acks::None as i32;
             p.produce(batch, wait, Duration::from_millis(timeout_ms as u64), r.leader_epoch).await
@@ -182,10 +185,12 @@ impl Runnel for Api {
             return out.map(Response::new);
         }
         let configs: BTreeMap<String, String> = r.configs.into_iter().collect();
-        Ok(Response::new(match self.controller.create_topic(&r.name, r.partitions, r.replication_factor, &configs).await {
-            Ok(t) => CreateTopicResponse { error: None, topic: Some(topic_info(&t)) },
-            Err(e) => CreateTopicResponse { error: err(&e), topic: None },
-        }))
+        Ok(Response::new(
+            match self.controller.create_topic(&r.name, r.partitions, r.replication_factor, &configs).await {
+                Ok(t) => CreateTopicResponse { error: None, topic: Some(topic_info(&t)) },
+                Err(e) => CreateTopicResponse { error: err(&e), topic: None },
+            },
+        ))
     }
 
     async fn delete_topic(&self, req: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
@@ -197,7 +202,9 @@ impl Runnel for Api {
             };
             return out.map(Response::new);
         }
-        Ok(Response::new(DeleteTopicResponse { error: self.controller.delete_topic(&r.name).await.err().as_ref().and_then(err) }))
+        Ok(Response::new(DeleteTopicResponse {
+            error: self.controller.delete_topic(&r.name).await.err().as_ref().and_then(err),
+        }))
     }
 
     async fn describe_replicas(

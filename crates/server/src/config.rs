@@ -153,9 +153,7 @@ impl NodeConfig {
     pub fn voter_map(&self) -> Result<BTreeMap<NodeId, String>, ConfigError> {
         let mut out = BTreeMap::new();
         for v in &self.voters {
-            let (id, addr) = v
-                .split_once('=')
-                .ok_or_else(|| invalid("voters", v, "expected id=host:port"))?;
+            let (id, addr) = v.split_once('=').ok_or_else(|| invalid("voters", v, "expected id=host:port"))?;
             let id: NodeId = id.trim().parse().map_err(|_| invalid("voters", v, "the id is not a number"))?;
             let addr = addr.trim();
             if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
@@ -256,7 +254,11 @@ mod tests {
         let e = NodeConfig::load_from(&flags, no_env()).unwrap_err().to_string();
         assert!(e.contains("1, 3 or 5"), "{e}");
 
-        let flags = NodeFlags { listen: Some("not-an-addr".into()), voters: Some(vec!["1=127.0.0.1:9292".into()]), ..Default::default() };
+        let flags = NodeFlags {
+            listen: Some("not-an-addr".into()),
+            voters: Some(vec!["1=127.0.0.1:9292".into()]),
+            ..Default::default()
+        };
         let e = NodeConfig::load_from(&flags, no_env()).unwrap_err().to_string();
         assert!(e.contains("listen") || e.contains("not-an-addr"), "{e}");
     }

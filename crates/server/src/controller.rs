@@ -33,8 +33,22 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(node_id: NodeId, raft: MetaRaft, sm: MetaStateMachine, router: Router, session_timeout: Duration) -> Arc<Self> {
-        Arc::new(Self { node_id, raft, sm, router, session_timeout, last_seen: Mutex::new(HashMap::new()), leader_since: Mutex::new(None) })
+    pub fn new(
+        node_id: NodeId,
+        raft: MetaRaft,
+        sm: MetaStateMachine,
+        router: Router,
+        session_timeout: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node_id,
+            raft,
+            sm,
+            router,
+            session_timeout,
+            last_seen: Mutex::new(HashMap::new()),
+            leader_since: Mutex::new(None),
+        })
     }
 
     pub fn is_controller(&self) -> bool {
@@ -107,10 +121,18 @@ impl Controller {
         }
         validate_topic_name(name)?;
         if partitions == 0 || partitions > MAX_PARTITIONS_PER_TOPIC {
-            return Err(RunnelError::invalid_config("partitions", partitions, &format!("must be between 1 and {MAX_PARTITIONS_PER_TOPIC}")));
+            return Err(RunnelError::invalid_config(
+                "partitions",
+                partitions,
+                &format!("must be between 1 and {MAX_PARTITIONS_PER_TOPIC}"),
+            ));
         }
         if rf == 0 || rf > MAX_REPLICATION_FACTOR {
-            return Err(RunnelError::invalid_config("replication_factor", rf, &format!("must be between 1 and {MAX_REPLICATION_FACTOR}")));
+            return Err(RunnelError::invalid_config(
+                "replication_factor",
+                rf,
+                &format!("must be between 1 and {MAX_REPLICATION_FACTOR}"),
+            ));
         }
         let config = TopicConfig::from_map(configs)?;
         let view = self.sm.current();
@@ -141,7 +163,11 @@ impl Controller {
         let epoch = match known {
             Some(b) if b.incarnation == req.incarnation && b.addr == req.addr => b.epoch,
             _ => match self
-                .propose(MetaCommand::RegisterBroker { id: req.broker_id, addr: req.addr.clone(), incarnation: req.incarnation })
+                .propose(MetaCommand::RegisterBroker {
+                    id: req.broker_id,
+                    addr: req.addr.clone(),
+                    incarnation: req.incarnation,
+                })
                 .await?
             {
                 MetaResponse::BrokerRegistered { epoch } => epoch,
@@ -183,7 +209,12 @@ impl ControllerRpc for ControllerService {
     ) -> Result<tonic::Response<BrokerHeartbeatResponse>, tonic::Status> {
         let c = &self.0;
         let resp = match c.heartbeat(req.into_inner()).await {
-            Ok(epoch) => BrokerHeartbeatResponse { accepted: true, error: String::new(), controller_id: Some(c.node_id), broker_epoch: epoch },
+            Ok(epoch) => BrokerHeartbeatResponse {
+                accepted: true,
+                error: String::new(),
+                controller_id: Some(c.node_id),
+                broker_epoch: epoch,
+            },
             Err(e) => BrokerHeartbeatResponse {
                 accepted: false,
                 error: e.to_string(),

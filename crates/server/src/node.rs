@@ -94,7 +94,8 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     ));
 
     let api = Api { broker: broker.clone(), controller: controller.clone(), meta: meta_sm.clone() };
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(node_id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "runnel node ready");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -120,6 +121,17 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     let _ = meta_raft.shutdown().await;
     // Whatever was written is made durable before the process exits.
     syncer.sync().await?;
+    let stats = syncer.stats();
+    let (syncs, requests) = (
+        stats.syncs.load(std::sync::atomic::Ordering::Relaxed),
+        stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    tracing::info!(
+        syncs,
+        requests,
+        per_sync = requests as f64 / syncs.max(1) as f64,
+        "group commit: WAL fsyncs and the appends they covered"
+    );
     Ok(())
 }
 
@@ -171,7 +183,11 @@ async fn heartbeat_loop(
         let req = BrokerHeartbeatRequest {
             broker_id: node_id,
             addr: advertise.clone(),
-            leaders: broker.leader_reports().into_iter().map(|(g, _, term)| LeaderReport { group_id: g, term }).collect(),
+            leaders: broker
+                .leader_reports()
+                .into_iter()
+                .map(|(g, _, term)| LeaderReport { group_id: g, term })
+                .collect(),
             incarnation,
         };
         let mut c = match &client {

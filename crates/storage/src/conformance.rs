@@ -88,9 +88,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{GroupSyncer, MemEngine};
     #[cfg(feature = "rocksdb")]
     use crate::RocksEngine;
+    use crate::{GroupSyncer, MemEngine};
 
     #[test]
     fn mem_engine_conforms() {

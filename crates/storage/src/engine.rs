@@ -27,10 +27,21 @@ impl Keyspace {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
-    Put { ks: Keyspace, key: Vec<u8>, value: Vec<u8> },
-    Delete { ks: Keyspace, key: Vec<u8> },
+    Put {
+        ks: Keyspace,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        ks: Keyspace,
+        key: Vec<u8>,
+    },
     /// Deletes keys in `[from, to)`.
-    DeleteRange { ks: Keyspace, from: Vec<u8>, to: Vec<u8> },
+    DeleteRange {
+        ks: Keyspace,
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
 }
 
 /// Applied atomically by [`Engine::write`].

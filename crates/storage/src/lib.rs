@@ -9,13 +9,13 @@
 //! [`Engine::sync`]. [`GroupSyncer`] turns many groups' "make my writes durable" requests into one
 //! sync (one fsync of the shared WAL) and then answers all of them: group commit.
 
+pub mod conformance;
 mod engine;
+pub mod keys;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
 mod syncer;
-pub mod conformance;
-pub mod keys;
 
 pub use engine::{Engine, Keyspace, WriteBatch, WriteOp};
 pub use memory::MemEngine;

@@ -37,9 +37,7 @@ impl RocksEngine {
 
     fn cf(&self, ks: Keyspace) -> Result<&ColumnFamily> {
         // Every keyspace's column family is created in `open` (create_missing_column_families).
-        self.db
-            .cf_handle(ks.name())
-            .ok_or_else(|| StorageError::Io(format!("column family '{}' missing", ks.name())))
+        self.db.cf_handle(ks.name()).ok_or_else(|| StorageError::Io(format!("column family '{}' missing", ks.name())))
     }
 
     fn range_opts(from: &[u8], to: &[u8]) -> ReadOptions {

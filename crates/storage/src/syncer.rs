@@ -35,10 +35,8 @@ impl GroupSyncer {
         let (tx, rx) = crossbeam_channel::unbounded::<SyncCallback>();
         let stats = Arc::new(SyncStats::default());
         let st = stats.clone();
-        let thread = std::thread::Builder::new()
-            .name("runnel-group-sync".into())
-            .spawn(move || run(engine, rx, st))
-            .ok();
+        let thread =
+            std::thread::Builder::new().name("runnel-group-sync".into()).spawn(move || run(engine, rx, st)).ok();
         Self { tx: Some(tx), thread, stats }
     }
 

@@ -112,9 +112,9 @@ impl RunnelError {
 
     pub fn not_leader(topic: &str, partition: u32, leader: Option<(NodeId, String)>) -> Self {
         let msg = match &leader {
-            Some((id, addr)) => format!(
-                "this node does not lead {topic}/{partition}; the leader is node {id} at {addr}"
-            ),
+            Some((id, addr)) => {
+                format!("this node does not lead {topic}/{partition}; the leader is node {id} at {addr}")
+            }
             None => format!("this node does not lead {topic}/{partition}; the leader is not known yet"),
         };
         Self { code: ErrorCode::NotLeader, message: msg, leader, valid_range: None }
@@ -123,9 +123,7 @@ impl RunnelError {
     pub fn offset_out_of_range(topic: &str, partition: u32, offset: u64, start: u64, end: u64) -> Self {
         Self {
             code: ErrorCode::OffsetOutOfRange,
-            message: format!(
-                "offset {offset} is outside {topic}/{partition}'s valid range [{start}, {end}]"
-            ),
+            message: format!("offset {offset} is outside {topic}/{partition}'s valid range [{start}, {end}]"),
             leader: None,
             valid_range: Some((start, end)),
         }

@@ -46,9 +46,8 @@ impl TopicConfig {
         for (k, v) in map {
             match k.as_str() {
                 KEY_MAX_RECORD_BYTES => {
-                    let n: u64 = v.parse().map_err(|_| {
-                        RunnelError::invalid_config(k, v, "expected a whole number of bytes")
-                    })?;
+                    let n: u64 =
+                        v.parse().map_err(|_| RunnelError::invalid_config(k, v, "expected a whole number of bytes"))?;
                     if n == 0 || n > MAX_RECORD_BYTES_LIMIT {
                         return Err(RunnelError::invalid_config(
                             k,
