@@ -108,7 +108,7 @@ async fn dev_node_and_cli_round_trip() {
         let got: Vec<String> = lines
             .iter()
             .filter(|l| l.starts_with(key))
-            .map(|l| l[key.len()..].trim_start_matches(|c: char| c == ':' || c == '\t' || c == ' ').to_string())
+            .map(|l| l[key.len()..].trim_start_matches([':', '\t', ' ']).to_string())
             .collect();
         assert_eq!(got, sent, "values of key {key} in {out}");
     }

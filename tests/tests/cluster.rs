@@ -10,6 +10,9 @@ use runnel_client::{partition_for_key, Client, ConsumedRecord};
 use runnel_proto::v1::{Acks, Record};
 use runnel_tests::{wait_for, Cluster};
 
+/// (base offset, the values the batch carried) of an acknowledged produce.
+type AckedBatch = (u64, Vec<String>);
+
 const READY: Duration = Duration::from_secs(60);
 
 fn record(key: &str, value: String) -> Record {
@@ -122,7 +125,7 @@ async fn killing_a_leader_under_acks_all_load_loses_nothing() {
     cluster.wait_leaders("events", READY).await;
 
     // Acknowledged batches: base offset -> the 10 values it carried.
-    let acked: Arc<Mutex<Vec<(u64, Vec<String>)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<AckedBatch>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let (client, acked, stop) = (client.clone(), acked.clone(), stop.clone());

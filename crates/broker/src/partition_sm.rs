@@ -116,7 +116,7 @@ impl RaftSnapshotBuilder<PartitionTypes> for PartitionStateMachine {
         let inner = self.inner.lock().await;
         let data = codec::encode(&inner.applied).map_err(|e| io::Error::other(e.to_string()))?;
         let meta = SnapshotMetaOf::<PartitionTypes> {
-            last_log_id: inner.applied.last_applied.clone(),
+            last_log_id: inner.applied.last_applied,
             last_membership: inner.applied.membership.clone(),
         };
         Ok(SnapshotOf::<PartitionTypes, Vec<u8>> { meta, snapshot: data })
@@ -131,7 +131,7 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
         &mut self,
     ) -> Result<(Option<LogIdOf<PartitionTypes>>, StoredMembershipOf<PartitionTypes>), io::Error> {
         let inner = self.inner.lock().await;
-        Ok((inner.applied.last_applied.clone(), inner.applied.membership.clone()))
+        Ok((inner.applied.last_applied, inner.applied.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -145,8 +145,7 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
             let resp = match &entry.payload {
                 EntryPayload::Blank => None,
                 EntryPayload::Membership(m) => {
-                    inner.applied.membership =
-                        StoredMembershipOf::<PartitionTypes>::new(Some(entry.log_id.clone()), m.clone());
+                    inner.applied.membership = StoredMembershipOf::<PartitionTypes>::new(Some(entry.log_id), m.clone());
                     None
                 }
                 EntryPayload::Normal(PartitionCommand::Append(batch)) => {
@@ -173,7 +172,7 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
                     }
                 }
             };
-            inner.applied.last_applied = Some(entry.log_id.clone());
+            inner.applied.last_applied = Some(entry.log_id);
             if let Some(r) = responder {
                 responses
                     .push((r, resp.unwrap_or(PartitionResponse::Appended { base_offset: inner.applied.next_offset })));
@@ -206,7 +205,7 @@ impl RaftStateMachine<PartitionTypes> for PartitionStateMachine {
         let applied: AppliedState = codec::decode(&snapshot).map_err(|e| io::Error::other(e.to_string()))?;
         let mut inner = self.inner.lock().await;
         inner.applied = applied;
-        inner.applied.last_applied = meta.last_log_id.clone();
+        inner.applied.last_applied = meta.last_log_id;
         inner.applied.membership = meta.last_membership.clone();
         let mut wb = WriteBatch::new();
         wb.put(

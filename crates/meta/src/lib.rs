@@ -215,6 +215,21 @@ impl ClusterState {
     }
 }
 
+impl std::fmt::Display for MetaCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetaCommand::RegisterBroker { id, addr, incarnation } => {
+                write!(f, "RegisterBroker(id={id}, addr={addr}, incarnation={incarnation:x})")
+            }
+            MetaCommand::CreateTopic { name, assignments, .. } => {
+                write!(f, "CreateTopic({name}, {} partitions)", assignments.len())
+            }
+            MetaCommand::DeleteTopic { name } => write!(f, "DeleteTopic({name})"),
+            MetaCommand::ReportLeaders { reports } => write!(f, "ReportLeaders({reports:?})"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,20 +304,5 @@ mod tests {
         assert_eq!((p.leader, p.leader_epoch), (Some(2), 5));
         assert!(s.leader_changes(&[(1, 2, 5)]).is_empty());
         assert_eq!(s.leader_changes(&[(1, 3, 6)]), vec![(1, 3, 6)]);
-    }
-}
-
-impl std::fmt::Display for MetaCommand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MetaCommand::RegisterBroker { id, addr, incarnation } => {
-                write!(f, "RegisterBroker(id={id}, addr={addr}, incarnation={incarnation:x})")
-            }
-            MetaCommand::CreateTopic { name, assignments, .. } => {
-                write!(f, "CreateTopic({name}, {} partitions)", assignments.len())
-            }
-            MetaCommand::DeleteTopic { name } => write!(f, "DeleteTopic({name})"),
-            MetaCommand::ReportLeaders { reports } => write!(f, "ReportLeaders({reports:?})"),
-        }
     }
 }

@@ -84,10 +84,8 @@ impl RaftSnapshotBuilder<MetaTypes> for MetaStateMachine {
     async fn build_snapshot(&mut self) -> Result<SnapshotOf<MetaTypes, Vec<u8>>, io::Error> {
         let mut inner = self.inner.lock().await;
         let data = encode_snapshot(&inner)?;
-        let meta = SnapshotMetaOf::<MetaTypes> {
-            last_log_id: inner.last_applied.clone(),
-            last_membership: inner.membership.clone(),
-        };
+        let meta =
+            SnapshotMetaOf::<MetaTypes> { last_log_id: inner.last_applied, last_membership: inner.membership.clone() };
         inner.snapshot = Some((meta.clone(), data.clone()));
         Ok(SnapshotOf::<MetaTypes, Vec<u8>> { meta, snapshot: data })
     }
@@ -101,7 +99,7 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
         &mut self,
     ) -> Result<(Option<LogIdOf<MetaTypes>>, StoredMembershipOf<MetaTypes>), io::Error> {
         let inner = self.inner.lock().await;
-        Ok((inner.last_applied.clone(), inner.membership.clone()))
+        Ok((inner.last_applied, inner.membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -110,12 +108,12 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
     {
         let mut inner = self.inner.lock().await;
         while let Some((entry, responder)) = entries.try_next().await? {
-            inner.last_applied = Some(entry.log_id.clone());
+            inner.last_applied = Some(entry.log_id);
             let resp = match &entry.payload {
                 EntryPayload::Blank => MetaResponse::Done,
                 EntryPayload::Normal(cmd) => inner.state.apply(cmd),
                 EntryPayload::Membership(m) => {
-                    inner.membership = StoredMembershipOf::<MetaTypes>::new(Some(entry.log_id.clone()), m.clone());
+                    inner.membership = StoredMembershipOf::<MetaTypes>::new(Some(entry.log_id), m.clone());
                     MetaResponse::Done
                 }
             };
@@ -135,7 +133,7 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
         let state: ClusterState = codec::decode(&snapshot).map_err(|e| io::Error::other(e.to_string()))?;
         let mut inner = self.inner.lock().await;
         inner.state = state;
-        inner.last_applied = meta.last_log_id.clone();
+        inner.last_applied = meta.last_log_id;
         inner.membership = meta.last_membership.clone();
         inner.snapshot = Some((meta.clone(), snapshot));
         self.publish(&inner);
