@@ -6,3 +6,9 @@ mkdir -p "$CARGO_TARGET_DIR"
 export NUM_JOBS="${NUM_JOBS:-$(nproc)}"
 RUNNEL_BIN="$CARGO_TARGET_DIR/debug/runnel"
 export RUNNEL_BIN
+# The simulator builds separately, with tokio's unstable cfg so turmoil can seed tokio's internal
+# RNG (select! branch order): without it a seed does not replay exactly. Its own target directory
+# keeps these flags from invalidating the main build (the simulator does not compile RocksDB).
+SIM_TARGET_DIR="${SIM_TARGET_DIR:-$HOME/.cache/runnel/target-sim}"
+SIM_RUSTFLAGS="--cfg tokio_unstable"
+sim_cargo() { CARGO_TARGET_DIR="$SIM_TARGET_DIR" RUSTFLAGS="$SIM_RUSTFLAGS" cargo "$@"; }

@@ -9,7 +9,10 @@ cd "$here/.."
 # The integration tests start the real binary, so build it first (same profile as the tests).
 cargo build --bin runnel
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast "$@"
+  cargo nextest run --workspace --exclude runnel-sim --no-fail-fast "$@"
+  # The deterministic cluster simulation (fixed + random seeds; see scripts/sim.sh).
+  sim_cargo nextest run -p runnel-sim --no-fail-fast "$@"
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --exclude runnel-sim --no-fail-fast "$@"
+  sim_cargo test -p runnel-sim --no-fail-fast "$@"
 fi

@@ -1,6 +1,6 @@
 //! Starts and stops this node's partition replicas as the committed metadata says.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use openraft::type_config::async_runtime::WatchReceiver;
@@ -10,7 +10,7 @@ use runnel_raft::log_store::LogStore;
 use runnel_raft::meta_sm::MetaView;
 use runnel_raft::network::{network_factory, Router};
 use runnel_raft::transport::{GroupRegistry, RaftHandler};
-use runnel_raft::{group_config, PartitionTypes, RaftTiming};
+use runnel_raft::{group_config, group_seed, start_raft, PartitionTypes, RaftTiming};
 use runnel_storage::{Engine, GroupSyncer};
 use runnel_types::{GroupId, NodeId, RunnelError};
 use tokio::sync::watch;
@@ -27,17 +27,19 @@ pub struct BrokerDeps {
     pub router: Router,
     pub registry: GroupRegistry,
     pub timing: RaftTiming,
+    /// Seeds every group's Raft randomness (see `runnel_raft::RaftRuntime`).
+    pub raft_seed: u64,
 }
 
 pub struct Broker {
     deps: BrokerDeps,
-    by_group: RwLock<HashMap<GroupId, Arc<Partition>>>,
-    by_name: RwLock<HashMap<(String, u32), Arc<Partition>>>,
+    by_group: RwLock<BTreeMap<GroupId, Arc<Partition>>>,
+    by_name: RwLock<BTreeMap<(String, u32), Arc<Partition>>>,
 }
 
 impl Broker {
     pub fn new(deps: BrokerDeps) -> Arc<Self> {
-        Arc::new(Self { deps, by_group: RwLock::new(HashMap::new()), by_name: RwLock::new(HashMap::new()) })
+        Arc::new(Self { deps, by_group: RwLock::new(BTreeMap::new()), by_name: RwLock::new(BTreeMap::new()) })
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -80,7 +82,7 @@ impl Broker {
                 self.deps.router.set_addr(b.id, &b.addr);
             }
         }
-        let wanted: HashMap<GroupId, (&TopicRecord, &PartitionRecord)> =
+        let wanted: BTreeMap<GroupId, (&TopicRecord, &PartitionRecord)> =
             view.state.partitions_on(self.deps.node_id).into_iter().map(|(t, p)| (p.group_id, (t, p))).collect();
         let running: Vec<GroupId> = self.by_group.read().keys().cloned().collect();
         for g in running {
@@ -104,7 +106,8 @@ impl Broker {
         let log = LogStore::<PartitionTypes>::new(p.group_id, d.engine.clone(), d.syncer.clone());
         let sm = PartitionStateMachine::open(p.group_id, d.engine.clone()).map_err(|e| err(&e))?;
         let cfg = group_config(&format!("{}-{}", t.name, p.partition), d.timing).map_err(|e| err(&e))?;
-        let raft = openraft::Raft::new(d.node_id, cfg, network_factory(&d.router, p.group_id), log.clone(), sm.clone())
+        let seed = group_seed(d.raft_seed, p.group_id);
+        let raft = start_raft(seed, d.node_id, cfg, network_factory(&d.router, p.group_id), log.clone(), sm.clone())
             .await
             .map_err(|e| err(&e))?;
         d.registry.insert(p.group_id, Arc::new(RaftHandler { raft: raft.clone() }));

@@ -30,9 +30,10 @@ async fn broker_with_topic(
         node_id: 1,
         engine: engine.clone(),
         syncer: Arc::new(GroupSyncer::start(engine)),
-        router: Router::new(1),
+        router: Router::new(1, runnel_proto::dial::tcp()),
         registry: GroupRegistry::default(),
         timing: RaftTiming { heartbeat_ms: 50, election_timeout_ms: 200 },
+        raft_seed: 7,
     };
     let broker = Broker::new(deps);
     let mut state = ClusterState::default();

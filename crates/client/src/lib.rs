@@ -36,10 +36,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, not std's: the same in production, and simulated (so reproducible) under turmoil.
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use runnel_proto::dial::DialerHandle;
 use runnel_proto::v1::runnel_client::RunnelClient;
 use runnel_proto::{check_error, decode_batch, encode_batch};
 use runnel_types::limits::{MAX_BATCH_BYTES, MAX_FETCH_WAIT_MS, MAX_GRPC_MESSAGE_BYTES};
@@ -77,6 +81,9 @@ pub struct ClientConfig {
     pub keep_alive_interval: Duration,
     /// Retries after retriable errors.
     pub retry: RetryPolicy,
+    /// How channels to nodes are opened; `None` is real TCP with the timeouts above. The
+    /// simulator passes one over turmoil's network.
+    pub dialer: Option<DialerHandle>,
 }
 
 impl Default for ClientConfig {
@@ -87,6 +94,7 @@ impl Default for ClientConfig {
             produce_timeout_ms: 5_000,
             keep_alive_interval: Duration::from_secs(10),
             retry: RetryPolicy::default(),
+            dialer: None,
         }
     }
 }
@@ -474,7 +482,13 @@ impl Client {
             match channels.get(addr) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = endpoint(addr, &self.inner.config)?.connect_lazy();
+                    let c = match &self.inner.config.dialer {
+                        Some(d) => {
+                            d.0.channel(addr)
+                                .map_err(|reason| ClientError::InvalidAddress { addr: addr.to_string(), reason })?
+                        }
+                        None => endpoint(addr, &self.inner.config)?.connect_lazy(),
+                    };
                     channels.insert(addr.to_string(), c.clone());
                     c
                 }

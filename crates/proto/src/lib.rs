@@ -12,4 +12,5 @@ pub mod internal {
 }
 
 mod convert;
+pub mod dial;
 pub use convert::*;

@@ -15,11 +15,16 @@ pub use openraft;
 pub use partition_types::{PartitionCommand, PartitionResponse, StoredBatch};
 use runnel_meta::{MetaCommand, MetaResponse};
 
+/// Tokio, with openraft's randomness (election timeouts, tick jitter) drawn from a seeded RNG:
+/// a simulation seeds it from its one u64 seed; production seeds it at random.
+pub type RaftRuntime = openraft::rt::deterministic_rng::DeterministicRng<openraft_rt_tokio::TokioRuntime>;
+
 openraft::declare_raft_types!(
     /// The metadata group: commands change the cluster state the controller manages.
     pub MetaTypes:
         D = MetaCommand,
         R = MetaResponse,
+        AsyncRuntime = RaftRuntime,
 );
 
 openraft::declare_raft_types!(
@@ -27,7 +32,37 @@ openraft::declare_raft_types!(
     pub PartitionTypes:
         D = PartitionCommand,
         R = PartitionResponse,
+        AsyncRuntime = RaftRuntime,
 );
+
+/// Starts an openraft instance whose tasks draw randomness from `seed` (see [`RaftRuntime`]).
+/// Every group must be created through this: openraft's spawned tasks read the seed from a task
+/// local set here.
+pub async fn start_raft<C, SM, LS, N>(
+    seed: u64,
+    id: C::NodeId,
+    config: Arc<openraft::Config>,
+    network: N,
+    log_store: LS,
+    state_machine: SM,
+) -> Result<openraft::Raft<C, SM>, openraft::error::Fatal<C>>
+where
+    C: openraft::RaftTypeConfig<AsyncRuntime = RaftRuntime>,
+    SM: openraft::storage::RaftStateMachine<C>,
+    LS: openraft::storage::RaftLogStorage<C>,
+    N: openraft::network::RaftNetworkFactory<C>,
+    N::Network: openraft::network::NetSnapshot<C, SnapshotData = SM::SnapshotData>,
+{
+    RaftRuntime::scope(seed, openraft::Raft::new(id, config, network, log_store, state_machine)).await
+}
+
+/// A per-group seed from the node's seed: distinct groups get unrelated sequences.
+pub fn group_seed(node_seed: u64, group: runnel_types::GroupId) -> u64 {
+    let mut z = node_seed ^ group.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 pub type MetaRaft = openraft::Raft<MetaTypes, meta_sm::MetaStateMachine>;
 
@@ -51,6 +86,11 @@ pub fn group_config(name: &str, timing: RaftTiming) -> Result<Arc<openraft::Conf
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: u64::MAX,
         max_payload_entries: 256,
+        // A leader restarted after a crash must win a new election, never resume in its old term:
+        // a crash can lose its own unsynced log tail, and resuming under the same leader id would
+        // then hand out those log ids again for different entries, which followers holding the
+        // originals cannot detect. Found by the simulator (seed 5014; docs/adr/0005).
+        enable_leader_restore: Some(false),
         ..Default::default()
     };
     Ok(Arc::new(cfg.validate()?))

@@ -177,6 +177,7 @@ where
             Some(id) => id.index() + 1,
             None => 0,
         };
+        tracing::debug!(group = self.group, from, "truncating the log");
         let mut b = WriteBatch::new();
         b.delete_range(Keyspace::Log, group_key(self.group, from), group_end(self.group));
         Ok(self.engine.write(b)?)

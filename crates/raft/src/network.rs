@@ -17,13 +17,14 @@ use openraft::raft::{
 use openraft::{BasicNode, OptionalSend, RaftTypeConfig};
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use parking_lot::RwLock;
+use runnel_proto::dial::Dialer;
 use runnel_proto::internal::raft_transport_client::RaftTransportClient;
 use runnel_proto::internal::{RaftMessage, RaftRpcKind};
 use runnel_types::limits::MAX_GRPC_MESSAGE_BYTES;
 use runnel_types::{GroupId, NodeId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::codec;
 
@@ -35,6 +36,7 @@ pub struct Router {
 
 struct RouterInner {
     self_id: NodeId,
+    dialer: Arc<dyn Dialer>,
     addrs: RwLock<HashMap<NodeId, String>>,
     channels: RwLock<HashMap<NodeId, (String, Channel)>>,
 }
@@ -67,10 +69,11 @@ impl CallError {
 }
 
 impl Router {
-    pub fn new(self_id: NodeId) -> Self {
+    pub fn new(self_id: NodeId, dialer: Arc<dyn Dialer>) -> Self {
         Self {
             inner: Arc::new(RouterInner {
                 self_id,
+                dialer,
                 addrs: RwLock::new(HashMap::new()),
                 channels: RwLock::new(HashMap::new()),
             }),
@@ -86,6 +89,15 @@ impl Router {
         }
     }
 
+    fn evict(&self, node: NodeId) {
+        self.inner.channels.write().remove(&node);
+    }
+
+    /// The dialer this node uses for every outgoing connection.
+    pub fn dialer(&self) -> Arc<dyn Dialer> {
+        self.inner.dialer.clone()
+    }
+
     pub fn addr(&self, node: NodeId) -> Option<String> {
         self.inner.addrs.read().get(&node).cloned()
     }
@@ -98,13 +110,7 @@ impl Router {
                 return Ok(ch.clone());
             }
         }
-        let ep = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| CallError::Unreachable(format!("bad address '{addr}' for node {node}: {e}")))?
-            .connect_timeout(Duration::from_millis(500))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
-        let ch = ep.connect_lazy();
+        let ch = self.inner.dialer.channel(&addr).map_err(|e| CallError::Unreachable(format!("node {node}: {e}")))?;
         self.inner.channels.write().insert(node, (addr, ch.clone()));
         Ok(ch)
     }
@@ -131,9 +137,11 @@ impl Router {
         let fut = client.call(msg);
         let reply = match tokio::time::timeout(ttl, fut).await {
             Err(_) => {
+                // The connection may be stuck (a peer that vanished mid-stream): start a new one.
+                self.evict(target);
                 return Err(CallError::Unreachable(format!(
                     "node {target}: {kind:?} for group {group} timed out after {ttl:?}"
-                )))
+                )));
             }
             Ok(Err(status)) => {
                 return Err(match status.code() {

@@ -72,13 +72,9 @@ impl Api {
         let (id, addr) = self.controller.controller().ok_or_else(|| {
             RunnelError::new(ErrorCode::NotController, "no metadata leader (controller) is known yet; retry shortly")
         })?;
-        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| RunnelError::internal(format!("controller address {addr}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .map_err(|e| {
-                RunnelError::new(ErrorCode::NotController, format!("controller node {id} at {addr} unreachable: {e}"))
+        let ch =
+            self.controller.router.dialer().channel(&addr).map_err(|e| {
+                RunnelError::new(ErrorCode::NotController, format!("controller node {id} at {addr}: {e}"))
             })?;
         Ok(RunnelClient::new(ch).max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES))
     }

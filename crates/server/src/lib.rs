@@ -6,4 +6,6 @@ pub mod controller;
 mod node;
 
 pub use config::{ConfigError, NodeConfig, NodeFlags};
+#[cfg(feature = "rocksdb")]
 pub use node::run_node;
+pub use node::{serve, NodeEnv};

@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "rocksdb")]
 use anyhow::Context;
 use openraft::BasicNode;
 use runnel_broker::{Broker, BrokerDeps};
+use runnel_proto::dial::Dialer;
 use runnel_proto::internal::controller_client::ControllerClient;
 use runnel_proto::internal::controller_server::ControllerServer;
 use runnel_proto::internal::raft_transport_server::RaftTransportServer;
@@ -16,8 +18,10 @@ use runnel_raft::log_store::LogStore;
 use runnel_raft::meta_sm::MetaStateMachine;
 use runnel_raft::network::{network_factory, Router};
 use runnel_raft::transport::{GroupRegistry, RaftHandler, TransportService};
-use runnel_raft::{group_config, MetaTypes, RaftTiming};
-use runnel_storage::{Engine, GroupSyncer, RocksEngine};
+use runnel_raft::{group_config, group_seed, start_raft, MetaTypes, RaftTiming};
+#[cfg(feature = "rocksdb")]
+use runnel_storage::RocksEngine;
+use runnel_storage::{Engine, GroupSyncer};
 use runnel_types::limits::MAX_GRPC_MESSAGE_BYTES;
 use runnel_types::{NodeId, META_GROUP_ID};
 
@@ -25,20 +29,55 @@ use crate::api::Api;
 use crate::controller::{Controller, ControllerService};
 use crate::NodeConfig;
 
-/// Runs a node until SIGINT or SIGTERM.
+/// What a node runs on: its storage, how it reaches other nodes, and its Raft randomness. Production
+/// uses RocksDB, TCP and a random seed ([`run_node`]); the simulator passes in-memory storage,
+/// turmoil's network and a seed derived from the run's seed.
+pub struct NodeEnv {
+    pub engine: Arc<dyn Engine>,
+    pub syncer: Arc<GroupSyncer>,
+    pub dialer: Arc<dyn Dialer>,
+    pub raft_seed: u64,
+    /// Random per process start: a new one tells the controller this broker restarted.
+    pub incarnation: u64,
+}
+
+/// Runs a node on RocksDB and real TCP until SIGINT or SIGTERM.
+#[cfg(feature = "rocksdb")]
 pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
+    cfg.validate()?;
+    let db_dir = cfg.data_dir.join("db");
+    let engine: Arc<dyn Engine> = Arc::new(
+        RocksEngine::open(&db_dir).with_context(|| format!("opening the data directory {}", db_dir.display()))?,
+    );
+    let env = NodeEnv {
+        syncer: Arc::new(GroupSyncer::start(engine.clone())),
+        engine,
+        dialer: runnel_proto::dial::tcp(),
+        raft_seed: rand::random(),
+        incarnation: rand::random(),
+    };
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
+    serve(cfg, env, tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal()).await
+}
+
+/// Runs a node on `env`, accepting connections from `incoming`, until `shutdown` completes.
+pub async fn serve<I, IO, IE, F>(cfg: NodeConfig, env: NodeEnv, incoming: I, shutdown: F) -> anyhow::Result<()>
+where
+    I: futures::Stream<Item = Result<IO, IE>> + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: std::future::Future<Output = ()> + Send,
+{
     cfg.validate()?;
     let voters = cfg.voter_map()?;
     let node_id = cfg.node_id;
     let advertise = cfg.advertise_addr();
     let timing = RaftTiming { heartbeat_ms: cfg.raft_heartbeat_ms, election_timeout_ms: cfg.raft_election_timeout_ms };
+    let NodeEnv { engine, syncer, dialer, raft_seed, incarnation } = env;
 
-    let db_dir = cfg.data_dir.join("db");
-    let engine: Arc<dyn Engine> = Arc::new(
-        RocksEngine::open(&db_dir).with_context(|| format!("opening the data directory {}", db_dir.display()))?,
-    );
-    let syncer = Arc::new(GroupSyncer::start(engine.clone()));
-    let router = Router::new(node_id);
+    let router = Router::new(node_id, dialer);
     for (id, addr) in &voters {
         router.set_addr(*id, addr);
     }
@@ -48,7 +87,8 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     // The metadata group: voters from the configuration; every other broker joins as a learner.
     let meta_sm = MetaStateMachine::new();
     let meta_log = LogStore::<MetaTypes>::new(META_GROUP_ID, engine.clone(), syncer.clone());
-    let meta_raft = openraft::Raft::new(
+    let meta_raft = start_raft(
+        group_seed(raft_seed, META_GROUP_ID),
         node_id,
         group_config("metadata", timing)?,
         network_factory(&router, META_GROUP_ID),
@@ -73,6 +113,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         router: router.clone(),
         registry: registry.clone(),
         timing,
+        raft_seed,
     });
     let controller = Controller::new(
         node_id,
@@ -87,6 +128,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     let heartbeats = tokio::spawn(heartbeat_loop(
         node_id,
         advertise.clone(),
+        incarnation,
         Duration::from_millis(cfg.broker_heartbeat_ms),
         voters.keys().cloned().collect(),
         broker.clone(),
@@ -94,8 +136,6 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     ));
 
     let api = Api { broker: broker.clone(), controller: controller.clone(), meta: meta_sm.clone() };
-    let listener =
-        tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(node_id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "runnel node ready");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -110,7 +150,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
         .add_service(ControllerServer::new(ControllerService(controller.clone())))
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
 
     tracing::info!(node_id, "shutting down");
@@ -135,6 +175,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "rocksdb")]
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -154,12 +195,12 @@ async fn shutdown_signal() {
 async fn heartbeat_loop(
     node_id: NodeId,
     advertise: String,
+    incarnation: u64,
     every: Duration,
     voters: Vec<NodeId>,
     broker: Arc<Broker>,
     controller: Arc<Controller>,
 ) {
-    let incarnation: u64 = rand::random();
     let mut next_voter = 0usize;
     // One channel per controller address, reused across heartbeats.
     let mut client: Option<(String, ControllerClient<tonic::transport::Channel>)> = None;
@@ -192,9 +233,9 @@ async fn heartbeat_loop(
         };
         let mut c = match &client {
             Some((a, c)) if *a == target => c.clone(),
-            _ => match tonic::transport::Endpoint::from_shared(format!("http://{target}")) {
-                Ok(ep) => {
-                    let c = ControllerClient::new(ep.connect_timeout(every * 2).connect_lazy());
+            _ => match controller.router.dialer().channel(&target) {
+                Ok(ch) => {
+                    let c = ControllerClient::new(ch);
                     client = Some((target.clone(), c.clone()));
                     c
                 }
@@ -207,8 +248,14 @@ async fn heartbeat_loop(
         let call = async { c.broker_heartbeat(req).await.map_err(|e| e.to_string()) };
         match tokio::time::timeout(every * 4, call).await {
             Ok(Ok(r)) if !r.get_ref().accepted => tracing::debug!(error = %r.get_ref().error, "heartbeat not accepted"),
-            Ok(Err(e)) => tracing::debug!(%target, error = %e, "heartbeat failed"),
-            Err(_) => tracing::debug!(%target, "heartbeat timed out"),
+            Ok(Err(e)) => {
+                tracing::debug!(%target, error = %e, "heartbeat failed");
+                client = None;
+            }
+            Err(_) => {
+                tracing::debug!(%target, "heartbeat timed out");
+                client = None;
+            }
             _ => {}
         }
     }

@@ -18,6 +18,11 @@ pub struct GroupSyncer {
     tx: Option<Sender<SyncCallback>>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<SyncStats>,
+    /// Set in inline mode: sync on the caller's thread (the simulator, which must not start real
+    /// threads: their timing would make runs irreproducible).
+    inline: Option<Arc<dyn Engine>>,
+    /// Set in task mode (see [`GroupSyncer::spawn_task`]).
+    task: Option<tokio::sync::mpsc::UnboundedSender<SyncCallback>>,
 }
 
 /// Counters for benchmarks and the ADR: how many requests each fsync served.
@@ -37,11 +42,56 @@ impl GroupSyncer {
         let st = stats.clone();
         let thread =
             std::thread::Builder::new().name("runnel-group-sync".into()).spawn(move || run(engine, rx, st)).ok();
-        Self { tx: Some(tx), thread, stats }
+        Self { tx: Some(tx), thread, stats, inline: None, task: None }
+    }
+
+    /// Group commit on a tokio task instead of a thread, each sync taking `fsync_latency` of (possibly
+    /// simulated) time: the simulator's model of a disk. Requests that arrive while a sync is "in
+    /// flight" share the next one, and a crash in between loses exactly the writes not yet synced.
+    /// Must be called inside a tokio runtime.
+    pub fn spawn_task(engine: Arc<dyn Engine>, fsync_latency: std::time::Duration) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<SyncCallback>();
+        let stats = Arc::new(SyncStats::default());
+        let st = stats.clone();
+        tokio::spawn(async move {
+            let mut pending = Vec::new();
+            while let Some(first) = rx.recv().await {
+                pending.push(first);
+                tokio::time::sleep(fsync_latency).await;
+                while let Ok(cb) = rx.try_recv() {
+                    pending.push(cb);
+                }
+                let result = engine.sync();
+                st.syncs.fetch_add(1, Ordering::Relaxed);
+                st.requests.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                for cb in pending.drain(..) {
+                    cb(result.clone());
+                }
+            }
+        });
+        Self { tx: None, thread: None, stats, inline: None, task: Some(tx) }
+    }
+
+    /// No thread: every request syncs at once on the caller's thread. For engines whose sync is
+    /// instant (the in-memory one) and for deterministic simulation.
+    pub fn inline(engine: Arc<dyn Engine>) -> Self {
+        Self { tx: None, thread: None, stats: Arc::new(SyncStats::default()), inline: Some(engine), task: None }
     }
 
     /// Requests durability of every write made before this call; `cb` runs on the sync thread.
     pub fn request(&self, cb: SyncCallback) {
+        if let Some(engine) = &self.inline {
+            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            cb(engine.sync());
+            return;
+        }
+        if let Some(task) = &self.task {
+            if let Err(e) = task.send(cb) {
+                (e.0)(Err(StorageError::Closed));
+            }
+            return;
+        }
         match &self.tx {
             Some(tx) => {
                 if let Err(e) = tx.send(cb) {

@@ -1,0 +1,244 @@
+//! The simulated clients: sequential producers of unique values and one assign-style consumer per
+//! partition, all through the real client library, recording every invocation and completion.
+//! After the safety phase they stop, wait for the heal, and read every partition in full.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use runnel_checker::{Event, Recorder};
+use runnel_client::RetryPolicy;
+use runnel_client::{Client, ClientConfig, ClientError, ErrorCode};
+use runnel_proto::dial::DialerHandle;
+use runnel_proto::v1::{Acks, Record};
+use tokio::time::Instant;
+
+use crate::TurmoilDialer;
+
+const TOPIC: &str = "sim";
+/// Bound on the liveness phase: after the heal, the cluster must serve a full read of every
+/// partition within this much simulated time.
+const LIVENESS_BOUND: Duration = Duration::from_secs(60);
+
+pub struct Workload {
+    pub seed: u64,
+    pub bootstrap: Vec<String>,
+    pub partitions: u32,
+    pub producers: usize,
+    pub safety: Duration,
+    pub recorder: Recorder,
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(2),
+        produce_timeout_ms: 2_000,
+        // No retries inside the client: a retried produce could write its values twice, and the
+        // history would not know. The workload sends every value exactly once.
+        retry: RetryPolicy::none(),
+        dialer: Some(DialerHandle(std::sync::Arc::new(TurmoilDialer))),
+        ..ClientConfig::default()
+    }
+}
+
+/// Errors after which the batch was certainly not appended.
+fn definitely_not_written(e: &ClientError) -> bool {
+    matches!(
+        e.code(),
+        Some(
+            ErrorCode::NotLeader
+                | ErrorCode::UnknownTopic
+                | ErrorCode::UnknownPartition
+                | ErrorCode::RecordTooLarge
+                | ErrorCode::CorruptBatch
+                | ErrorCode::InvalidRequest
+                | ErrorCode::StaleEpoch
+        )
+    )
+}
+
+impl Workload {
+    pub async fn run(self) -> Result<(), String> {
+        let start = Instant::now();
+        let client = loop {
+            match Client::connect_with(&self.bootstrap, client_config()).await {
+                Ok(c) => break c,
+                Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                    tracing::debug!(error = %e, "connect");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(format!("cluster never answered: {e}")),
+            }
+        };
+        loop {
+            match client.create_topic(TOPIC, self.partitions, 3, Default::default()).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => break,
+                Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                    tracing::debug!(error = %e, "create topic");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(format!("could not create the topic: {e}")),
+            }
+        }
+        let safety_end = start + self.safety;
+
+        let mut tasks = Vec::new();
+        for p in 0..self.producers {
+            let (client, rec) = (client.clone(), self.recorder.clone());
+            let seed = self.seed ^ (p as u64 + 1).wrapping_mul(0x9e37_79b9);
+            let partitions = self.partitions;
+            tasks.push(tokio::spawn(produce_loop(client, rec, p as u64, seed, partitions, start, safety_end)));
+        }
+        for partition in 0..self.partitions {
+            let (client, rec) = (client.clone(), self.recorder.clone());
+            let process = 100 + partition as u64;
+            tasks.push(tokio::spawn(consume_loop(client, rec, process, partition, start, safety_end)));
+        }
+        for t in tasks {
+            t.await.map_err(|e| format!("workload task: {e}"))?;
+        }
+
+        // Liveness: the driver heals every fault at the end of the safety phase.
+        let deadline = Instant::now() + LIVENESS_BOUND;
+        for partition in 0..self.partitions {
+            final_read(&client, &self.recorder, partition, start, deadline).await;
+        }
+        Ok(())
+    }
+}
+
+fn ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+async fn produce_loop(
+    client: Client,
+    rec: Recorder,
+    process: u64,
+    seed: u64,
+    partitions: u32,
+    start: Instant,
+    until: Instant,
+) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        let partition = rng.random_range(0..partitions);
+        let count = rng.random_range(1..=3);
+        let values: Vec<String> = (0..count).map(|i| format!("p{process}-{n}-{i}")).collect();
+        n += 1;
+        let records = values
+            .iter()
+            .map(|v| Record { key: Bytes::new(), value: Bytes::from(v.clone()), headers: vec![], timestamp_ms: 0 })
+            .collect();
+        rec.record(process, ms(start), Event::ProduceInvoke { topic: TOPIC.into(), partition, values: values.clone() });
+        match client.produce(TOPIC, partition, records, Acks::All).await {
+            Ok(base_offset) => {
+                rec.record(
+                    process,
+                    ms(start),
+                    Event::ProduceOk {
+                        topic: TOPIC.into(),
+                        partition,
+                        values,
+                        base_offset,
+                        leader_epoch: None,
+                        leader: None,
+                    },
+                );
+            }
+            Err(e) => {
+                rec.record(
+                    process,
+                    ms(start),
+                    Event::ProduceFail {
+                        topic: TOPIC.into(),
+                        partition,
+                        values,
+                        definite: definitely_not_written(&e),
+                        error: e.to_string(),
+                    },
+                );
+                tokio::time::sleep(Duration::from_millis(rng.random_range(10..100))).await;
+            }
+        }
+    }
+}
+
+async fn consume_loop(client: Client, rec: Recorder, process: u64, partition: u32, start: Instant, until: Instant) {
+    let mut offset = 0u64;
+    while Instant::now() < until {
+        rec.record(process, ms(start), Event::FetchInvoke { topic: TOPIC.into(), partition, offset });
+        let requested = offset;
+        match client.fetch(TOPIC, partition, offset, 64 * 1024, 200).await {
+            Ok(r) => {
+                let records: Vec<(u64, String)> =
+                    r.records.iter().map(|c| (c.offset, String::from_utf8_lossy(&c.value).into_owned())).collect();
+                if let Some((last, _)) = records.last() {
+                    offset = last + 1;
+                }
+                rec.record(
+                    process,
+                    ms(start),
+                    Event::FetchOk {
+                        topic: TOPIC.into(),
+                        partition,
+                        offset: requested,
+                        records,
+                        high_watermark: r.high_watermark,
+                    },
+                );
+            }
+            Err(e) => {
+                rec.record(
+                    process,
+                    ms(start),
+                    Event::FetchFail { topic: TOPIC.into(), partition, offset, error: e.to_string() },
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Reads the whole partition, retrying until `deadline` (the liveness bound).
+async fn final_read(client: &Client, rec: &Recorder, partition: u32, start: Instant, deadline: Instant) {
+    let mut last_error = String::from("no attempt");
+    'attempt: while Instant::now() < deadline {
+        let hw = match client.list_offsets(TOPIC, partition, runnel_client::OffsetSpec::Latest).await {
+            Ok(hw) => hw,
+            Err(e) => {
+                last_error = e.to_string();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let mut records = Vec::new();
+        let mut offset = 0;
+        while offset < hw {
+            match client.fetch(TOPIC, partition, offset, 1 << 20, 0).await {
+                Ok(r) if !r.records.is_empty() => {
+                    offset = r.records.last().map(|c| c.offset + 1).unwrap_or(offset);
+                    records
+                        .extend(r.records.iter().map(|c| (c.offset, String::from_utf8_lossy(&c.value).into_owned())));
+                }
+                Ok(_) => {
+                    last_error = format!("empty fetch at {offset} below the high watermark {hw}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'attempt;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'attempt;
+                }
+            }
+        }
+        rec.record(0, ms(start), Event::FinalRead { topic: TOPIC.into(), partition, records, high_watermark: hw });
+        return;
+    }
+    rec.record(0, ms(start), Event::FinalReadFailed { topic: TOPIC.into(), partition, error: last_error });
+}
