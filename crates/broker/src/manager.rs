@@ -29,6 +29,10 @@ pub struct BrokerDeps {
     pub timing: RaftTiming,
     /// Seeds every group's Raft randomness (see `runnel_raft::RaftRuntime`).
     pub raft_seed: u64,
+    /// TEST ONLY — a planted bug for the simulator's proof that its checker can fail: acks=all
+    /// produces are answered before the batch is committed, with a guessed offset. Always false
+    /// outside that test.
+    pub planted_ack_before_commit: bool,
 }
 
 pub struct Broker {
@@ -138,6 +142,7 @@ impl Broker {
             engine: d.engine.clone(),
             node_id: d.node_id,
             router: d.router.clone(),
+            planted_ack_before_commit: d.planted_ack_before_commit,
         });
         self.by_group.write().insert(p.group_id, part.clone());
         self.by_name.write().insert((t.name.clone(), p.partition), part);

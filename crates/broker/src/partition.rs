@@ -37,6 +37,8 @@ pub struct Partition {
     pub node_id: NodeId,
     /// Where other nodes are: NOT_LEADER answers name the leader's address.
     pub router: Router,
+    /// TEST ONLY: see `BrokerDeps::planted_ack_before_commit`.
+    pub planted_ack_before_commit: bool,
 }
 
 pub struct FetchOutcome {
@@ -143,6 +145,13 @@ impl Partition {
             record_count: batch.record_count,
             records: batch.records,
         });
+        if wait && self.planted_ack_before_commit {
+            // The planted bug: answer with the offset the batch would get if nothing else were in
+            // flight, before it is committed (or even appended).
+            let guess = self.sm.high_watermark();
+            let _ = self.raft.client_write_ff(cmd, None).await;
+            return Ok((guess, term));
+        }
         if !wait {
             self.raft.client_write_ff(cmd, None).await.map_err(|e| {
                 RunnelError::new(ErrorCode::LeaderNotAvailable, format!("{}/{}: {e}", self.topic, self.partition))

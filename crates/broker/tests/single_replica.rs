@@ -34,6 +34,7 @@ async fn broker_with_topic(
         registry: GroupRegistry::default(),
         timing: RaftTiming { heartbeat_ms: 50, election_timeout_ms: 200 },
         raft_seed: 7,
+        planted_ack_before_commit: false,
     };
     let broker = Broker::new(deps);
     let mut state = ClusterState::default();

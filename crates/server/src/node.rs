@@ -39,6 +39,8 @@ pub struct NodeEnv {
     pub raft_seed: u64,
     /// Random per process start: a new one tells the controller this broker restarted.
     pub incarnation: u64,
+    /// TEST ONLY: the simulator's planted bug (see `runnel_broker::BrokerDeps`); false otherwise.
+    pub planted_ack_before_commit: bool,
 }
 
 /// Runs a node on RocksDB and real TCP until SIGINT or SIGTERM.
@@ -55,6 +57,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         dialer: runnel_proto::dial::tcp(),
         raft_seed: rand::random(),
         incarnation: rand::random(),
+        planted_ack_before_commit: false,
     };
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
@@ -75,7 +78,7 @@ where
     let node_id = cfg.node_id;
     let advertise = cfg.advertise_addr();
     let timing = RaftTiming { heartbeat_ms: cfg.raft_heartbeat_ms, election_timeout_ms: cfg.raft_election_timeout_ms };
-    let NodeEnv { engine, syncer, dialer, raft_seed, incarnation } = env;
+    let NodeEnv { engine, syncer, dialer, raft_seed, incarnation, planted_ack_before_commit } = env;
 
     let router = Router::new(node_id, dialer);
     for (id, addr) in &voters {
@@ -114,6 +117,7 @@ where
         registry: registry.clone(),
         timing,
         raft_seed,
+        planted_ack_before_commit,
     });
     let controller = Controller::new(
         node_id,

@@ -16,7 +16,7 @@ struct Args {
     seeds: Option<u64>,
     #[arg(long)]
     first: Option<u64>,
-    /// Plant a known bug (the checker must catch it): skip-fsync.
+    /// Plant a known bug (the checker must catch it): ack-before-commit or skip-fsync.
     #[arg(long)]
     plant: Option<String>,
     /// Write the history as JSON Lines here (with --seed).
@@ -32,9 +32,10 @@ fn main() -> ExitCode {
         .try_init();
     let planted = match args.plant.as_deref() {
         None => None,
-        Some("skip-fsync") | Some("SkipFsync") => Some(PlantedBug::SkipFsync),
+        Some("skip-fsync") => Some(PlantedBug::SkipFsync),
+        Some("ack-before-commit") => Some(PlantedBug::AckBeforeCommit),
         Some(other) => {
-            eprintln!("error: unknown --plant '{other}' (known: skip-fsync)");
+            eprintln!("error: unknown --plant '{other}' (known: ack-before-commit, skip-fsync)");
             return ExitCode::from(2);
         }
     };
