@@ -95,9 +95,11 @@ async fn long_poll_wakes_on_new_data() {
     let (broker, _meta) = broker_with_topic(engine, 1024).await;
     let p = broker.partition("t", 0).unwrap();
     let p2 = p.clone();
-    let poll = tokio::spawn(async move { p2.fetch(0, 1 << 20, 10_000, None).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!poll.is_finished(), "a fetch at the high watermark must wait for data");
+    let mut poll = tokio::spawn(async move { p2.fetch(0, 1 << 20, 10_000, None).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut poll).await.is_err(),
+        "a fetch at the high watermark must wait for data"
+    );
     p.produce(encode_batch(vec![rec("x")]), true, Duration::from_secs(5), None).await.unwrap();
     let out = tokio::time::timeout(Duration::from_secs(5), poll).await.expect("poll woke").unwrap().unwrap();
     assert_eq!(out.batches.len(), 1);
