@@ -25,6 +25,7 @@ use runnel_server::{NodeConfig, NodeEnv};
 use runnel_storage::{Engine, GroupSyncer, Keyspace, MemEngine, WriteBatch};
 
 pub use net::TurmoilDialer;
+pub use workload::Workload;
 
 const PORT: u16 = 9292;
 
@@ -58,6 +59,29 @@ pub enum Fault {
     LatencySpike { max_ms: u64 },
     /// Some messages are dropped.
     MessageLoss { rate_per_mille: u32 },
+    /// Cut off whichever node currently leads partition 0 (as the client last saw it).
+    IsolateLeader,
+    /// Cut off whichever node is the controller (metadata leader).
+    IsolateController,
+    /// kill -9 the controller: a controller failover.
+    CrashController,
+    /// kill -9 partition 0's leader: a partition leader failover.
+    CrashLeader,
+}
+
+/// The cluster as the simulated client last saw it, so faults can target the current leader or
+/// controller rather than a random node.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterView {
+    pub controller: Option<u64>,
+    pub partition0_leader: Option<u64>,
+}
+
+/// A node index for a targeted fault: the target if known, else node 0.
+fn target(view: &std::sync::Mutex<ClusterView>, controller: bool, nodes: usize) -> usize {
+    let v = view.lock().map(|v| v.clone()).unwrap_or_default();
+    let id = if controller { v.controller } else { v.partition0_leader };
+    id.map(|id| (id as usize).saturating_sub(1)).filter(|i| *i < nodes).unwrap_or(0)
 }
 
 #[derive(Debug, Clone)]
@@ -86,7 +110,7 @@ impl SimOptions {
         while t < safety_ms - 1_000 {
             let dur = rng.random_range(300..3_000u64).min(safety_ms - t);
             let node = rng.random_range(0..nodes);
-            let fault = match rng.random_range(0..9) {
+            let fault = match rng.random_range(0..13) {
                 0 => Fault::Isolate(node),
                 1 => Fault::IsolateOneWay(node),
                 2 => Fault::Split { minority: nodes / 2 },
@@ -95,7 +119,11 @@ impl SimOptions {
                 5 => Fault::Pause(node),
                 6 => Fault::LatencySpike { max_ms: rng.random_range(20..200) },
                 7 => Fault::CrashAll,
-                _ => Fault::MessageLoss { rate_per_mille: rng.random_range(5..50) },
+                8 => Fault::MessageLoss { rate_per_mille: rng.random_range(5..50) },
+                9 => Fault::IsolateLeader,
+                10 => Fault::IsolateController,
+                11 => Fault::CrashController,
+                _ => Fault::CrashLeader,
             };
             faults.push((t, dur, fault));
             t += dur + rng.random_range(200..2_000);
@@ -263,6 +291,7 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
     }
 
     let recorder = Recorder::default();
+    let view = Arc::new(std::sync::Mutex::new(ClusterView::default()));
     let wl = workload::Workload {
         seed,
         bootstrap: (0..options.nodes).map(|i| format!("{}:{PORT}", host(i))).collect(),
@@ -270,6 +299,7 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
         producers: options.producers,
         safety: Duration::from_millis(options.safety_ms),
         recorder: recorder.clone(),
+        view: view.clone(),
     };
     sim.client("client", async move { wl.run().await.map_err(|e| -> Box<dyn std::error::Error> { e.into() }) });
 
@@ -278,6 +308,7 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
     let mut rng = SmallRng::seed_from_u64(seed ^ 0xc4a5_4c4a);
     let mut pending: Vec<(u64, u64, Fault)> = options.faults.clone();
     pending.reverse();
+    // Active faults, with the node a targeted fault resolved to when it started.
     let mut active: Vec<(u64, Fault)> = Vec::new();
     let mut healed_all = false;
     loop {
@@ -288,6 +319,14 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
         let now = sim.elapsed().as_millis() as u64;
         while pending.last().is_some_and(|(at, _, _)| *at <= now) {
             let Some((at, dur, fault)) = pending.pop() else { break };
+            // Targeted faults become their plain form on the node that is the target right now.
+            let fault = match fault {
+                Fault::IsolateLeader => Fault::Isolate(target(&view, false, options.nodes)),
+                Fault::IsolateController => Fault::Isolate(target(&view, true, options.nodes)),
+                Fault::CrashController => Fault::Crash(target(&view, true, options.nodes)),
+                Fault::CrashLeader => Fault::Crash(target(&view, false, options.nodes)),
+                f => f,
+            };
             apply(&mut sim, &engines, &options, fault, &mut rng);
             active.push((at + dur, fault));
         }
@@ -370,6 +409,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, engines: &[Arc<MemEngine>], o: &SimOptions,
         }
         Fault::LatencySpike { max_ms } => sim.set_max_message_latency(Duration::from_millis(max_ms)),
         Fault::MessageLoss { rate_per_mille } => sim.set_fail_rate(rate_per_mille as f64 / 1000.0),
+        // Resolved to Isolate/Crash by the driver before they get here.
+        Fault::IsolateLeader | Fault::IsolateController | Fault::CrashController | Fault::CrashLeader => {}
     }
 }
 
@@ -407,5 +448,6 @@ fn heal(sim: &mut turmoil::Sim<'_>, o: &SimOptions, fault: Fault) {
         }
         Fault::LatencySpike { .. } => sim.set_max_message_latency(Duration::from_millis(2)),
         Fault::MessageLoss { .. } => sim.set_fail_rate(0.0),
+        Fault::IsolateLeader | Fault::IsolateController | Fault::CrashController | Fault::CrashLeader => {}
     }
 }

@@ -28,6 +28,8 @@ pub struct Workload {
     pub producers: usize,
     pub safety: Duration,
     pub recorder: Recorder,
+    /// Where the driver learns the current controller and partition 0's leader.
+    pub view: std::sync::Arc<std::sync::Mutex<crate::ClusterView>>,
 }
 
 fn client_config() -> ClientConfig {
@@ -84,6 +86,7 @@ impl Workload {
             }
         }
         let safety_end = start + self.safety;
+        let watcher = tokio::spawn(watch_cluster(client.clone(), self.view.clone(), safety_end));
 
         let mut tasks = Vec::new();
         for p in 0..self.producers {
@@ -100,6 +103,7 @@ impl Workload {
         for t in tasks {
             t.await.map_err(|e| format!("workload task: {e}"))?;
         }
+        watcher.await.map_err(|e| format!("watcher task: {e}"))?;
 
         // Liveness: the driver heals every fault at the end of the safety phase.
         let deadline = Instant::now() + LIVENESS_BOUND;
@@ -107,6 +111,22 @@ impl Workload {
             final_read(&client, &self.recorder, partition, start, deadline).await;
         }
         Ok(())
+    }
+}
+
+/// Keeps the driver's view of the controller and partition 0's leader fresh (not recorded in the
+/// history: it is how faults find their targets).
+async fn watch_cluster(client: Client, view: std::sync::Arc<std::sync::Mutex<crate::ClusterView>>, until: Instant) {
+    while Instant::now() < until {
+        if let Ok(m) = client.metadata(&[TOPIC.to_string()]).await {
+            let leader =
+                m.topics.iter().find(|t| t.name == TOPIC).and_then(|t| t.partitions.first()).and_then(|p| p.leader);
+            if let Ok(mut v) = view.lock() {
+                v.controller = m.controller_id.or(v.controller);
+                v.partition0_leader = leader.or(v.partition0_leader);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

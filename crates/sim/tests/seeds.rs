@@ -1,7 +1,7 @@
 //! The simulation in CI: a fixed seed set plus random ones, determinism, and proof that the
 //! checker catches a planted bug.
 
-use runnel_sim::{run, PlantedBug, SimOptions};
+use runnel_sim::{run, Fault, PlantedBug, SimOptions};
 
 /// Seeds that once found bugs (kept as regressions) and a spread of others.
 const FIXED: &[u64] = &[1, 2, 3, 102, 119, 4242, 5014, 65_537, 1_000_003];
@@ -72,4 +72,29 @@ fn planted_ack_before_commit_bug_is_caught() {
         }
     }
     assert!(caught.len() >= 3, "the planted bug was caught by only {caught:?} of seeds 1..=5");
+}
+
+/// The schedule with which seed 5014 found a restarted leader reusing log ids (docs/adr/0005),
+/// spelled out so later changes to how seeds pick faults cannot lose the regression.
+#[test]
+fn regression_5014_restarted_leader_does_not_reuse_log_ids() {
+    let o = SimOptions {
+        seed: 5014,
+        nodes: 3,
+        partitions: 2,
+        producers: 4,
+        safety_ms: 15_779,
+        faults: vec![
+            (2_630, 1_598, Fault::Split { minority: 1 }),
+            (4_805, 1_516, Fault::LatencySpike { max_ms: 105 }),
+            (7_759, 1_268, Fault::CrashMajority),
+            (10_372, 352, Fault::Split { minority: 1 }),
+            (11_361, 1_916, Fault::CrashMajority),
+            (14_197, 1_118, Fault::Isolate(0)),
+        ],
+        fsync_ms: 3,
+        planted: None,
+    };
+    let out = run(o.clone()).expect("run");
+    assert!(out.ok(), "{o}\n{}", out.report);
 }
