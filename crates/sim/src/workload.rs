@@ -238,9 +238,13 @@ async fn final_read(client: &Client, rec: &Recorder, partition: u32, start: Inst
         };
         let mut records = Vec::new();
         let mut offset = 0;
+        // Writes still in flight when the heal came (indeterminate produces) may commit while we
+        // read: the last fetch's high watermark, not the first one's, bounds what we saw.
+        let mut seen_hw = hw;
         while offset < hw {
             match client.fetch(TOPIC, partition, offset, 1 << 20, 0).await {
                 Ok(r) if !r.records.is_empty() => {
+                    seen_hw = seen_hw.max(r.high_watermark);
                     offset = r.records.last().map(|c| c.offset + 1).unwrap_or(offset);
                     records
                         .extend(r.records.iter().map(|c| (c.offset, String::from_utf8_lossy(&c.value).into_owned())));
@@ -257,7 +261,7 @@ async fn final_read(client: &Client, rec: &Recorder, partition: u32, start: Inst
                 }
             }
         }
-        rec.record(0, ms(start), Event::FinalRead { topic: TOPIC.into(), partition, records, high_watermark: hw });
+        rec.record(0, ms(start), Event::FinalRead { topic: TOPIC.into(), partition, records, high_watermark: seen_hw });
         return;
     }
     rec.record(0, ms(start), Event::FinalReadFailed { topic: TOPIC.into(), partition, error: last_error });

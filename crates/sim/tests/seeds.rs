@@ -4,7 +4,7 @@
 use runnel_sim::{run, Fault, PlantedBug, SimOptions};
 
 /// Seeds that once found bugs (kept as regressions) and a spread of others.
-const FIXED: &[u64] = &[1, 2, 3, 102, 119, 4242, 5014, 65_537, 1_000_003];
+const FIXED: &[u64] = &[1, 2, 3, 102, 119, 4242, 5014, 65_537, 202_235, 1_000_003];
 
 fn run_seeds(seeds: &[u64]) {
     let mut failures = Vec::new();
