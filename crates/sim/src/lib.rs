@@ -359,6 +359,18 @@ fn others(nodes: usize, i: usize) -> Vec<String> {
     v
 }
 
+/// The links a split cuts: every minority node to every majority node and to the client.
+fn split_links(nodes: usize, minority: usize) -> Vec<(String, String)> {
+    let mut links = Vec::new();
+    for a in 0..minority {
+        for b in minority..nodes {
+            links.push((host(a), host(b)));
+        }
+        links.push((host(a), "client".to_string()));
+    }
+    links
+}
+
 fn crash(sim: &mut turmoil::Sim<'_>, engines: &[Arc<MemEngine>], i: usize, rng: &mut SmallRng) {
     if sim.is_host_running(host(i)) {
         sim.crash(host(i));
@@ -384,11 +396,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, engines: &[Arc<MemEngine>], o: &SimOptions,
             }
         }
         Fault::Split { minority } => {
-            for a in 0..minority {
-                for b in minority..o.nodes {
-                    sim.partition(host(a), host(b));
-                }
-                sim.partition(host(a), "client");
+            for (a, b) in split_links(o.nodes, minority) {
+                sim.partition(a, b);
             }
         }
         Fault::Crash(i) => crash(sim, engines, i, rng),
@@ -422,11 +431,8 @@ fn heal(sim: &mut turmoil::Sim<'_>, o: &SimOptions, fault: Fault) {
             }
         }
         Fault::Split { minority } => {
-            for a in 0..minority {
-                for b in minority..o.nodes {
-                    sim.repair(host(a), host(b));
-                }
-                sim.repair(host(a), "client");
+            for (a, b) in split_links(o.nodes, minority) {
+                sim.repair(a, b);
             }
         }
         Fault::Crash(i) => {
