@@ -18,9 +18,6 @@ pub struct GroupSyncer {
     tx: Option<Sender<SyncCallback>>,
     thread: Option<JoinHandle<()>>,
     stats: Arc<SyncStats>,
-    /// Set in inline mode: sync on the caller's thread (the simulator, which must not start real
-    /// threads: their timing would make runs irreproducible).
-    inline: Option<Arc<dyn Engine>>,
     /// Set in task mode (see [`GroupSyncer::spawn_task`]).
     task: Option<tokio::sync::mpsc::UnboundedSender<SyncCallback>>,
 }
@@ -42,7 +39,7 @@ impl GroupSyncer {
         let st = stats.clone();
         let thread =
             std::thread::Builder::new().name("runnel-group-sync".into()).spawn(move || run(engine, rx, st)).ok();
-        Self { tx: Some(tx), thread, stats, inline: None, task: None }
+        Self { tx: Some(tx), thread, stats, task: None }
     }
 
     /// Group commit on a tokio task instead of a thread, each sync taking `fsync_latency` of (possibly
@@ -69,23 +66,11 @@ impl GroupSyncer {
                 }
             }
         });
-        Self { tx: None, thread: None, stats, inline: None, task: Some(tx) }
-    }
-
-    /// No thread: every request syncs at once on the caller's thread. For engines whose sync is
-    /// instant (the in-memory one) and for deterministic simulation.
-    pub fn inline(engine: Arc<dyn Engine>) -> Self {
-        Self { tx: None, thread: None, stats: Arc::new(SyncStats::default()), inline: Some(engine), task: None }
+        Self { tx: None, thread: None, stats, task: Some(tx) }
     }
 
     /// Requests durability of every write made before this call; `cb` runs on the sync thread.
     pub fn request(&self, cb: SyncCallback) {
-        if let Some(engine) = &self.inline {
-            self.stats.syncs.fetch_add(1, Ordering::Relaxed);
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            cb(engine.sync());
-            return;
-        }
         if let Some(task) = &self.task {
             if let Err(e) = task.send(cb) {
                 (e.0)(Err(StorageError::Closed));
