@@ -6,10 +6,16 @@ set -euo pipefail
 need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
-# bindgen loads libclang at run time; Debian ships it as libclang-dev (libclang-NN.so).
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ls /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
-  need+=(libclang-dev)
-fi
+# bindgen loads libclang at run time; Debian ships it as libclang-dev (libclang.so). Only libclang
+# itself counts: libclang-cpp (pulled in by other packages) is a different library bindgen cannot use.
+have_libclang() {
+  for f in /usr/lib/llvm-*/lib/libclang.so /usr/lib/llvm-*/lib/libclang-[0-9]*.so \
+    /usr/lib/*-linux-gnu/libclang-[0-9]*.so.[0-9]*; do
+    [ -e "$f" ] && return 0
+  done
+  return 1
+}
+have_libclang || need+=(libclang-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 
 if [ ${#need[@]} -gt 0 ]; then

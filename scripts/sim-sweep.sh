@@ -8,8 +8,9 @@ cd "$here/.."
 n="${1:?usage: scripts/sim-sweep.sh N [first-seed]}"
 first="${2:-$(( (RANDOM << 15 | RANDOM) ))}"
 jobs="${JOBS:-$(nproc)}"
-sim_cargo build -q -p runnel-sim --bin runnel-sim
-bin="$SIM_TARGET_DIR/debug/runnel-sim"
+# Release: ~2.5x faster per seed than debug, and a seed replays the same in either profile.
+sim_cargo build -q --release -p runnel-sim --bin runnel-sim
+bin="$SIM_TARGET_DIR/release/runnel-sim"
 out="$(mktemp -d)"
 chunk=$(( (n + jobs - 1) / jobs ))
 start=$(date +%s)
@@ -17,7 +18,7 @@ for j in $(seq 0 $((jobs - 1))); do
   s=$(( first + j * chunk ))
   c=$(( chunk < n - j * chunk ? chunk : n - j * chunk ))
   [ "$c" -gt 0 ] || continue
-  "$bin" --seeds "$c" --first "$s" >"$out/$j.log" 2>&1 &
+  nice -n "${NICE:-0}" "$bin" --seeds "$c" --first "$s" >"$out/$j.log" 2>&1 &
 done
 wait || true
 cat "$out"/*.log | grep '^seed ' >"$out/all"

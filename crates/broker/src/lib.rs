@@ -6,4 +6,4 @@ mod partition;
 pub mod partition_sm;
 
 pub use manager::{Broker, BrokerDeps};
-pub use partition::{FetchOutcome, Partition};
+pub use partition::{Fence, FetchOutcome, Partition};

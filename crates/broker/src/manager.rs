@@ -1,10 +1,12 @@
 //! Starts and stops this node's partition replicas as the committed metadata says.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::type_config::async_runtime::WatchReceiver;
-use parking_lot::RwLock;
+use openraft::BasicNode;
+use parking_lot::{Mutex, RwLock};
 use runnel_meta::{PartitionRecord, TopicRecord};
 use runnel_raft::log_store::LogStore;
 use runnel_raft::meta_sm::MetaView;
@@ -15,7 +17,7 @@ use runnel_storage::{Engine, GroupSyncer};
 use runnel_types::{GroupId, NodeId, RunnelError};
 use tokio::sync::watch;
 
-use crate::partition::Partition;
+use crate::partition::{Fence, Partition};
 use crate::partition_sm::PartitionStateMachine;
 
 /// What the broker shares with the rest of the node.
@@ -39,11 +41,26 @@ pub struct Broker {
     deps: BrokerDeps,
     by_group: RwLock<BTreeMap<GroupId, Arc<Partition>>>,
     by_name: RwLock<BTreeMap<(String, u32), Arc<Partition>>>,
+    /// The latest committed metadata this broker has acted on.
+    view: RwLock<Option<Arc<MetaView>>>,
+    /// Groups whose reassignment this node is driving right now (one driver per group).
+    moving: Mutex<BTreeSet<GroupId>>,
+    pub fence: Arc<Fence>,
 }
+
+/// How long a leader waits for a new replica to catch up before it retries the reassignment.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Broker {
     pub fn new(deps: BrokerDeps) -> Arc<Self> {
-        Arc::new(Self { deps, by_group: RwLock::new(BTreeMap::new()), by_name: RwLock::new(BTreeMap::new()) })
+        Arc::new(Self {
+            deps,
+            by_group: RwLock::new(BTreeMap::new()),
+            by_name: RwLock::new(BTreeMap::new()),
+            view: RwLock::new(None),
+            moving: Mutex::new(BTreeSet::new()),
+            fence: Arc::new(Fence::default()),
+        })
     }
 
     pub fn node_id(&self) -> NodeId {
@@ -58,15 +75,21 @@ impl Broker {
         self.by_group.read().values().cloned().collect()
     }
 
-    /// (group, this node, term) for every partition this node currently leads.
-    pub fn leader_reports(&self) -> Vec<(GroupId, NodeId, u64)> {
+    /// For every partition this node currently leads: (group, term, committed voters when not in
+    /// a joint configuration).
+    pub fn leader_reports(&self) -> Vec<(GroupId, u64, Option<BTreeSet<NodeId>>)> {
         self.partitions()
             .iter()
             .filter_map(|p| {
                 let (leader, term, _) = p.leadership();
-                leader.then_some((p.group, self.deps.node_id, term))
+                leader.then(|| (p.group, term, p.committed_voters()))
             })
             .collect()
+    }
+
+    /// Whether `node` is alive in the committed metadata (unknown nodes are not).
+    fn is_alive(&self, node: NodeId) -> bool {
+        self.view.read().as_ref().and_then(|v| v.state.brokers.get(&node).map(|b| b.is_alive())).unwrap_or(false)
     }
 
     /// Follows the committed metadata until the channel closes.
@@ -80,7 +103,8 @@ impl Broker {
         }
     }
 
-    async fn reconcile(&self, view: &MetaView) {
+    async fn reconcile(&self, view: &Arc<MetaView>) {
+        *self.view.write() = Some(view.clone());
         for b in view.state.brokers.values() {
             if b.id != self.deps.node_id {
                 self.deps.router.set_addr(b.id, &b.addr);
@@ -95,7 +119,9 @@ impl Broker {
             }
         }
         for (g, (t, p)) in wanted {
-            if self.by_group.read().contains_key(&g) {
+            let running = self.by_group.read().get(&g).cloned();
+            if let Some(part) = running {
+                *part.record.write() = p.clone();
                 continue;
             }
             if let Err(e) = self.start_partition(t, p).await {
@@ -116,7 +142,10 @@ impl Broker {
             .map_err(|e| err(&e))?;
         d.registry.insert(p.group_id, Arc::new(RaftHandler { raft: raft.clone() }));
         let fresh = !raft.is_initialized().await.map_err(|e| err(&e))?;
-        if fresh {
+        // Only the replicas the partition was created with initialize its group. A replica added by
+        // a reassignment (partition epoch above 1) starts empty and waits to be added as a learner
+        // by the leader: initializing it would invent a second, conflicting first membership.
+        if fresh && p.partition_epoch == 1 && p.replicas.contains(&d.node_id) {
             // Every replica initializes with the same committed membership; openraft accepts
             // identical initial configs from several nodes.
             let router = d.router.clone();
@@ -134,7 +163,7 @@ impl Broker {
             topic: t.name.clone(),
             partition: p.partition,
             group: p.group_id,
-            replicas: p.replicas.clone(),
+            record: RwLock::new(p.clone()),
             config: t.config.clone(),
             raft,
             sm,
@@ -142,6 +171,7 @@ impl Broker {
             engine: d.engine.clone(),
             node_id: d.node_id,
             router: d.router.clone(),
+            fence: self.fence.clone(),
             planted_ack_before_commit: d.planted_ack_before_commit,
         });
         self.by_group.write().insert(p.group_id, part.clone());
@@ -165,36 +195,115 @@ impl Broker {
         tracing::info!(topic = %p.topic, partition = p.partition, group, "partition replica stopped");
     }
 
-    /// Preferred-leader balancing: a partition led by a node other than its preferred replica (the
-    /// first in its replica list) hands leadership to the preferred one once that replica has every
-    /// entry the leader has. Placement spreads preferred leaders evenly, so this spreads leadership
-    /// (and the work that goes with it) after startup races and restarts.
-    pub async fn run_leader_balancer(self: Arc<Self>, every: std::time::Duration) {
+    /// The leader's periodic duties for each partition it leads, every `every`:
+    /// - while fenced, hand leadership to a caught-up replica (a fenced leader takes no writes);
+    /// - drive a reassignment the metadata asks for (see [`Self::drive_reassignment`]);
+    /// - preferred-leader balancing: hand leadership to the preferred replica (the first in the
+    ///   replica list) once it is alive and has every entry the leader has. Placement spreads
+    ///   preferred leaders evenly, so this spreads leadership after startup races and restarts.
+    pub async fn run_leader_duties(self: Arc<Self>, every: Duration) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             for p in self.partitions() {
-                let Some(&preferred) = p.replicas.first() else { continue };
-                if preferred == self.deps.node_id {
+                if !p.leadership().0 {
                     continue;
                 }
-                let caught_up = {
-                    let m = p.raft.metrics();
-                    let m = m.borrow_watched();
-                    let leader = m.state == openraft::ServerState::Leader;
-                    let last = m.last_log_index;
-                    let matched =
-                        m.replication.as_ref().and_then(|r| r.get(&preferred).cloned().flatten()).map(|l| l.index);
-                    leader && last.is_some() && matched == last
-                };
-                if caught_up {
+                let record = p.record.read().clone();
+                if self.fence.is_fenced() {
+                    if let Some(to) = p.caught_up_voters().into_iter().find(|v| *v != self.deps.node_id) {
+                        tracing::info!(topic = %p.topic, partition = p.partition, to, "fenced: handing leadership away");
+                        let _ = p.raft.trigger().transfer_leader(to).await;
+                    }
+                    continue;
+                }
+                if let Some(target) = record.target_replicas.clone() {
+                    let newly = self.moving.lock().insert(p.group);
+                    if newly {
+                        let me = self.clone();
+                        tokio::spawn(async move {
+                            me.drive_reassignment(&p, &target).await;
+                            me.moving.lock().remove(&p.group);
+                        });
+                    }
+                    continue;
+                }
+                let Some(&preferred) = record.replicas.first() else { continue };
+                if preferred == self.deps.node_id || !self.is_alive(preferred) {
+                    continue;
+                }
+                if p.caught_up_voters().contains(&preferred) {
                     tracing::info!(topic = %p.topic, partition = p.partition, to = preferred, "moving leadership to the preferred replica");
                     if let Err(e) = p.raft.trigger().transfer_leader(preferred).await {
                         tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "leader transfer failed");
                     }
                 }
             }
+        }
+    }
+
+    /// Moves the partition's Raft group to the `target` voters without ever losing quorum safety:
+    /// each new replica joins as a learner and catches up first, then one membership change
+    /// replaces the voters (openraft goes through the joint configuration of old and new). The
+    /// leader reports the committed voters in its heartbeat; the controller then finishes the
+    /// reassignment in the metadata, and replicas no longer in it stop and delete their data.
+    async fn drive_reassignment(&self, p: &Partition, target: &[NodeId]) {
+        let want: BTreeSet<NodeId> = target.iter().cloned().collect();
+        if p.committed_voters().as_ref() == Some(&want) {
+            return;
+        }
+        let members: BTreeSet<NodeId> = {
+            let m = p.raft.metrics();
+            let m = m.borrow_watched();
+            m.membership_config.membership().nodes().map(|(id, _)| *id).collect()
+        };
+        for &node in target {
+            if members.contains(&node) {
+                continue;
+            }
+            let Some(addr) = self.deps.router.addr(node) else {
+                tracing::warn!(topic = %p.topic, partition = p.partition, node, "no address for the new replica yet");
+                return;
+            };
+            tracing::info!(topic = %p.topic, partition = p.partition, node, "adding replica as learner");
+            match tokio::time::timeout(CATCH_UP_TIMEOUT, p.raft.add_learner(node, BasicNode { addr }, true)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(topic = %p.topic, partition = p.partition, node, error = %e, "could not add learner");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(topic = %p.topic, partition = p.partition, node, "learner did not catch up in time; will retry");
+                    return;
+                }
+            }
+        }
+        tracing::info!(topic = %p.topic, partition = p.partition, voters = ?want, "replacing voters");
+        if let Err(e) = p.raft.change_membership(want, false).await {
+            tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "membership change failed; will retry");
+        }
+    }
+
+    /// Graceful shutdown, first half: hands every leadership this node holds to a caught-up replica
+    /// and waits (up to `within`) until it leads nothing, so clients fail over before it stops.
+    pub async fn hand_off_leaderships(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let led: Vec<Arc<Partition>> = self.partitions().into_iter().filter(|p| p.leadership().0).collect();
+            if led.is_empty() || tokio::time::Instant::now() >= deadline {
+                if !led.is_empty() {
+                    tracing::warn!(partitions = led.len(), "still leading partitions at shutdown");
+                }
+                return;
+            }
+            for p in led {
+                let to = p.caught_up_voters().into_iter().find(|v| *v != self.deps.node_id && self.is_alive(*v));
+                if let Some(to) = to {
+                    let _ = p.raft.trigger().transfer_leader(to).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -1,9 +1,13 @@
 //! One partition replica on this node: its Raft group, state machine and the produce/fetch logic.
 
 use openraft::type_config::async_runtime::WatchReceiver;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::RwLock;
+use runnel_meta::PartitionRecord;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, EntryPayload, Raft, ServerState};
@@ -28,7 +32,9 @@ pub struct Partition {
     pub topic: String,
     pub partition: u32,
     pub group: GroupId,
-    pub replicas: Vec<NodeId>,
+    /// The partition's committed metadata (replicas, reassignment target, epochs), kept current by
+    /// the broker's reconciler.
+    pub record: RwLock<PartitionRecord>,
     pub config: TopicConfig,
     pub raft: PartitionRaft,
     pub sm: PartitionStateMachine,
@@ -37,8 +43,28 @@ pub struct Partition {
     pub node_id: NodeId,
     /// Where other nodes are: NOT_LEADER answers name the leader's address.
     pub router: Router,
+    /// Set while this broker cannot reach the controller: it then refuses writes as leader.
+    pub fence: Arc<Fence>,
     /// TEST ONLY: see `BrokerDeps::planted_ack_before_commit`.
     pub planted_ack_before_commit: bool,
+}
+
+/// A broker fences itself (refuses produce as a leader) while it has not reached the controller
+/// within its session timeout: the controller may be declaring it unavailable and moving its
+/// replicas, so it must not keep acknowledging writes on its own view.
+#[derive(Debug, Default)]
+pub struct Fence {
+    fenced: AtomicBool,
+}
+
+impl Fence {
+    pub fn set(&self, fenced: bool) -> bool {
+        self.fenced.swap(fenced, Ordering::SeqCst) != fenced
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
 }
 
 pub struct FetchOutcome {
@@ -117,6 +143,15 @@ impl Partition {
         epoch: Option<u64>,
     ) -> Result<(u64, u64), RunnelError> {
         let term = self.ensure_leader(epoch)?;
+        if self.fence.is_fenced() {
+            return Err(RunnelError::new(
+                ErrorCode::LeaderNotAvailable,
+                format!(
+                    "{}/{}: broker {} is fenced (it has lost contact with the controller) and takes no writes",
+                    self.topic, self.partition, self.node_id
+                ),
+            ));
+        }
         if batch.records.len() > MAX_BATCH_BYTES {
             return Err(RunnelError::new(
                 ErrorCode::RecordTooLarge,
@@ -258,6 +293,43 @@ impl Partition {
     /// (leader id, address) for a NOT_LEADER answer, when the leader is another known node.
     pub fn leader_hint(&self, leader: Option<NodeId>) -> Option<(NodeId, String)> {
         leader.filter(|l| *l != self.node_id).and_then(|l| self.router.addr(l).map(|a| (l, a)))
+    }
+
+    pub fn replicas(&self) -> Vec<NodeId> {
+        self.record.read().replicas.clone()
+    }
+
+    /// The group's committed voters, or None while it is in a joint (changing) configuration.
+    pub fn committed_voters(&self) -> Option<BTreeSet<NodeId>> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let joint = m.committed_membership_config.membership().get_joint_config();
+        match joint.as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        }
+    }
+
+    /// In-sync voters: those that have every entry this leader has committed (this node
+    /// included); empty when this node is not the leader. Under load a follower trails the
+    /// leader's last entry by the appends in flight, so "in sync" is measured against the commit
+    /// point, as Kafka's ISR is; openraft's leader transfer then waits for the target to reach the
+    /// leader's last entry before it campaigns.
+    pub fn caught_up_voters(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        if m.state != ServerState::Leader {
+            return Vec::new();
+        }
+        let committed = m.local_committed.as_ref().map(|l| l.index);
+        let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+        voters
+            .into_iter()
+            .filter(|v| {
+                *v == self.node_id
+                    || m.replication.as_ref().and_then(|r| r.get(v).cloned().flatten()).map(|l| l.index) >= committed
+            })
+            .collect()
     }
 
     pub fn membership_nodes(

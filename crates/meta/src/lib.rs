@@ -11,17 +11,55 @@ use runnel_types::topic::{validate_topic_name, TopicConfig};
 use runnel_types::{ErrorCode, GroupId, NodeId, RunnelError, META_GROUP_ID};
 use serde::{Deserialize, Serialize};
 
+mod moves;
 mod placement;
+pub use moves::{plan_rebalance, plan_replacements};
 pub use placement::place_partitions;
+
+/// Whether a broker is serving, as the controller last committed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BrokerStatus {
+    /// Heartbeating within its session.
+    Alive,
+    /// Missed its session timeout; comes back by re-registering (with a new epoch).
+    Unavailable,
+    /// Announced a graceful shutdown: it is handing its leaderships away and will stop.
+    ShuttingDown,
+}
+
+impl BrokerStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BrokerStatus::Alive => "alive",
+            BrokerStatus::Unavailable => "unavailable",
+            BrokerStatus::ShuttingDown => "shutting-down",
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerRecord {
     pub id: NodeId,
     pub addr: String,
-    /// Bumped every time the broker registers anew (a fresh process): fences its older self.
+    /// Bumped every time the broker registers anew (a fresh process, or back after being marked
+    /// unavailable): a decision about an older epoch no longer applies to it.
     pub epoch: u64,
     /// Random per process start; a heartbeat with a new incarnation re-registers.
     pub incarnation: u64,
+    pub status: BrokerStatus,
+    /// An operator asked for every replica to move off this broker; new replicas avoid it.
+    pub decommissioning: bool,
+}
+
+impl BrokerRecord {
+    pub fn is_alive(&self) -> bool {
+        self.status == BrokerStatus::Alive
+    }
+
+    /// May receive new replicas.
+    pub fn is_eligible(&self) -> bool {
+        self.is_alive() && !self.decommissioning
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,8 +72,30 @@ pub struct PartitionRecord {
     pub leader: Option<NodeId>,
     /// The Raft term of `leader`; only ever increases.
     pub leader_epoch: u64,
-    /// Bumped whenever the replica set changes.
+    /// Bumped whenever the replica set changes (a reassignment starts or finishes).
     pub partition_epoch: u64,
+    /// A reassignment in progress: the replica set the partition's leader is moving the Raft group
+    /// to (new replicas join as learners, catch up, then the voters are replaced in one joint
+    /// change). Replicas in either set run the group until it finishes.
+    pub target_replicas: Option<Vec<NodeId>>,
+}
+
+impl PartitionRecord {
+    /// Brokers that host a replica now: the replica set plus any reassignment target.
+    pub fn hosts(&self) -> Vec<NodeId> {
+        let mut all = self.replicas.clone();
+        for r in self.target_replicas.iter().flatten() {
+            if !all.contains(r) {
+                all.push(*r);
+            }
+        }
+        all
+    }
+
+    /// The replica set this partition is heading to (the current one when nothing is moving).
+    pub fn final_replicas(&self) -> &[NodeId] {
+        self.target_replicas.as_deref().unwrap_or(&self.replicas)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +124,29 @@ pub enum MetaCommand {
     /// Leaders as reported by brokers: (group, leader, term). Older terms are ignored.
     ReportLeaders {
         reports: Vec<(GroupId, NodeId, u64)>,
+    },
+    /// The controller stopped hearing from broker `id` (registration `epoch`), or the broker announced
+    /// its shutdown. Ignored when the broker has re-registered since (a newer epoch).
+    MarkBrokerUnavailable {
+        id: NodeId,
+        epoch: u64,
+        shutting_down: bool,
+    },
+    /// Start (or stop) moving every replica off broker `id`.
+    SetDecommissioning {
+        id: NodeId,
+        on: bool,
+    },
+    /// Move partitions (by group) to new replica sets. A new order of the same set takes effect at
+    /// once (it only changes the preferred leader); a new set becomes the partition's target.
+    ReassignPartitions {
+        moves: Vec<(GroupId, Vec<NodeId>)>,
+    },
+    /// The partition's Raft voters now equal its target (reported by its leader): the target
+    /// becomes the replica set. `partition_epoch` must match the reassignment being finished.
+    FinishReassignment {
+        group: GroupId,
+        partition_epoch: u64,
     },
 }
 
@@ -103,13 +186,24 @@ impl ClusterState {
     pub fn apply(&mut self, cmd: &MetaCommand) -> MetaResponse {
         match cmd {
             MetaCommand::RegisterBroker { id, addr, incarnation } => {
-                let epoch = match self.brokers.get(id) {
-                    Some(b) if b.incarnation == *incarnation && b.addr == *addr => b.epoch,
-                    Some(b) => b.epoch + 1,
-                    None => 1,
+                let (epoch, decommissioning) = match self.brokers.get(id) {
+                    Some(b) if b.incarnation == *incarnation && b.addr == *addr && b.is_alive() => {
+                        (b.epoch, b.decommissioning)
+                    }
+                    Some(b) => (b.epoch + 1, b.decommissioning),
+                    None => (1, false),
                 };
-                self.brokers
-                    .insert(*id, BrokerRecord { id: *id, addr: addr.clone(), epoch, incarnation: *incarnation });
+                self.brokers.insert(
+                    *id,
+                    BrokerRecord {
+                        id: *id,
+                        addr: addr.clone(),
+                        epoch,
+                        incarnation: *incarnation,
+                        status: BrokerStatus::Alive,
+                        decommissioning,
+                    },
+                );
                 MetaResponse::BrokerRegistered { epoch }
             }
             MetaCommand::CreateTopic { name, config, assignments } => {
@@ -154,6 +248,7 @@ impl ClusterState {
                         leader: None,
                         leader_epoch: 0,
                         partition_epoch: 1,
+                        target_replicas: None,
                     });
                 }
                 self.topics.insert(
@@ -180,19 +275,111 @@ impl ClusterState {
                 }
                 MetaResponse::Done
             }
+            MetaCommand::MarkBrokerUnavailable { id, epoch, shutting_down } => {
+                let Some(b) = self.brokers.get_mut(id) else {
+                    return MetaResponse::rejected(unknown_broker(*id));
+                };
+                if b.epoch != *epoch {
+                    return MetaResponse::rejected(RunnelError::new(
+                        ErrorCode::StaleEpoch,
+                        format!("broker {id} is at epoch {}, not {epoch}: it re-registered since", b.epoch),
+                    ));
+                }
+                b.status = if *shutting_down { BrokerStatus::ShuttingDown } else { BrokerStatus::Unavailable };
+                MetaResponse::Done
+            }
+            MetaCommand::SetDecommissioning { id, on } => {
+                let Some(b) = self.brokers.get_mut(id) else {
+                    return MetaResponse::rejected(unknown_broker(*id));
+                };
+                b.decommissioning = *on;
+                MetaResponse::Done
+            }
+            MetaCommand::ReassignPartitions { moves } => {
+                // All or nothing: validate every move before applying any.
+                for (group, target) in moves {
+                    if self.partition_by_group(*group).is_none() {
+                        return MetaResponse::rejected(RunnelError::new(
+                            ErrorCode::UnknownPartition,
+                            format!("no partition has Raft group {group}"),
+                        ));
+                    }
+                    let mut distinct = target.clone();
+                    distinct.sort_unstable();
+                    distinct.dedup();
+                    if target.is_empty() || distinct.len() != target.len() {
+                        return MetaResponse::rejected(RunnelError::new(
+                            ErrorCode::InvalidRequest,
+                            format!("replica set {target:?} for group {group} must be non-empty and distinct"),
+                        ));
+                    }
+                    if let Some(unknown) = target.iter().find(|r| !self.brokers.contains_key(r)) {
+                        return MetaResponse::rejected(RunnelError::new(
+                            ErrorCode::NotEnoughBrokers,
+                            format!("replica set {target:?} names broker {unknown}, which is not registered"),
+                        ));
+                    }
+                }
+                for (group, target) in moves {
+                    if let Some(p) = self.partition_by_group_mut(*group) {
+                        if same_set(&p.replicas, target) {
+                            // Only the order (the preferred leader) changes: nothing to move. A
+                            // pending move back to the current set is cancelled.
+                            if p.target_replicas.is_some() {
+                                p.partition_epoch += 1;
+                            }
+                            p.replicas = target.clone();
+                            p.target_replicas = None;
+                        } else if p.target_replicas.as_ref() != Some(target) {
+                            p.target_replicas = Some(target.clone());
+                            p.partition_epoch += 1;
+                        }
+                    }
+                }
+                MetaResponse::Done
+            }
+            MetaCommand::FinishReassignment { group, partition_epoch } => {
+                let Some(p) = self.partition_by_group_mut(*group) else {
+                    return MetaResponse::rejected(RunnelError::new(
+                        ErrorCode::UnknownPartition,
+                        format!("no partition has Raft group {group}"),
+                    ));
+                };
+                if p.partition_epoch != *partition_epoch {
+                    return MetaResponse::rejected(RunnelError::new(
+                        ErrorCode::StaleEpoch,
+                        format!("group {group} is at partition epoch {}, not {partition_epoch}", p.partition_epoch),
+                    ));
+                }
+                if let Some(target) = p.target_replicas.take() {
+                    p.replicas = target;
+                    p.partition_epoch += 1;
+                }
+                MetaResponse::Done
+            }
         }
+    }
+
+    pub fn partition_by_group(&self, group: GroupId) -> Option<&PartitionRecord> {
+        self.topics.values().flat_map(|t| t.partitions.iter()).find(|p| p.group_id == group)
+    }
+
+    /// Brokers that may receive new replicas.
+    pub fn eligible_brokers(&self) -> Vec<NodeId> {
+        self.brokers.values().filter(|b| b.is_eligible()).map(|b| b.id).collect()
     }
 
     fn partition_by_group_mut(&mut self, group: GroupId) -> Option<&mut PartitionRecord> {
         self.topics.values_mut().flat_map(|t| t.partitions.iter_mut()).find(|p| p.group_id == group)
     }
 
-    /// (topic, partition record) for every partition with a replica on `node`.
+    /// (topic, partition record) for every partition with a replica on `node`, counting the
+    /// replicas a reassignment is adding.
     pub fn partitions_on(&self, node: NodeId) -> Vec<(&TopicRecord, &PartitionRecord)> {
         self.topics
             .values()
             .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
-            .filter(|(_, p)| p.replicas.contains(&node))
+            .filter(|(_, p)| p.hosts().contains(&node))
             .collect()
     }
 
@@ -215,6 +402,17 @@ impl ClusterState {
     }
 }
 
+fn unknown_broker(id: NodeId) -> RunnelError {
+    RunnelError::new(ErrorCode::InvalidRequest, format!("broker {id} is not registered"))
+}
+
+fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    a == b
+}
+
 impl std::fmt::Display for MetaCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -226,6 +424,14 @@ impl std::fmt::Display for MetaCommand {
             }
             MetaCommand::DeleteTopic { name } => write!(f, "DeleteTopic({name})"),
             MetaCommand::ReportLeaders { reports } => write!(f, "ReportLeaders({reports:?})"),
+            MetaCommand::MarkBrokerUnavailable { id, epoch, shutting_down } => {
+                write!(f, "MarkBrokerUnavailable(id={id}, epoch={epoch}, shutting_down={shutting_down})")
+            }
+            MetaCommand::SetDecommissioning { id, on } => write!(f, "SetDecommissioning(id={id}, on={on})"),
+            MetaCommand::ReassignPartitions { moves } => write!(f, "ReassignPartitions({moves:?})"),
+            MetaCommand::FinishReassignment { group, partition_epoch } => {
+                write!(f, "FinishReassignment(group={group}, partition_epoch={partition_epoch})")
+            }
         }
     }
 }
@@ -304,5 +510,78 @@ mod tests {
         assert_eq!((p.leader, p.leader_epoch), (Some(2), 5));
         assert!(s.leader_changes(&[(1, 2, 5)]).is_empty());
         assert_eq!(s.leader_changes(&[(1, 3, 6)]), vec![(1, 3, 6)]);
+    }
+
+    fn one_partition(replicas: Vec<NodeId>, brokers: u64) -> ClusterState {
+        let mut s = with_brokers(brokers);
+        s.apply(&MetaCommand::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig::default(),
+            assignments: vec![replicas],
+        });
+        s
+    }
+
+    #[test]
+    fn a_broker_marked_unavailable_comes_back_with_a_new_epoch() {
+        let mut s = with_brokers(2);
+        let mark = MetaCommand::MarkBrokerUnavailable { id: 2, epoch: 1, shutting_down: false };
+        assert_eq!(s.apply(&mark), MetaResponse::Done);
+        assert_eq!(s.brokers[&2].status, BrokerStatus::Unavailable);
+        assert_eq!(s.eligible_brokers(), vec![1]);
+        // The same process heartbeats again: it re-registers, with a new epoch.
+        let r = s.apply(&MetaCommand::RegisterBroker { id: 2, addr: "h:2".into(), incarnation: 7 });
+        assert_eq!(r, MetaResponse::BrokerRegistered { epoch: 2 });
+        assert!(s.brokers[&2].is_alive());
+        // A decision about the old epoch no longer applies.
+        assert!(matches!(s.apply(&mark), MetaResponse::Rejected { code: 12, .. }));
+        assert!(s.brokers[&2].is_alive());
+    }
+
+    #[test]
+    fn reassignment_targets_then_finishes_with_epochs() {
+        let mut s = one_partition(vec![1, 2, 3], 4);
+        let moves = vec![(1, vec![1, 2, 4])];
+        assert_eq!(s.apply(&MetaCommand::ReassignPartitions { moves: moves.clone() }), MetaResponse::Done);
+        let p = s.partition_by_group(1).unwrap().clone();
+        assert_eq!(
+            (p.replicas.clone(), p.target_replicas.clone(), p.partition_epoch),
+            (vec![1, 2, 3], Some(vec![1, 2, 4]), 2)
+        );
+        assert_eq!(p.hosts(), vec![1, 2, 3, 4]);
+        assert_eq!(s.partitions_on(4).len(), 1, "the added replica starts while the move is in progress");
+        // Re-proposing the same move changes nothing.
+        s.apply(&MetaCommand::ReassignPartitions { moves });
+        assert_eq!(s.partition_by_group(1).unwrap().partition_epoch, 2);
+        // A finish for another epoch is stale.
+        let stale = MetaCommand::FinishReassignment { group: 1, partition_epoch: 1 };
+        assert!(matches!(s.apply(&stale), MetaResponse::Rejected { code: 12, .. }));
+        s.apply(&MetaCommand::FinishReassignment { group: 1, partition_epoch: 2 });
+        let p = s.partition_by_group(1).unwrap();
+        assert_eq!((p.replicas.clone(), p.target_replicas.clone(), p.partition_epoch), (vec![1, 2, 4], None, 3));
+        assert!(s.partitions_on(3).is_empty());
+    }
+
+    #[test]
+    fn a_new_order_of_the_same_replicas_only_moves_the_preferred_leader() {
+        let mut s = one_partition(vec![1, 2, 3], 3);
+        s.apply(&MetaCommand::ReassignPartitions { moves: vec![(1, vec![3, 1, 2])] });
+        let p = s.partition_by_group(1).unwrap();
+        assert_eq!((p.replicas.clone(), p.target_replicas.clone(), p.partition_epoch), (vec![3, 1, 2], None, 1));
+    }
+
+    #[test]
+    fn bad_reassignments_are_rejected_whole() {
+        let mut s = one_partition(vec![1, 2, 3], 3);
+        for (moves, code) in [
+            (vec![(1, vec![1, 1, 2])], 13),
+            (vec![(1, vec![])], 13),
+            (vec![(1, vec![1, 2, 9])], 9),
+            (vec![(1, vec![1, 2]), (77, vec![1])], 2),
+        ] {
+            let r = s.apply(&MetaCommand::ReassignPartitions { moves: moves.clone() });
+            assert!(matches!(r, MetaResponse::Rejected { code: c, .. } if c == code), "{moves:?}: {r:?}");
+        }
+        assert_eq!(s.partition_by_group(1).unwrap().target_replicas, None);
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_broker::{Broker, Partition};
-use runnel_meta::TopicRecord;
+use runnel_meta::{ClusterState, PartitionRecord, TopicRecord};
 use runnel_proto::v1::runnel_client::RunnelClient;
 use runnel_proto::v1::runnel_server::Runnel;
 use runnel_proto::v1::*;
@@ -28,22 +28,87 @@ fn err(e: &RunnelError) -> Option<Error> {
     Some(e.into())
 }
 
+pub fn partition_info(p: &PartitionRecord) -> PartitionInfo {
+    PartitionInfo {
+        partition: p.partition,
+        group_id: p.group_id,
+        replicas: p.replicas.clone(),
+        leader: p.leader,
+        leader_epoch: p.leader_epoch,
+        partition_epoch: p.partition_epoch,
+        target_replicas: p.target_replicas.clone().unwrap_or_default(),
+    }
+}
+
+/// Brokers as the committed metadata has them, with their replica and leadership counts.
+fn broker_infos(state: &ClusterState, voters: &[NodeId]) -> Vec<BrokerInfo> {
+    state
+        .brokers
+        .values()
+        .map(|b| {
+            let hosted = state.partitions_on(b.id);
+            BrokerInfo {
+                id: b.id,
+                addr: b.addr.clone(),
+                alive: b.is_alive(),
+                epoch: b.epoch,
+                status: b.status.as_str().to_string(),
+                decommissioning: b.decommissioning,
+                voter: voters.contains(&b.id),
+                replica_count: hosted.len() as u32,
+                leader_count: hosted.iter().filter(|(_, p)| p.leader == Some(b.id)).count() as u32,
+            }
+        })
+        .collect()
+}
+
+/// Every partition that is leaderless or under-replicated, and why, judged from the metadata.
+pub fn partition_problems(state: &ClusterState) -> Vec<PartitionProblem> {
+    let mut out = Vec::new();
+    let status = |id: &NodeId| state.brokers.get(id).map(|b| b.status.as_str()).unwrap_or("not registered");
+    let alive = |id: &NodeId| state.brokers.get(id).is_some_and(|b| b.is_alive());
+    for t in state.topics.values() {
+        for p in &t.partitions {
+            let problem = |kind: &str, reason: String| PartitionProblem {
+                topic: t.name.clone(),
+                partition: p.partition,
+                kind: kind.to_string(),
+                reason,
+            };
+            match p.leader {
+                None => out.push(problem("leaderless", "no leader has been elected yet".into())),
+                Some(l) if !alive(&l) => out.push(problem(
+                    "leaderless",
+                    format!("its last leader, node {l}, is {}; no other replica has taken over yet", status(&l)),
+                )),
+                _ => {}
+            }
+            let down: Vec<String> =
+                p.replicas.iter().filter(|r| !alive(r)).map(|r| format!("node {r} is {}", status(r))).collect();
+            if !down.is_empty() {
+                out.push(problem(
+                    "under-replicated",
+                    format!("{} of {} replicas are not serving: {}", down.len(), p.replicas.len(), down.join(", ")),
+                ));
+            }
+            if let Some(target) = &p.target_replicas {
+                let adding: Vec<_> = target.iter().filter(|r| !p.replicas.contains(r)).collect();
+                let removing: Vec<_> = p.replicas.iter().filter(|r| !target.contains(r)).collect();
+                out.push(problem(
+                    "under-replicated",
+                    format!("reassignment in progress: adding {adding:?}, removing {removing:?}"),
+                ));
+            }
+        }
+    }
+    out
+}
+
 pub fn topic_info(t: &TopicRecord) -> TopicInfo {
     TopicInfo {
         name: t.name.clone(),
         topic_id: t.topic_id,
-        partitions: t
-            .partitions
-            .iter()
-            .map(|p| PartitionInfo {
-                partition: p.partition,
-                group_id: p.group_id,
-                replicas: p.replicas.clone(),
-                leader: p.leader,
-                leader_epoch: p.leader_epoch,
-                partition_epoch: p.partition_epoch,
-            })
-            .collect(),
+        partitions: t.partitions.iter().map(partition_info).collect(),
         configs: t.config.to_map().into_iter().collect(),
     }
 }
@@ -136,19 +201,7 @@ impl Runnel for Api {
     async fn metadata(&self, req: Request<MetadataRequest>) -> Result<Response<MetadataResponse>, Status> {
         let r = req.into_inner();
         let view = self.meta.current();
-        let is_controller = self.controller.is_controller();
-        let brokers = view
-            .state
-            .brokers
-            .values()
-            .map(|b| BrokerInfo {
-                id: b.id,
-                addr: b.addr.clone(),
-                // Only the controller tracks heartbeats; other nodes report registered brokers.
-                alive: !is_controller || self.controller.is_live(b.id),
-                epoch: b.epoch,
-            })
-            .collect();
+        let brokers = broker_infos(&view.state, &self.controller.voters());
         let mut topics = Vec::new();
         let mut error = None;
         if r.topics.is_empty() {
@@ -231,11 +284,154 @@ impl Runnel for Api {
                     last_log_index: m.last_log_index.unwrap_or(0),
                     committed_index: m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
                     high_watermark: p.sm.high_watermark(),
-                    replicas: p.replicas.clone(),
+                    replicas: p.replicas(),
                 }
             })
             .collect();
         replicas.sort_by(|a, b| (&a.topic, a.partition).cmp(&(&b.topic, b.partition)));
         Ok(Response::new(DescribeReplicasResponse { error: None, node_id: self.broker.node_id(), replicas }))
+    }
+
+    async fn decommission_node(
+        &self,
+        req: Request<DecommissionNodeRequest>,
+    ) -> Result<Response<DecommissionNodeResponse>, Status> {
+        let r = req.into_inner();
+        if !self.controller.is_controller() {
+            return match self.controller_client().await {
+                Ok(mut c) => c.decommission_node(r).await,
+                Err(e) => Ok(Response::new(DecommissionNodeResponse { error: err(&e), remaining_replicas: 0 })),
+            };
+        }
+        Ok(Response::new(match self.controller.decommission(r.node_id, r.cancel).await {
+            Ok(remaining_replicas) => DecommissionNodeResponse { error: None, remaining_replicas },
+            Err(e) => DecommissionNodeResponse { error: err(&e), remaining_replicas: 0 },
+        }))
+    }
+
+    async fn reassign_partition(
+        &self,
+        req: Request<ReassignPartitionRequest>,
+    ) -> Result<Response<ReassignPartitionResponse>, Status> {
+        let r = req.into_inner();
+        if !self.controller.is_controller() {
+            return match self.controller_client().await {
+                Ok(mut c) => c.reassign_partition(r).await,
+                Err(e) => Ok(Response::new(ReassignPartitionResponse { error: err(&e), partition: None })),
+            };
+        }
+        Ok(Response::new(match self.controller.reassign(&r.topic, r.partition, r.replicas).await {
+            Ok(p) => ReassignPartitionResponse { error: None, partition: Some(partition_info(&p)) },
+            Err(e) => ReassignPartitionResponse { error: err(&e), partition: None },
+        }))
+    }
+
+    async fn rebalance(&self, req: Request<RebalanceRequest>) -> Result<Response<RebalanceResponse>, Status> {
+        let r = req.into_inner();
+        if !self.controller.is_controller() {
+            return match self.controller_client().await {
+                Ok(mut c) => c.rebalance(r).await,
+                Err(e) => Ok(Response::new(RebalanceResponse { error: err(&e), moves: vec![] })),
+            };
+        }
+        Ok(Response::new(match self.controller.rebalance(r.dry_run).await {
+            Ok(moves) => RebalanceResponse {
+                error: None,
+                moves: moves
+                    .into_iter()
+                    .map(|(topic, partition, from, to)| PartitionMove { topic, partition, from, to })
+                    .collect(),
+            },
+            Err(e) => RebalanceResponse { error: err(&e), moves: vec![] },
+        }))
+    }
+
+    async fn replace_voter(&self, req: Request<ReplaceVoterRequest>) -> Result<Response<ReplaceVoterResponse>, Status> {
+        let r = req.into_inner();
+        if !self.controller.is_controller() {
+            return match self.controller_client().await {
+                Ok(mut c) => c.replace_voter(r).await,
+                Err(e) => Ok(Response::new(ReplaceVoterResponse { error: err(&e), voters: vec![] })),
+            };
+        }
+        Ok(Response::new(match self.controller.replace_voter(r.remove, r.add).await {
+            Ok(voters) => ReplaceVoterResponse { error: None, voters },
+            Err(e) => ReplaceVoterResponse { error: err(&e), voters: vec![] },
+        }))
+    }
+
+    async fn cluster_health(
+        &self,
+        _req: Request<ClusterHealthRequest>,
+    ) -> Result<Response<ClusterHealthResponse>, Status> {
+        let view = self.meta.current();
+        let voters = self.controller.voters();
+        let problems = partition_problems(&view.state);
+        Ok(Response::new(ClusterHealthResponse {
+            error: None,
+            healthy: problems.is_empty() && self.controller.controller().is_some(),
+            problems,
+            brokers: broker_infos(&view.state, &voters),
+            controller_id: self.controller.controller().map(|(id, _)| id),
+            metadata_voters: voters,
+            partitions: view.state.topics.values().map(|t| t.partitions.len() as u32).sum(),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let r = req.into_inner();
+        let out = async {
+            let p = self.local(&r.topic, r.partition)?;
+            let term = p.ensure_leader(None)?;
+            if r.to == self.broker.node_id() {
+                return Ok(term);
+            }
+            if !p.caught_up_voters().contains(&r.to) {
+                return Err(RunnelError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "node {} is not a caught-up voter of {}/{}; it cannot take leadership now",
+                        r.to, r.topic, r.partition
+                    ),
+                ));
+            }
+            p.raft
+                .trigger()
+                .transfer_leader(r.to)
+                .await
+                .map_err(|e| RunnelError::internal(format!("{}/{}: {e}", r.topic, r.partition)))?;
+            // Answer once the new leader has taken over (bounded).
+            let mut rx = p.raft.metrics();
+            let moved = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    let (leader, t) = {
+                        let m = rx.borrow_watched();
+                        (m.current_leader, m.current_term)
+                    };
+                    if leader == Some(r.to) && t > term {
+                        return t;
+                    }
+                    if rx.changed().await.is_err() {
+                        return 0;
+                    }
+                }
+            })
+            .await;
+            match moved {
+                Ok(t) if t > term => Ok(t),
+                _ => Err(RunnelError::new(
+                    ErrorCode::Timeout,
+                    format!("{}/{}: node {} did not take leadership within 5 s", r.topic, r.partition, r.to),
+                )),
+            }
+        }
+        .await;
+        Ok(Response::new(match out {
+            Ok(leader_epoch) => TransferLeaderResponse { error: None, leader_epoch },
+            Err(e) => TransferLeaderResponse { error: err(&e), leader_epoch: 0 },
+        }))
     }
 }

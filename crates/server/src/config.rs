@@ -43,7 +43,10 @@ pub struct NodeConfig {
     /// How often a broker reports to the controller, milliseconds.
     pub broker_heartbeat_ms: u64,
     /// A broker the controller has not heard from for this long counts as not live, milliseconds.
+    /// A broker that has not reached the controller for this long fences itself.
     pub broker_session_timeout_ms: u64,
+    /// A broker unavailable for this long has its replicas moved to live brokers, milliseconds.
+    pub broker_replacement_timeout_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -58,12 +61,13 @@ impl Default for NodeConfig {
             raft_election_timeout_ms: 500,
             broker_heartbeat_ms: 250,
             broker_session_timeout_ms: 6_000,
+            broker_replacement_timeout_ms: 300_000,
         }
     }
 }
 
 /// The keys a node reads from `RUNNEL_<KEY>` environment variables.
-const ENV_KEYS: [&str; 9] = [
+const ENV_KEYS: [&str; 10] = [
     "node_id",
     "listen",
     "advertise",
@@ -73,6 +77,7 @@ const ENV_KEYS: [&str; 9] = [
     "raft_election_timeout_ms",
     "broker_heartbeat_ms",
     "broker_session_timeout_ms",
+    "broker_replacement_timeout_ms",
 ];
 
 /// Command-line overrides; every field is optional so unset flags do not mask the file or env.
@@ -209,6 +214,16 @@ impl NodeConfig {
                 "broker_heartbeat_ms",
                 self.broker_heartbeat_ms,
                 "must be positive and at most half of broker_session_timeout_ms",
+            ));
+        }
+        if self.broker_replacement_timeout_ms < self.broker_session_timeout_ms {
+            return Err(invalid(
+                "broker_replacement_timeout_ms",
+                self.broker_replacement_timeout_ms,
+                &format!(
+                    "must be at least broker_session_timeout_ms ({}): a broker is replaced only after it is declared unavailable",
+                    self.broker_session_timeout_ms
+                ),
             ));
         }
         Ok(())

@@ -5,12 +5,18 @@
 use openraft::type_config::async_runtime::WatchReceiver;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, not std's: under the simulator it is simulated time, so sessions and the
+// replacement timeout follow the simulation (and replay exactly).
+use tokio::time::Instant;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ServerState};
 use parking_lot::Mutex;
-use runnel_meta::{place_partitions, MetaCommand, MetaResponse, TopicRecord};
+use runnel_meta::{
+    place_partitions, plan_rebalance, plan_replacements, BrokerStatus, MetaCommand, MetaResponse, PartitionRecord,
+    TopicRecord,
+};
 use runnel_proto::internal::controller_server::Controller as ControllerRpc;
 use runnel_proto::internal::{BrokerHeartbeatRequest, BrokerHeartbeatResponse};
 use runnel_raft::meta_sm::MetaStateMachine;
@@ -18,7 +24,8 @@ use runnel_raft::network::Router;
 use runnel_raft::MetaRaft;
 use runnel_types::limits::{MAX_PARTITIONS_PER_TOPIC, MAX_REPLICATION_FACTOR};
 use runnel_types::topic::{validate_topic_name, TopicConfig};
-use runnel_types::{ErrorCode, NodeId, RunnelError};
+use runnel_types::{ErrorCode, GroupId, NodeId, RunnelError};
+use std::collections::BTreeSet;
 
 pub struct Controller {
     pub node_id: NodeId,
@@ -30,6 +37,12 @@ pub struct Controller {
     last_seen: Mutex<HashMap<NodeId, Instant>>,
     /// When this node last became controller: brokers get one session to report in.
     leader_since: Mutex<Option<Instant>>,
+    /// A broker unavailable (as this controller has seen it) for longer than this has its replicas
+    /// moved to live brokers.
+    replacement_timeout: Duration,
+    /// Since when this controller has seen each broker not alive. Memory only: after a controller
+    /// failover the clock starts again, which only delays a replacement.
+    down_since: Mutex<HashMap<NodeId, Instant>>,
 }
 
 impl Controller {
@@ -39,6 +52,7 @@ impl Controller {
         sm: MetaStateMachine,
         router: Router,
         session_timeout: Duration,
+        replacement_timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Self {
             node_id,
@@ -48,7 +62,24 @@ impl Controller {
             session_timeout,
             last_seen: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),
+            replacement_timeout,
+            down_since: Mutex::new(HashMap::new()),
         })
+    }
+
+    pub fn ensure_controller(&self) -> Result<(), RunnelError> {
+        if self.is_controller() {
+            Ok(())
+        } else {
+            Err(self.not_controller())
+        }
+    }
+
+    /// The metadata group's voters.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.membership_config.membership().voter_ids().collect()
     }
 
     pub fn is_controller(&self) -> bool {
@@ -104,9 +135,201 @@ impl Controller {
         }
     }
 
+    /// Brokers that heartbeat within their session and may take new replicas.
     pub fn live_brokers(&self) -> Vec<NodeId> {
         let view = self.sm.current();
-        view.state.brokers.keys().cloned().filter(|id| self.is_live(*id)).collect()
+        view.state.brokers.values().filter(|b| b.is_eligible() && self.is_live(b.id)).map(|b| b.id).collect()
+    }
+
+    /// The controller's periodic duties, every `every` while this node is controller: mark brokers
+    /// that missed their session unavailable, and move replicas off brokers that stayed unavailable
+    /// past the replacement timeout or are being decommissioned.
+    pub async fn run_duties(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !self.is_controller() {
+                self.down_since.lock().clear();
+                continue;
+            }
+            if let Err(e) = self.duties_once().await {
+                tracing::debug!(error = %e, "controller duties");
+            }
+        }
+    }
+
+    async fn duties_once(&self) -> Result<(), RunnelError> {
+        let view = self.sm.current();
+        for b in view.state.brokers.values() {
+            if b.is_alive() && !self.is_live(b.id) {
+                tracing::warn!(
+                    broker = b.id,
+                    epoch = b.epoch,
+                    "broker missed its session timeout: marking it unavailable"
+                );
+                self.propose(MetaCommand::MarkBrokerUnavailable { id: b.id, epoch: b.epoch, shutting_down: false })
+                    .await?;
+            }
+        }
+        let view = self.sm.current();
+        let mut evict = BTreeSet::new();
+        {
+            let mut down = self.down_since.lock();
+            down.retain(|id, _| view.state.brokers.get(id).is_some_and(|b| !b.is_alive()));
+            for b in view.state.brokers.values() {
+                if b.decommissioning {
+                    evict.insert(b.id);
+                }
+                if !b.is_alive() {
+                    let since = *down.entry(b.id).or_insert_with(Instant::now);
+                    if since.elapsed() >= self.replacement_timeout {
+                        evict.insert(b.id);
+                    }
+                }
+            }
+        }
+        if evict.is_empty() {
+            return Ok(());
+        }
+        let moves = plan_replacements(&view.state, &evict);
+        if !moves.is_empty() {
+            tracing::info!(?evict, ?moves, "moving replicas off unavailable or decommissioned brokers");
+            self.propose(MetaCommand::ReassignPartitions { moves }).await?;
+        }
+        Ok(())
+    }
+
+    /// Replicas still on `node` (counting reassignments moving onto it).
+    pub fn replicas_on(&self, node: NodeId) -> u32 {
+        self.sm.current().state.partitions_on(node).len() as u32
+    }
+
+    pub async fn decommission(&self, node: NodeId, cancel: bool) -> Result<u32, RunnelError> {
+        self.ensure_controller()?;
+        let view = self.sm.current();
+        if !view.state.brokers.contains_key(&node) {
+            return Err(RunnelError::new(ErrorCode::InvalidRequest, format!("node {node} is not registered")));
+        }
+        if !cancel {
+            let others = view.state.eligible_brokers().into_iter().filter(|b| *b != node).count();
+            let max_rf = view.state.topics.values().flat_map(|t| t.partitions.iter()).map(|p| p.replicas.len()).max();
+            if let Some(rf) = max_rf.filter(|rf| *rf > others) {
+                return Err(RunnelError::new(
+                    ErrorCode::NotEnoughBrokers,
+                    format!(
+                        "decommissioning node {node} would leave {others} eligible brokers, fewer than the replication factor {rf} some partitions need"
+                    ),
+                ));
+            }
+        }
+        self.propose(MetaCommand::SetDecommissioning { id: node, on: !cancel }).await?;
+        if !cancel {
+            // Start moving at once rather than on the next duty tick.
+            self.duties_once().await?;
+        }
+        Ok(self.replicas_on(node))
+    }
+
+    fn partition(&self, topic: &str, partition: u32) -> Result<PartitionRecord, RunnelError> {
+        let view = self.sm.current();
+        let t = view.state.topics.get(topic).ok_or_else(|| RunnelError::unknown_topic(topic))?;
+        t.partitions
+            .get(partition as usize)
+            .cloned()
+            .ok_or_else(|| RunnelError::unknown_partition(topic, partition, t.partitions.len()))
+    }
+
+    pub async fn reassign(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    ) -> Result<PartitionRecord, RunnelError> {
+        self.ensure_controller()?;
+        let p = self.partition(topic, partition)?;
+        let view = self.sm.current();
+        for r in &replicas {
+            match view.state.brokers.get(r) {
+                None => {
+                    return Err(RunnelError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("replica {r} for {topic}/{partition} is not a registered node"),
+                    ))
+                }
+                Some(b) if !b.is_alive() && !p.replicas.contains(r) => {
+                    return Err(RunnelError::new(
+                        ErrorCode::NotEnoughBrokers,
+                        format!("node {r} is {}; a new replica must go to a live node", b.status.as_str()),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        self.propose(MetaCommand::ReassignPartitions { moves: vec![(p.group_id, replicas)] }).await?;
+        self.partition(topic, partition)
+    }
+
+    /// Plans (and unless `dry_run`, starts) moves that even out replicas and preferred leaders.
+    pub async fn rebalance(&self, dry_run: bool) -> Result<Vec<(String, u32, Vec<NodeId>, Vec<NodeId>)>, RunnelError> {
+        self.ensure_controller()?;
+        let view = self.sm.current();
+        let moves = plan_rebalance(&view.state);
+        let mut described = Vec::new();
+        for (group, to) in &moves {
+            for t in view.state.topics.values() {
+                for p in t.partitions.iter().filter(|p| p.group_id == *group) {
+                    described.push((t.name.clone(), p.partition, p.final_replicas().to_vec(), to.clone()));
+                }
+            }
+        }
+        if !dry_run && !moves.is_empty() {
+            self.propose(MetaCommand::ReassignPartitions { moves }).await?;
+        }
+        Ok(described)
+    }
+
+    /// Replaces metadata voter `remove` by `add`: `add` first joins as a learner and catches up,
+    /// then one joint membership change swaps them.
+    pub async fn replace_voter(&self, remove: NodeId, add: NodeId) -> Result<Vec<NodeId>, RunnelError> {
+        self.ensure_controller()?;
+        let mut voters: BTreeSet<NodeId> = self.voters().into_iter().collect();
+        if !voters.contains(&remove) {
+            return Err(RunnelError::new(
+                ErrorCode::InvalidRequest,
+                format!("node {remove} is not a metadata voter (voters: {voters:?})"),
+            ));
+        }
+        if voters.contains(&add) {
+            return Err(RunnelError::new(ErrorCode::InvalidRequest, format!("node {add} is already a metadata voter")));
+        }
+        if !self.is_live(add) || !self.sm.current().state.brokers.get(&add).is_some_and(|b| b.is_alive()) {
+            return Err(RunnelError::new(
+                ErrorCode::NotEnoughBrokers,
+                format!("node {add} is not a live registered node; start it first"),
+            ));
+        }
+        let addr = self
+            .router
+            .addr(add)
+            .ok_or_else(|| RunnelError::new(ErrorCode::InvalidRequest, format!("no address known for node {add}")))?;
+        let write_err =
+            |e: &dyn std::fmt::Display| RunnelError::new(ErrorCode::Timeout, format!("metadata group: {e}"));
+        match tokio::time::timeout(Duration::from_secs(30), self.raft.add_learner(add, BasicNode { addr }, true)).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(write_err(&e)),
+            Err(_) => return Err(write_err(&format!("node {add} did not catch up within 30 s"))),
+        }
+        voters.remove(&remove);
+        voters.insert(add);
+        match tokio::time::timeout(Duration::from_secs(30), self.raft.change_membership(voters.clone(), true)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(write_err(&e)),
+            Err(_) => return Err(write_err(&"voter change not committed within 30 s")),
+        }
+        tracing::info!(remove, add, ?voters, "metadata voter replaced");
+        Ok(voters.into_iter().collect())
     }
 
     pub async fn create_topic(
@@ -161,7 +384,14 @@ impl Controller {
         let view = self.sm.current();
         let known = view.state.brokers.get(&req.broker_id);
         let epoch = match known {
-            Some(b) if b.incarnation == req.incarnation && b.addr == req.addr => b.epoch,
+            Some(b) if req.shutting_down && b.incarnation == req.incarnation => {
+                if b.status != BrokerStatus::ShuttingDown {
+                    self.propose(MetaCommand::MarkBrokerUnavailable { id: b.id, epoch: b.epoch, shutting_down: true })
+                        .await?;
+                }
+                b.epoch
+            }
+            Some(b) if b.incarnation == req.incarnation && b.addr == req.addr && b.is_alive() => b.epoch,
             _ => match self
                 .propose(MetaCommand::RegisterBroker {
                     id: req.broker_id,
@@ -193,6 +423,18 @@ impl Controller {
         let changes = view.state.leader_changes(&reports);
         if !changes.is_empty() {
             self.propose(MetaCommand::ReportLeaders { reports: changes }).await?;
+        }
+        // A reassignment is finished once its leader reports the target as the committed voters.
+        let view = self.sm.current();
+        for l in req.leaders.iter().filter(|l| !l.joint) {
+            let Some(p) = view.state.partition_by_group(l.group_id) else { continue };
+            let Some(target) = &p.target_replicas else { continue };
+            let voters: BTreeSet<NodeId> = l.voters.iter().cloned().collect();
+            if voters == target.iter().cloned().collect::<BTreeSet<_>>() && p.leader_epoch <= l.term {
+                let group: GroupId = l.group_id;
+                self.propose(MetaCommand::FinishReassignment { group, partition_epoch: p.partition_epoch }).await?;
+                tracing::info!(group, replicas = ?target, "reassignment finished");
+            }
         }
         Ok(epoch)
     }

@@ -1,6 +1,7 @@
 //! One Runnel node: storage, the metadata group, the broker, and one gRPC server for all of it.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +29,9 @@ use runnel_types::{NodeId, META_GROUP_ID};
 use crate::api::Api;
 use crate::controller::{Controller, ControllerService};
 use crate::NodeConfig;
+
+/// How long a stopping node waits for its leaderships to move before it stops anyway.
+const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(10);
 
 /// What a node runs on: its storage, how it reaches other nodes, and its Raft randomness. Production
 /// uses RocksDB, TCP and a random seed ([`run_node`]); the simulator passes in-memory storage,
@@ -125,19 +129,44 @@ where
         meta_sm.clone(),
         router.clone(),
         Duration::from_millis(cfg.broker_session_timeout_ms),
+        Duration::from_millis(cfg.broker_replacement_timeout_ms),
     );
 
     let reconciler = tokio::spawn(broker.clone().run_reconciler(meta_sm.subscribe()));
-    let balancer = tokio::spawn(broker.clone().run_leader_balancer(Duration::from_secs(2)));
+    let leader_duties = tokio::spawn(broker.clone().run_leader_duties(Duration::from_millis(500)));
+    let controller_duties = tokio::spawn(controller.clone().run_duties(Duration::from_millis(500)));
+    let shutting_down = Arc::new(AtomicBool::new(false));
     let heartbeats = tokio::spawn(heartbeat_loop(
-        node_id,
-        advertise.clone(),
-        incarnation,
-        Duration::from_millis(cfg.broker_heartbeat_ms),
-        voters.keys().cloned().collect(),
+        Heartbeat {
+            node_id,
+            advertise: advertise.clone(),
+            incarnation,
+            every: Duration::from_millis(cfg.broker_heartbeat_ms),
+            session: Duration::from_millis(cfg.broker_session_timeout_ms),
+            voters: voters.keys().cloned().collect(),
+            shutting_down: shutting_down.clone(),
+        },
         broker.clone(),
         controller.clone(),
     ));
+    // Graceful shutdown keeps serving while it hands leaderships away, so clients fail over to the
+    // new leaders (NOT_LEADER with a hint) before this node stops answering.
+    let drain = {
+        let (broker, controller, flag) = (broker.clone(), controller.clone(), shutting_down.clone());
+        async move {
+            shutdown.await;
+            tracing::info!(node_id, "shutdown requested: handing leaderships to other replicas");
+            flag.store(true, Ordering::SeqCst);
+            // The next heartbeat announces the shutdown, so balancers stop moving leadership back.
+            tokio::time::sleep(Duration::from_millis(cfg.broker_heartbeat_ms * 2)).await;
+            broker.hand_off_leaderships(SHUTDOWN_HANDOFF).await;
+            if controller.is_controller() {
+                if let Some(to) = controller.voters().into_iter().find(|v| *v != node_id && controller.is_live(*v)) {
+                    let _ = controller.raft.trigger().transfer_leader(to).await;
+                }
+            }
+        }
+    };
 
     let api = Api { broker: broker.clone(), controller: controller.clone(), meta: meta_sm.clone() };
     tracing::info!(node_id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "runnel node ready");
@@ -154,12 +183,13 @@ where
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
         .add_service(ControllerServer::new(ControllerService(controller.clone())))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(incoming, drain)
         .await?;
 
     tracing::info!(node_id, "shutting down");
     heartbeats.abort();
-    balancer.abort();
+    leader_duties.abort();
+    controller_duties.abort();
     reconciler.abort();
     broker.shutdown().await;
     let _ = meta_raft.shutdown().await;
@@ -195,45 +225,69 @@ async fn shutdown_signal() {
     }
 }
 
-/// Reports this broker (and the partitions it leads) to the controller every `every`.
-async fn heartbeat_loop(
+/// What the heartbeat loop needs to know about this broker.
+struct Heartbeat {
     node_id: NodeId,
     advertise: String,
     incarnation: u64,
     every: Duration,
+    /// Without an accepted heartbeat for this long the broker fences itself.
+    session: Duration,
     voters: Vec<NodeId>,
-    broker: Arc<Broker>,
-    controller: Arc<Controller>,
-) {
+    shutting_down: Arc<AtomicBool>,
+}
+
+/// Reports this broker (and the partitions it leads) to the controller every `every`, and fences
+/// the broker while no heartbeat has been accepted within its session.
+async fn heartbeat_loop(hb: Heartbeat, broker: Arc<Broker>, controller: Arc<Controller>) {
     let mut next_voter = 0usize;
     // One channel per controller address, reused across heartbeats.
     let mut client: Option<(String, ControllerClient<tonic::transport::Channel>)> = None;
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(hb.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_accepted = tokio::time::Instant::now();
     loop {
         tick.tick().await;
+        let fenced = last_accepted.elapsed() > hb.session;
+        if broker.fence.set(fenced) {
+            if fenced {
+                tracing::warn!(
+                    node_id = hb.node_id,
+                    session_ms = hb.session.as_millis() as u64,
+                    "no heartbeat accepted within the session: fencing this broker (no writes as leader)"
+                );
+            } else {
+                tracing::info!(node_id = hb.node_id, "controller reached again: unfenced");
+            }
+        }
         let target = match controller.controller() {
             Some((_, addr)) => addr,
             None => {
-                if voters.is_empty() {
+                if hb.voters.is_empty() {
                     continue;
                 }
-                next_voter = (next_voter + 1) % voters.len();
-                match controller.router.addr(voters[next_voter]) {
+                next_voter = (next_voter + 1) % hb.voters.len();
+                match controller.router.addr(hb.voters[next_voter]) {
                     Some(a) => a,
                     None => continue,
                 }
             }
         };
         let req = BrokerHeartbeatRequest {
-            broker_id: node_id,
-            addr: advertise.clone(),
+            broker_id: hb.node_id,
+            addr: hb.advertise.clone(),
             leaders: broker
                 .leader_reports()
                 .into_iter()
-                .map(|(g, _, term)| LeaderReport { group_id: g, term })
+                .map(|(g, term, voters)| LeaderReport {
+                    group_id: g,
+                    term,
+                    joint: voters.is_none(),
+                    voters: voters.map(|v| v.into_iter().collect()).unwrap_or_default(),
+                })
                 .collect(),
-            incarnation,
+            incarnation: hb.incarnation,
+            shutting_down: hb.shutting_down.load(Ordering::SeqCst),
         };
         let mut c = match &client {
             Some((a, c)) if *a == target => c.clone(),
@@ -250,8 +304,9 @@ async fn heartbeat_loop(
             },
         };
         let call = async { c.broker_heartbeat(req).await.map_err(|e| e.to_string()) };
-        match tokio::time::timeout(every * 4, call).await {
+        match tokio::time::timeout(hb.every * 4, call).await {
             Ok(Ok(r)) if !r.get_ref().accepted => tracing::debug!(error = %r.get_ref().error, "heartbeat not accepted"),
+            Ok(Ok(_)) => last_accepted = tokio::time::Instant::now(),
             Ok(Err(e)) => {
                 tracing::debug!(%target, error = %e, "heartbeat failed");
                 client = None;
@@ -260,7 +315,6 @@ async fn heartbeat_loop(
                 tracing::debug!(%target, "heartbeat timed out");
                 client = None;
             }
-            _ => {}
         }
     }
 }

@@ -69,6 +69,17 @@ pub enum Fault {
     CrashLeader,
 }
 
+/// What a simulated operator does to the running cluster (through the real client library's admin
+/// calls) during the safety phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Hand partition 0's leadership to another replica (openraft leader transfer).
+    TransferLeader,
+    /// Move partition 0 to a new replica set of 3 nodes chosen by `pick`: with 5 nodes this
+    /// changes the Raft membership (learner, catch-up, joint change); with 3 it reorders it.
+    Reassign { pick: u64 },
+}
+
 /// The cluster as the simulated client last saw it, so faults can target the current leader or
 /// controller rather than a random node.
 #[derive(Debug, Default, Clone)]
@@ -97,6 +108,11 @@ pub struct SimOptions {
     /// Simulated fsync latency of every node's disk.
     pub fsync_ms: u64,
     pub planted: Option<PlantedBug>,
+    /// (start ms, operation), in start order.
+    pub operations: Vec<(u64, Operation)>,
+    /// A broker unavailable this long has its replicas moved (membership changes without an
+    /// operator, when a crash or isolation lasts).
+    pub replacement_ms: u64,
 }
 
 impl SimOptions {
@@ -128,15 +144,33 @@ impl SimOptions {
             faults.push((t, dur, fault));
             t += dur + rng.random_range(200..2_000);
         }
+        let (partitions, producers, fsync_ms) =
+            (rng.random_range(1..=3), rng.random_range(2..=4), rng.random_range(1..=4));
+        // Operations and the replacement timeout come from their own stream, so the faults a seed
+        // chose before they existed stay the same.
+        let mut ops_rng = SmallRng::seed_from_u64(seed ^ 0x0be7_a7e5);
+        let mut operations = Vec::new();
+        let mut t = ops_rng.random_range(1_000..4_000);
+        while t < safety_ms - 500 {
+            let op = if ops_rng.random_bool(0.5) {
+                Operation::TransferLeader
+            } else {
+                Operation::Reassign { pick: ops_rng.random() }
+            };
+            operations.push((t, op));
+            t += ops_rng.random_range(1_000..5_000);
+        }
         SimOptions {
             seed,
             nodes,
-            partitions: rng.random_range(1..=3),
-            producers: rng.random_range(2..=4),
+            partitions,
+            producers,
             safety_ms,
             faults,
-            fsync_ms: rng.random_range(1..=4),
+            fsync_ms,
             planted: None,
+            operations,
+            replacement_ms: ops_rng.random_range(2_000..6_000),
         }
     }
 
@@ -164,6 +198,13 @@ impl fmt::Display for SimOptions {
                 write!(f, ", ")?;
             }
             write!(f, "{fault:?}@{at}ms+{dur}ms")?;
+        }
+        write!(f, "] replacement={}ms operations=[", self.replacement_ms)?;
+        for (i, (at, op)) in self.operations.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{op:?}@{at}ms")?;
         }
         write!(f, "]")
     }
@@ -221,8 +262,12 @@ fn host(i: usize) -> String {
     format!("n{}", i + 1)
 }
 
-fn node_config(i: usize, nodes: usize) -> NodeConfig {
+fn node_config(i: usize, nodes: usize, replacement_ms: u64) -> NodeConfig {
     let mut cfg = NodeConfig::default();
+    // Short sessions, so that brokers are declared unavailable, fence themselves and get replaced
+    // within a run.
+    cfg.broker_session_timeout_ms = 2_000;
+    cfg.broker_replacement_timeout_ms = replacement_ms;
     cfg.node_id = i as u64 + 1;
     cfg.listen = std::net::SocketAddr::from(([0, 0, 0, 0], PORT));
     cfg.advertise = Some(format!("{}:{PORT}", host(i)));
@@ -261,7 +306,7 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
     let engines: Vec<Arc<MemEngine>> = (0..options.nodes).map(|_| Arc::new(MemEngine::new())).collect();
     for i in 0..options.nodes {
         let engine = engines[i].clone();
-        let cfg = node_config(i, options.nodes);
+        let cfg = node_config(i, options.nodes, options.replacement_ms);
         let planted = options.planted;
         let starts = Arc::new(AtomicU64::new(0));
         sim.host(host(i), move || {
@@ -300,6 +345,7 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
         safety: Duration::from_millis(options.safety_ms),
         recorder: recorder.clone(),
         view: view.clone(),
+        operations: options.operations.clone(),
     };
     sim.client("client", async move { wl.run().await.map_err(|e| -> Box<dyn std::error::Error> { e.into() }) });
 

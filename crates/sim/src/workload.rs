@@ -30,6 +30,8 @@ pub struct Workload {
     pub recorder: Recorder,
     /// Where the driver learns the current controller and partition 0's leader.
     pub view: std::sync::Arc<std::sync::Mutex<crate::ClusterView>>,
+    /// The operator's actions, at their times (ms after the workload starts).
+    pub operations: Vec<(u64, crate::Operation)>,
 }
 
 fn client_config() -> ClientConfig {
@@ -87,6 +89,7 @@ impl Workload {
         }
         let safety_end = start + self.safety;
         let watcher = tokio::spawn(watch_cluster(client.clone(), self.view.clone(), safety_end));
+        let operator = tokio::spawn(operate(client.clone(), self.operations.clone(), start, safety_end));
 
         let mut tasks = Vec::new();
         for p in 0..self.producers {
@@ -104,6 +107,7 @@ impl Workload {
             t.await.map_err(|e| format!("workload task: {e}"))?;
         }
         watcher.await.map_err(|e| format!("watcher task: {e}"))?;
+        operator.await.map_err(|e| format!("operator task: {e}"))?;
 
         // Liveness: the driver heals every fault at the end of the safety phase.
         let deadline = Instant::now() + LIVENESS_BOUND;
@@ -127,6 +131,37 @@ async fn watch_cluster(client: Client, view: std::sync::Arc<std::sync::Mutex<cra
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The simulated operator: leader transfers and reassignments of partition 0 at their times.
+/// Outcomes are only logged: the checker judges what the producers and consumers saw.
+async fn operate(client: Client, operations: Vec<(u64, crate::Operation)>, start: Instant, until: Instant) {
+    for (at, op) in operations {
+        tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+        if Instant::now() >= until {
+            return;
+        }
+        let Ok(m) = client.metadata(&[TOPIC.to_string()]).await else { continue };
+        let Some(p) = m.topics.iter().find(|t| t.name == TOPIC).and_then(|t| t.partitions.first()).cloned() else {
+            continue;
+        };
+        let result = match op {
+            crate::Operation::TransferLeader => {
+                let Some(to) = p.replicas.iter().find(|r| Some(**r) != p.leader).cloned() else { continue };
+                client.transfer_leader(TOPIC, 0, to).await.map(|epoch| format!("leader {to} at epoch {epoch}"))
+            }
+            crate::Operation::Reassign { pick } => {
+                let mut nodes: Vec<u64> = m.brokers.iter().map(|b| b.id).collect();
+                let mut rng = SmallRng::seed_from_u64(pick);
+                let mut chosen = Vec::new();
+                while chosen.len() < 3 && !nodes.is_empty() {
+                    chosen.push(nodes.remove(rng.random_range(0..nodes.len())));
+                }
+                client.reassign_partition(TOPIC, 0, chosen.clone()).await.map(|_| format!("to {chosen:?}"))
+            }
+        };
+        tracing::info!(?op, ?result, "operator");
     }
 }
 

@@ -94,6 +94,8 @@ fn regression_5014_restarted_leader_does_not_reuse_log_ids() {
         ],
         fsync_ms: 3,
         planted: None,
+        operations: vec![],
+        replacement_ms: 300_000,
     };
     let out = run(o.clone()).expect("run");
     assert!(out.ok(), "{o}\n{}", out.report);
