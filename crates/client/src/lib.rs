@@ -66,6 +66,14 @@ const UNKNOWN_TOPIC_ATTEMPTS: u32 = 3;
 /// node does not cost a timeout on every metadata refresh.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
+/// How long a leader may take to answer a TransferLeader request: it answers once the new leader
+/// has taken over, waiting up to 5 s for that.
+const TRANSFER_LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the controller may take to answer a ReplaceVoter request: up to 30 s for the new
+/// voter to catch up, then up to 30 s for the membership change to commit.
+const REPLACE_VOTER_WAIT: Duration = Duration::from_secs(60);
+
 /// Connection and retry settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -469,6 +477,190 @@ impl Client {
         .await?;
         self.inner.meta.write().forget_topic(name);
         Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Cluster operations
+    // ---------------------------------------------------------------------------------------
+
+    /// Starts moving every replica off node `node_id` so it can be stopped (or, with `cancel`,
+    /// stops doing so: the node may receive replicas again). Goes through the controller like
+    /// [`Client::create_topic`]. Returns how many replicas still have to move off the node; poll
+    /// [`Client::metadata`] (`BrokerInfo::replica_count`) to follow the progress.
+    pub async fn decommission_node(&self, node_id: NodeId, cancel: bool) -> Result<u32, ClientError> {
+        let op = if cancel { "cancel decommissioning" } else { "decommission" };
+        let target = format!("node {node_id}");
+        let resp = self
+            .with_controller(op, &target, |addr| {
+                let req = v1::DecommissionNodeRequest { node_id, cancel };
+                let target = target.clone();
+                async move {
+                    let resp = self
+                        .call(op, &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                            c.decommission_node(with_timeout(req, t)).await
+                        })
+                        .await?;
+                    broker_result(op, &target, &addr, resp.error.as_ref())?;
+                    Ok(resp)
+                }
+            })
+            .await?;
+        Ok(resp.remaining_replicas)
+    }
+
+    /// Moves `topic`/`partition` to the replica set `replicas` (the first is the preferred
+    /// leader), through the controller. Returns the partition as the controller committed it:
+    /// while the move runs, `target_replicas` holds the set it is moving to.
+    pub async fn reassign_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    ) -> Result<v1::PartitionInfo, ClientError> {
+        let target = format!("{topic}/{partition}");
+        if replicas.is_empty() {
+            return Err(ClientError::InvalidArgument(format!("reassign {target}: no replicas given")));
+        }
+        if let Some(dup) = replicas.iter().enumerate().find_map(|(i, r)| replicas[..i].contains(r).then_some(*r)) {
+            return Err(ClientError::InvalidArgument(format!("reassign {target}: node {dup} is listed twice")));
+        }
+        let resp = self
+            .with_controller("reassign", &target, |addr| {
+                let req =
+                    v1::ReassignPartitionRequest { topic: topic.to_string(), partition, replicas: replicas.clone() };
+                let target = target.clone();
+                async move {
+                    let resp = self
+                        .call("reassign", &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                            c.reassign_partition(with_timeout(req, t)).await
+                        })
+                        .await?;
+                    broker_result("reassign", &target, &addr, resp.error.as_ref())?;
+                    Ok(resp)
+                }
+            })
+            .await;
+        // Replicas, and soon the leader, change: the next request looks the topic up afresh.
+        self.inner.meta.write().forget_topic(topic);
+        let resp = resp?;
+        Ok(resp.partition.unwrap_or_else(|| v1::PartitionInfo {
+            partition,
+            target_replicas: replicas,
+            ..Default::default()
+        }))
+    }
+
+    /// Evens out replicas and preferred leaders across the live brokers, through the controller.
+    /// Returns the moves started (with `dry_run`, the moves that would be made; nothing moves).
+    /// Empty: the cluster is already balanced.
+    pub async fn rebalance(&self, dry_run: bool) -> Result<Vec<v1::PartitionMove>, ClientError> {
+        let target = "the cluster".to_string();
+        let resp = self
+            .with_controller("rebalance", &target, |addr| {
+                let req = v1::RebalanceRequest { dry_run };
+                let target = target.clone();
+                async move {
+                    let resp = self
+                        .call("rebalance", &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                            c.rebalance(with_timeout(req, t)).await
+                        })
+                        .await?;
+                    broker_result("rebalance", &target, &addr, resp.error.as_ref())?;
+                    Ok(resp)
+                }
+            })
+            .await?;
+        if !dry_run && !resp.moves.is_empty() {
+            let mut meta = self.inner.meta.write();
+            for m in &resp.moves {
+                meta.forget_topic(&m.topic);
+            }
+        }
+        Ok(resp.moves)
+    }
+
+    /// Replaces metadata voter `remove` (typically a dead node) by `add`, another live registered
+    /// node, through the controller: `add` catches up as a learner, then one membership change
+    /// swaps them (this can take up to a minute). Returns the metadata voters afterwards.
+    pub async fn replace_voter(&self, remove: NodeId, add: NodeId) -> Result<Vec<NodeId>, ClientError> {
+        let target = format!("metadata voter {remove} by node {add}");
+        let resp = self
+            .with_controller("replace", &target, |addr| {
+                let req = v1::ReplaceVoterRequest { remove, add };
+                let target = target.clone();
+                async move {
+                    let resp = self
+                        .call("replace", &target, &addr, REPLACE_VOTER_WAIT, move |mut c, t| async move {
+                            c.replace_voter(with_timeout(req, t)).await
+                        })
+                        .await?;
+                    broker_result("replace", &target, &addr, resp.error.as_ref())?;
+                    Ok(resp)
+                }
+            })
+            .await?;
+        Ok(resp.voters)
+    }
+
+    /// The cluster's health as the first node that answers sees it in its committed metadata:
+    /// brokers and their status, the controller, the metadata voters, and every partition that
+    /// is leaderless or under-replicated, with the reason. Tries the known nodes in turn (live
+    /// brokers, then the bootstrap addresses).
+    pub async fn cluster_health(&self) -> Result<v1::ClusterHealthResponse, ClientError> {
+        let candidates = self.inner.meta.read().candidates(&self.inner.bootstrap, false);
+        let candidates = self.healthy_first(candidates);
+        let mut last = None;
+        for addr in candidates {
+            let req = v1::ClusterHealthRequest {};
+            let result = self
+                .call("check", "cluster health", &addr, Duration::ZERO, move |mut c, t| async move {
+                    c.cluster_health(with_timeout(req, t)).await
+                })
+                .await;
+            match result {
+                Ok(resp) => {
+                    broker_result("check", "cluster health", &addr, resp.error.as_ref())?;
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    tracing::debug!(addr = %addr, error = %e, "cluster health request failed; trying the next node");
+                    if e.is_transport() {
+                        self.evict(&addr);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::InvalidArgument("no broker address known".into())))
+    }
+
+    /// Hands the leadership of `topic`/`partition` to replica `to` (which must be a caught-up
+    /// voter of the partition). The request goes to the current leader, following leadership
+    /// changes like [`Client::produce`]; it is answered once `to` has taken over. Returns the new
+    /// leader's epoch.
+    pub async fn transfer_leader(&self, topic: &str, partition: u32, to: NodeId) -> Result<u64, ClientError> {
+        let result = self
+            .with_leader("transfer leadership of", topic, partition, |addr| {
+                let req = v1::TransferLeaderRequest { topic: topic.to_string(), partition, to };
+                async move {
+                    let target = format!("{topic}/{partition}");
+                    let resp = self
+                        .call(
+                            "transfer leadership of",
+                            &target,
+                            &addr,
+                            TRANSFER_LEADER_WAIT,
+                            move |mut c, t| async move { c.transfer_leader(with_timeout(req, t)).await },
+                        )
+                        .await?;
+                    broker_result("transfer leadership of", &target, &addr, resp.error.as_ref())?;
+                    Ok(resp.leader_epoch)
+                }
+            })
+            .await;
+        // The leader moved (or may have): the next request looks the topic up afresh.
+        self.inner.meta.write().forget_topic(topic);
+        result
     }
 
     // ---------------------------------------------------------------------------------------

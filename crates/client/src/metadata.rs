@@ -149,9 +149,9 @@ mod tests {
     fn resp() -> v1::MetadataResponse {
         v1::MetadataResponse {
             brokers: vec![
-                v1::BrokerInfo { id: 1, addr: "a:1".into(), alive: true, epoch: 1 },
-                v1::BrokerInfo { id: 2, addr: "b:2".into(), alive: false, epoch: 1 },
-                v1::BrokerInfo { id: 3, addr: "c:3".into(), alive: true, epoch: 1 },
+                v1::BrokerInfo { id: 1, addr: "a:1".into(), alive: true, epoch: 1, ..Default::default() },
+                v1::BrokerInfo { id: 2, addr: "b:2".into(), alive: false, epoch: 1, ..Default::default() },
+                v1::BrokerInfo { id: 3, addr: "c:3".into(), alive: true, epoch: 1, ..Default::default() },
             ],
             controller_id: Some(3),
             topics: vec![v1::TopicInfo {
