@@ -245,3 +245,41 @@ async fn an_added_node_takes_replicas_and_leaders_and_a_decommissioned_one_ends_
     load.verify(&client).await;
     wait_healthy(&cluster, READY).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_metadata_voter_is_replaced_by_another_node() {
+    // Voters 1, 2, 3; node 4 follows the metadata as a learner.
+    let mut cluster = Cluster::start_with(4, 3, &[]);
+    cluster.wait_ready(READY).await;
+    let client = patient_client(&cluster).await;
+    client.create_topic("before", 1, 3, Default::default()).await.expect("create topic");
+
+    // Voter 3 dies for good; node 4 takes its place.
+    cluster.kill9(3);
+    let voters = wait_for(READY, "voter 3 replaced by node 4", || {
+        let client = client.clone();
+        async move { client.replace_voter(3, 4).await.ok() }
+    })
+    .await;
+    assert_eq!(voters, vec![1, 2, 4]);
+    let health = client.cluster_health().await.expect("health");
+    assert_eq!(health.metadata_voters, vec![1, 2, 4]);
+
+    // With the new voter set, losing voter 2 as well still leaves a quorum (1 and 4): the
+    // controller keeps committing metadata, and nothing committed before is lost.
+    cluster.kill9(2);
+    wait_for(READY, "a topic can still be created with voters 1 and 4 alive", || {
+        let client = client.clone();
+        async move {
+            match client.create_topic("after", 1, 1, Default::default()).await {
+                Ok(_) => Some(()),
+                Err(e) if e.code() == Some(runnel_types::ErrorCode::TopicAlreadyExists) => Some(()),
+                Err(_) => None,
+            }
+        }
+    })
+    .await;
+    let m = Cluster::metadata_from(&cluster.nodes[3].addr).await.expect("metadata from node 4");
+    let names: Vec<&str> = m.topics.iter().map(|t| t.name.as_str()).collect();
+    assert!(names.contains(&"before") && names.contains(&"after"), "{names:?}");
+}
