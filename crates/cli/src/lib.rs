@@ -1,9 +1,10 @@
-//! The `runnel` command line: run a node (`start`, `dev`) or talk to a cluster (`topic`,
-//! `produce`, `consume`, `cluster`). `main.rs` only parses arguments, sets up logging and maps
-//! errors to the exit code.
+//! The `runnel` command line: run a node (`start`, `dev`, `node add`) or talk to a cluster
+//! (`topic`, `produce`, `consume`, `cluster`, `node`, `partition`). `main.rs` only parses
+//! arguments, sets up logging and maps errors to the exit code.
 
 pub mod admin;
 pub mod bench;
+pub mod bench_failover;
 pub mod consume;
 pub mod output;
 pub mod produce;
@@ -39,8 +40,12 @@ pub enum Command {
     Produce(produce::ProduceArgs),
     /// Print a topic's records, one per line.
     Consume(consume::ConsumeArgs),
-    /// Show the cluster's state.
+    /// Show the cluster's state and health; rebalance it.
     Cluster(admin::ClusterArgs),
+    /// List, add, decommission nodes; replace metadata voters.
+    Node(admin::NodeArgs),
+    /// Reassign a partition's replicas or move its leadership.
+    Partition(admin::PartitionArgs),
     /// Measure the cluster: throughput and latency under load.
     Bench(BenchArgs),
 }
@@ -57,6 +62,10 @@ pub struct BenchArgs {
 pub enum BenchKind {
     /// Concurrent producers; reports records/s, MB/s and request latency percentiles.
     Produce(bench::ProduceBench),
+    /// Starts its own local cluster, kills the partition leader (kill -9) under acks=all load
+    /// again and again; reports the time from each kill to the next acknowledged write
+    /// (ignores --bootstrap).
+    Failover(bench_failover::FailoverBench),
 }
 
 #[derive(Debug, Args)]
@@ -87,6 +96,19 @@ pub struct ClientOpts {
     pub output: OutputFormat,
 }
 
+/// Ends the command with this exit status and no further message: the command already printed
+/// why (`runnel cluster health` on an unhealthy cluster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitWith(pub u8);
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
 impl ClientOpts {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.bootstrap).await?)
@@ -99,6 +121,7 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Command::Start(_) | Command::Dev(_) => "info",
+            Command::Node(admin::NodeArgs { command: admin::NodeCommand::Add(_) }) => "info",
             _ => "warn",
         }
     }
@@ -120,19 +143,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
         Command::Cluster(args) => admin::cluster(args).await,
-        Command::Bench(args) => {
-            let client = args.client.connect().await?;
-            match &args.kind {
-                BenchKind::Produce(b) => {
-                    let report = bench::produce(&client, b).await?;
-                    match args.client.output {
-                        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                        OutputFormat::Text => bench::print_text(&report),
-                    }
-                    Ok(())
+        Command::Node(args) => admin::node(args).await,
+        Command::Partition(args) => admin::partition(args).await,
+        Command::Bench(args) => match &args.kind {
+            BenchKind::Produce(b) => {
+                let client = args.client.connect().await?;
+                let report = bench::produce(&client, b).await?;
+                match args.client.output {
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                    OutputFormat::Text => bench::print_text(&report),
                 }
+                Ok(())
             }
-        }
+            BenchKind::Failover(b) => bench_failover::run(b, args.client.output).await,
+        },
     }
 }
 
@@ -181,5 +205,78 @@ mod tests {
         let Command::Start(s) = cli.command else { panic!("not start") };
         assert_eq!(s.node.node_id, Some(2));
         assert_eq!(s.node.voters.map(|v| v.len()), Some(3));
+    }
+
+    #[test]
+    fn operator_commands_parse() {
+        let cli = Cli::try_parse_from(["runnel", "node", "list", "--bootstrap", "a:1", "--output", "json"]).unwrap();
+        let Command::Node(admin::NodeArgs { command: admin::NodeCommand::List { client } }) = cli.command else {
+            panic!("not node list")
+        };
+        assert_eq!(client.bootstrap, vec!["a:1"]);
+        assert_eq!(client.output, OutputFormat::Json);
+
+        let cli = Cli::try_parse_from([
+            "runnel",
+            "node",
+            "add",
+            "--node-id",
+            "4",
+            "--listen",
+            "127.0.0.1:9295",
+            "--data-dir",
+            "/tmp/n4",
+            "--join",
+            "127.0.0.1:9292,127.0.0.1:9293",
+        ])
+        .unwrap();
+        assert_eq!(cli.command.default_log_level(), "info");
+        let Command::Node(admin::NodeArgs { command: admin::NodeCommand::Add(add) }) = cli.command else {
+            panic!("not node add")
+        };
+        assert_eq!((add.node_id, add.join.len(), add.advertise), (4, 2, None));
+        // --join is required; node ids start at 1.
+        assert!(Cli::try_parse_from(["runnel", "node", "add", "--node-id", "4", "--listen", "a:1", "--data-dir", "d"])
+            .is_err());
+        assert!(Cli::try_parse_from([
+            "runnel",
+            "node",
+            "add",
+            "--node-id",
+            "0",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "d",
+            "--join",
+            "a:1"
+        ])
+        .is_err());
+
+        let cli =
+            Cli::try_parse_from(["runnel", "node", "decommission", "3", "--wait", "--timeout-secs", "30"]).unwrap();
+        let Command::Node(admin::NodeArgs { command: admin::NodeCommand::Decommission(d) }) = cli.command else {
+            panic!("not decommission")
+        };
+        assert_eq!((d.id, d.wait, d.cancel, d.timeout_secs), (3, true, false, Some(30)));
+        assert!(Cli::try_parse_from(["runnel", "node", "decommission", "3", "--cancel", "--wait"]).is_err());
+        assert!(Cli::try_parse_from(["runnel", "node", "decommission", "3", "--timeout-secs", "5"]).is_err());
+        assert!(Cli::try_parse_from(["runnel", "node", "replace-voter", "--remove", "1", "--add", "4"]).is_ok());
+
+        let cli =
+            Cli::try_parse_from(["runnel", "partition", "reassign", "orders", "2", "--replicas", "4,2,3"]).unwrap();
+        let Command::Partition(p) = cli.command else { panic!("not partition") };
+        let admin::PartitionCommand::Reassign { topic, partition, replicas } = p.command else {
+            panic!("not reassign")
+        };
+        assert_eq!((topic.as_str(), partition, replicas), ("orders", 2, vec![4, 2, 3]));
+        assert!(Cli::try_parse_from(["runnel", "partition", "reassign", "orders", "2"]).is_err());
+        assert!(Cli::try_parse_from(["runnel", "partition", "transfer-leader", "orders", "0", "--to", "2"]).is_ok());
+
+        let cli = Cli::try_parse_from(["runnel", "cluster", "rebalance", "--dry-run"]).unwrap();
+        let Command::Cluster(c) = cli.command else { panic!("not cluster") };
+        assert!(matches!(c.command, admin::ClusterCommand::Rebalance { dry_run: true }));
+        assert!(Cli::try_parse_from(["runnel", "cluster", "health", "--output", "json"]).is_ok());
+        assert!(Cli::try_parse_from(["runnel", "cluster", "info"]).is_ok());
     }
 }

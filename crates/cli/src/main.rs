@@ -21,10 +21,14 @@ fn main() -> ExitCode {
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<runnel_cli::ExitWith>() {
+            // The command already said why (e.g. `cluster health` printed the problems).
+            Some(exit) => ExitCode::from(exit.0),
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
