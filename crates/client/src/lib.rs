@@ -710,6 +710,21 @@ impl Client {
         }
     }
 
+    /// `addr`, unless it just failed in transit and another known node has not: then that node.
+    /// Right after a leader dies the metadata still names it until its successor reports in, but
+    /// every surviving replica already knows the new leader and answers NOT_LEADER with it, so
+    /// asking a live node finds the new leader without waiting for the metadata.
+    fn reachable_instead_of(&self, addr: String) -> String {
+        let suspect = |a: &str| {
+            self.inner.suspects.lock().get(a).is_some_and(|t| Instant::now().duration_since(*t) < SUSPECT_FOR)
+        };
+        if !suspect(&addr) {
+            return addr;
+        }
+        let known = self.inner.meta.read().candidates(&self.inner.bootstrap, false);
+        known.into_iter().find(|a| *a != addr && !suspect(a)).unwrap_or(addr)
+    }
+
     /// `candidates` with addresses that failed recently moved to the end (order otherwise kept).
     fn healthy_first(&self, mut candidates: Vec<String>) -> Vec<String> {
         let suspects = self.inner.suspects.lock();
@@ -796,13 +811,14 @@ impl Client {
 
     /// The leader of `topic`/`partition`, refreshing the metadata when the cache does not know it.
     async fn leader(&self, op: &'static str, topic: &str, partition: u32) -> Result<(NodeId, String), ClientError> {
-        if let Lookup::Leader(id, addr) = self.inner.meta.read().lookup(topic, partition) {
-            return Ok((id, addr));
+        let cached = self.inner.meta.read().lookup(topic, partition);
+        if let Lookup::Leader(id, addr) = cached {
+            return Ok((id, self.reachable_instead_of(addr)));
         }
         let (answered_by, _) = self.refresh(&[topic.to_string()]).await?;
         let lookup = self.inner.meta.read().lookup(topic, partition);
         let error = match lookup {
-            Lookup::Leader(id, addr) => return Ok((id, addr)),
+            Lookup::Leader(id, addr) => return Ok((id, self.reachable_instead_of(addr))),
             Lookup::UnknownTopic => RunnelError::unknown_topic(topic),
             Lookup::UnknownPartition(n) => RunnelError::unknown_partition(topic, partition, n),
             Lookup::NoLeader => RunnelError::new(
@@ -841,17 +857,21 @@ impl Client {
         let mut unknown = 0u32;
         loop {
             attempts += 1;
-            let (err, asked) = match self.leader(op, topic, partition).await {
+            let (err, asked, used) = match self.leader(op, topic, partition).await {
                 Ok((id, addr)) => match attempt(addr.clone()).await {
                     Ok(v) => return Ok(v),
-                    Err(e) => (e, Some(id)),
+                    Err(e) => (e, Some(id), addr),
                 },
-                Err(e) => (e, None),
+                Err(e) => (e, None, String::new()),
             };
             let next = match &err {
                 ClientError::Broker { error, .. } => match error.code {
+                    // A hint naming another leader, or naming the one we meant to ask at an address
+                    // we did not use (we asked a live node instead of a leader that had just failed
+                    // in transit): go there now, trusting the hint over the failure.
                     ErrorCode::NotLeader => match &error.leader {
-                        Some((id, addr)) if !addr.is_empty() && asked != Some(*id) => {
+                        Some((id, addr)) if !addr.is_empty() && (asked != Some(*id) || used != *addr) => {
+                            self.inner.suspects.lock().remove(addr);
                             self.inner.meta.write().set_leader(topic, partition, *id, addr);
                             Next::Now
                         }

@@ -24,14 +24,16 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 30 attempts within 20 s, backing off from 20 ms to at most 500 ms: long enough to ride out
-    /// a leader election or a broker restart, short enough that a dead cluster is reported soon.
+    /// 100 attempts within 20 s, backing off from 20 ms to at most 200 ms: long enough to ride
+    /// out a leader election or a broker restart, short enough that a dead cluster is reported
+    /// soon. The cap is low because a failover completes in well under a second: a long backoff
+    /// would only add to the time the caller waits after the new leader is ready.
     fn default() -> Self {
         Self {
-            max_attempts: 30,
+            max_attempts: 100,
             max_elapsed: Duration::from_secs(20),
             initial_backoff: Duration::from_millis(20),
-            max_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_millis(200),
         }
     }
 }
@@ -83,11 +85,11 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_20ms_and_caps_at_500ms() {
+    fn backoff_doubles_from_20ms_and_caps_at_200ms() {
         let p = RetryPolicy::default();
         let seq: Vec<u64> = (0..8).map(|r| p.backoff(r).as_millis() as u64).collect();
-        assert_eq!(seq, vec![20, 40, 80, 160, 320, 500, 500, 500]);
-        assert_eq!(p.backoff(u32::MAX), ms(500));
+        assert_eq!(seq, vec![20, 40, 80, 160, 200, 200, 200, 200]);
+        assert_eq!(p.backoff(u32::MAX), ms(200));
     }
 
     #[test]
@@ -97,7 +99,7 @@ mod tests {
             for j in [0.0, 0.25, 0.5, 0.999, 1.0, -3.0, 7.0, f64::NAN] {
                 let d = p.backoff_with_jitter(retry, j);
                 let base = p.backoff(retry);
-                assert!(d <= base && d <= ms(500), "retry {retry} jitter {j}: {d:?}");
+                assert!(d <= base && d <= ms(200), "retry {retry} jitter {j}: {d:?}");
                 assert!(d >= base.mul_f64(0.8), "retry {retry} jitter {j}: {d:?}");
                 assert!(d >= ms(16), "retry {retry} jitter {j}: {d:?}");
             }
@@ -114,10 +116,10 @@ mod tests {
             elapsed += d;
             attempts += 1;
         }
-        assert_eq!(attempts, 30, "gives up after max_attempts");
+        assert_eq!(attempts, 100, "gives up after max_attempts");
         assert!(elapsed <= p.max_elapsed, "total sleep {elapsed:?}");
-        // 20+40+80+160+320 + 24*500 ms
-        assert_eq!(elapsed, ms(620 + 24 * 500));
+        // 20+40+80+160 + 95*200 ms
+        assert_eq!(elapsed, ms(300 + 95 * 200));
     }
 
     #[test]

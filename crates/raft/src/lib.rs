@@ -82,7 +82,11 @@ pub fn group_config(name: &str, timing: RaftTiming) -> Result<Arc<openraft::Conf
         cluster_name: name.to_string(),
         heartbeat_interval: timing.heartbeat_ms,
         election_timeout_min: timing.election_timeout_ms,
-        election_timeout_max: timing.election_timeout_ms * 2,
+        // openraft also uses the upper bound as the leader lease: a follower only campaigns after
+        // lease + a random timeout in [min, max) without hearing from its leader. 1.5x keeps that
+        // sum (the failover time) at 2.5-3x the lower bound while leaving a wide enough window
+        // that two followers rarely time out together (a split vote costs another round).
+        election_timeout_max: timing.election_timeout_ms + timing.election_timeout_ms / 2,
         snapshot_policy: openraft::SnapshotPolicy::Never,
         max_in_snapshot_log_to_keep: u64::MAX,
         max_payload_entries: 256,

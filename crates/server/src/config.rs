@@ -38,7 +38,7 @@ pub struct NodeConfig {
     pub voters: Vec<String>,
     /// Raft heartbeat interval for every group, milliseconds.
     pub raft_heartbeat_ms: u64,
-    /// Raft election timeout lower bound, milliseconds (the upper bound is twice this).
+    /// Raft election timeout lower bound, milliseconds (the upper bound is 1.5 times this).
     pub raft_election_timeout_ms: u64,
     /// How often a broker reports to the controller, milliseconds.
     pub broker_heartbeat_ms: u64,
@@ -57,9 +57,9 @@ impl Default for NodeConfig {
             advertise: None,
             data_dir: PathBuf::from("./runnel-data"),
             voters: vec![],
-            raft_heartbeat_ms: 100,
-            raft_election_timeout_ms: 500,
-            broker_heartbeat_ms: 250,
+            raft_heartbeat_ms: 50,
+            raft_election_timeout_ms: 150,
+            broker_heartbeat_ms: 100,
             broker_session_timeout_ms: 6_000,
             broker_replacement_timeout_ms: 300_000,
         }
