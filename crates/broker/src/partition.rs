@@ -295,6 +295,22 @@ impl Partition {
         leader.filter(|l| *l != self.node_id).and_then(|l| self.router.addr(l).map(|a| (l, a)))
     }
 
+    /// Refuses a request made against another version of the replica set than this replica has.
+    pub fn check_partition_epoch(&self, epoch: Option<u64>) -> Result<(), RunnelError> {
+        let current = self.record.read().partition_epoch;
+        match epoch {
+            Some(e) if e != current => Err(RunnelError::new(
+                ErrorCode::StaleEpoch,
+                format!(
+                    "request for {}/{} carries partition epoch {e}, this replica is at {current}: the replica set \
+                     changed; refresh the metadata",
+                    self.topic, self.partition
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     pub fn replicas(&self) -> Vec<NodeId> {
         self.record.read().replicas.clone()
     }

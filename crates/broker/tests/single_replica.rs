@@ -121,6 +121,11 @@ async fn bad_batches_are_refused_and_change_nothing() {
 
     let e = p.produce(encode_batch(vec![rec("ok")]), true, t, Some(999)).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::StaleEpoch);
+    let e = p.check_partition_epoch(Some(7)).unwrap_err();
+    assert_eq!(e.code, ErrorCode::StaleEpoch);
+    assert!(e.message.contains("partition epoch 7") && e.message.contains("at 1"), "{e}");
+    p.check_partition_epoch(Some(1)).unwrap();
+    p.check_partition_epoch(None).unwrap();
 
     assert_eq!(p.sm.high_watermark(), 0, "refused batches must not take offsets");
     p.produce(encode_batch(vec![rec("ok")]), true, t, None).await.unwrap();

@@ -271,6 +271,7 @@ impl Client {
                 acks: acks as i32,
                 timeout_ms,
                 leader_epoch: None,
+                partition_epoch: None,
             };
             async move {
                 let target = format!("{topic}/{partition}");
@@ -343,6 +344,7 @@ impl Client {
                     max_bytes,
                     max_wait_ms,
                     leader_epoch: None,
+                    partition_epoch: None,
                 };
                 async move {
                     let target = format!("{topic}/{partition}");

@@ -151,6 +151,7 @@ impl Runnel for Api {
         let r = req.into_inner();
         let out = async {
             let p = self.local(&r.topic, r.partition)?;
+            p.check_partition_epoch(r.partition_epoch)?;
             let batch =
                 r.batch.ok_or_else(|| RunnelError::new(ErrorCode::InvalidRequest, "produce request has no batch"))?;
             let timeout_ms = if r.timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT_MS } else { r.timeout_ms };
@@ -168,6 +169,7 @@ impl Runnel for Api {
         let r = req.into_inner();
         let out = async {
             let p = self.local(&r.topic, r.partition)?;
+            p.check_partition_epoch(r.partition_epoch)?;
             p.fetch(r.offset, r.max_bytes, r.max_wait_ms, r.leader_epoch).await
         }
         .await;
