@@ -206,7 +206,8 @@ impl Partition {
         })?;
         match res {
             Ok(r) => match r.data {
-                PartitionResponse::Appended { base_offset } => Ok((base_offset, term)),
+                // The term of the entry itself: exact even if leadership changed since the check.
+                PartitionResponse::Appended { base_offset } => Ok((base_offset, r.log_id.leader_id.term)),
                 PartitionResponse::Rejected { reason } => Err(RunnelError::new(ErrorCode::CorruptBatch, reason)),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {

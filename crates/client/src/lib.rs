@@ -133,6 +133,17 @@ pub struct FetchResult {
     pub next_offset: u64,
 }
 
+/// What acknowledged a [`Client::produce_detailed`] call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    /// Offset of the batch's first record.
+    pub base_offset: u64,
+    /// With acks=all, the leader epoch (Raft term) the batch was committed in.
+    pub leader_epoch: u64,
+    /// The node that answered: the partition's leader.
+    pub leader: NodeId,
+}
+
 /// One partition's share of a [`Client::produce_keyed`] call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProducedBatch {
@@ -249,6 +260,17 @@ impl Client {
         records: Vec<Record>,
         acks: Acks,
     ) -> Result<u64, ClientError> {
+        self.produce_detailed(topic, partition, records, acks).await.map(|p| p.base_offset)
+    }
+
+    /// [`Client::produce`], also returning the leader and leader epoch that acknowledged the batch.
+    pub async fn produce_detailed(
+        &self,
+        topic: &str,
+        partition: u32,
+        records: Vec<Record>,
+        acks: Acks,
+    ) -> Result<Produced, ClientError> {
         if records.is_empty() {
             return Err(ClientError::InvalidArgument(format!("produce to {topic}/{partition}: no records to send")));
         }
@@ -281,7 +303,7 @@ impl Client {
                     })
                     .await?;
                 broker_result("produce", &target, &addr, resp.error.as_ref())?;
-                Ok(resp.base_offset)
+                Ok(Produced { base_offset: resp.base_offset, leader_epoch: resp.leader_epoch, leader: resp.node_id })
             }
         })
         .await

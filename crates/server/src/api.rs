@@ -160,7 +160,9 @@ impl Runnel for Api {
         }
         .await;
         Ok(Response::new(match out {
-            Ok((base_offset, leader_epoch)) => ProduceResponse { error: None, base_offset, leader_epoch },
+            Ok((base_offset, leader_epoch)) => {
+                ProduceResponse { error: None, base_offset, leader_epoch, node_id: self.broker.node_id() }
+            }
             Err(e) => ProduceResponse { error: err(&e), ..Default::default() },
         }))
     }

@@ -190,8 +190,8 @@ async fn produce_loop(
             .map(|v| Record { key: Bytes::new(), value: Bytes::from(v.clone()), headers: vec![], timestamp_ms: 0 })
             .collect();
         rec.record(process, ms(start), Event::ProduceInvoke { topic: TOPIC.into(), partition, values: values.clone() });
-        match client.produce(TOPIC, partition, records, Acks::All).await {
-            Ok(base_offset) => {
+        match client.produce_detailed(TOPIC, partition, records, Acks::All).await {
+            Ok(acked) => {
                 rec.record(
                     process,
                     ms(start),
@@ -199,9 +199,9 @@ async fn produce_loop(
                         topic: TOPIC.into(),
                         partition,
                         values,
-                        base_offset,
-                        leader_epoch: None,
-                        leader: None,
+                        base_offset: acked.base_offset,
+                        leader_epoch: Some(acked.leader_epoch),
+                        leader: Some(acked.leader),
                     },
                 );
             }
