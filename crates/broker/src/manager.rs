@@ -13,7 +13,7 @@ use runnel_raft::meta_sm::MetaView;
 use runnel_raft::network::{network_factory, Router};
 use runnel_raft::transport::{GroupRegistry, RaftHandler};
 use runnel_raft::{group_config, group_seed, start_raft, PartitionTypes, RaftTiming};
-use runnel_storage::{Engine, GroupSyncer};
+use runnel_storage::{Engine, GroupSyncer, WriteBatch};
 use runnel_types::{GroupId, NodeId, RunnelError};
 use tokio::sync::watch;
 
@@ -188,8 +188,17 @@ impl Broker {
             tracing::warn!(group, error = %e, "raft shutdown failed");
         }
         if delete_data {
-            if let Err(e) = p.log.destroy().and_then(|_| p.sm.destroy()) {
-                tracing::error!(group, error = %e, "could not delete data of a deleted partition");
+            // One batch, made durable before anything else happens: after a crash the replica is
+            // either entirely there (and consistent) or entirely gone.
+            let mut b = WriteBatch::new();
+            p.log.destroy_into(&mut b);
+            p.sm.destroy_into(&mut b);
+            let deleted = match self.deps.engine.write(b) {
+                Ok(()) => self.deps.syncer.sync().await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = deleted {
+                tracing::error!(group, error = %e, "could not delete data of a removed replica");
             }
         }
         tracing::info!(topic = %p.topic, partition = p.partition, group, "partition replica stopped");

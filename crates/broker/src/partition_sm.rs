@@ -100,11 +100,11 @@ impl PartitionStateMachine {
     }
 
     /// Deletes the group's applied state and index (the partition was deleted).
-    pub fn destroy(&self) -> io::Result<()> {
-        let mut b = WriteBatch::new();
+    /// Adds the deletion of this group's index and applied state to `b` (see
+    /// `LogStore::destroy_into`: both go in one batch).
+    pub fn destroy_into(&self, b: &mut WriteBatch) {
         b.delete_range(Keyspace::Index, group_key(self.group, 0), group_end(self.group));
         b.delete(Keyspace::State, state_key(self.group, APPLIED));
-        Ok(self.engine.write(b)?)
     }
 }
 

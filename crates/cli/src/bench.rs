@@ -185,3 +185,135 @@ pub fn print_text(r: &BenchReport) {
         r.latency_ms_p50, r.latency_ms_p99, r.latency_ms_p999, r.latency_ms_max, r.errors
     );
 }
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumeBench {
+    /// Topic to read (e.g. one filled by `runnel bench produce`).
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    /// Partitions to read, comma separated (default: all). Each is read by its own task.
+    #[arg(long, value_delimiter = ',')]
+    pub partitions: Option<Vec<u32>>,
+    /// Bytes asked for per fetch.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub fetch_bytes: u32,
+    /// Stop after this many records in total (default: everything up to the high watermarks as
+    /// they were at the start: a catch-up read).
+    #[arg(long)]
+    pub records: Option<u64>,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConsumeReport {
+    pub topic: String,
+    pub partitions: Vec<u32>,
+    pub records: u64,
+    pub bytes: u64,
+    pub fetches: u64,
+    pub seconds: f64,
+    pub records_per_sec: f64,
+    pub mb_per_sec: f64,
+    pub fetch_ms_p50: f64,
+    pub fetch_ms_p99: f64,
+    pub fetch_ms_p999: f64,
+    pub fetch_ms_max: f64,
+}
+
+/// Catch-up read: every chosen partition from offset 0 to its high watermark at the start, one
+/// task per partition, through the client library (which checks every batch's CRC and decodes
+/// every record, as a consumer does).
+pub async fn consume(client: &Client, b: &ConsumeBench) -> anyhow::Result<ConsumeReport> {
+    anyhow::ensure!(b.fetch_bytes > 0, "--fetch-bytes must be positive");
+    let count = client.partition_count(&b.topic).await.with_context(|| format!("topic '{}'", b.topic))?;
+    let partitions = b.partitions.clone().unwrap_or_else(|| (0..count).collect());
+    if let Some(bad) = partitions.iter().find(|p| **p >= count) {
+        anyhow::bail!("topic '{}' has {count} partitions; there is no partition {bad}", b.topic);
+    }
+    wait_for_leaders(client, &b.topic).await?;
+    let mut ends = Vec::new();
+    for p in &partitions {
+        let end = client.list_offsets(&b.topic, *p, runnel_proto::v1::OffsetSpec::Latest).await?;
+        ends.push((*p, end));
+    }
+    let available: u64 = ends.iter().map(|(_, e)| e).sum();
+    let wanted = b.records.unwrap_or(available).min(available);
+    anyhow::ensure!(wanted > 0, "topic '{}' has no records to read in partitions {partitions:?}", b.topic);
+    let remaining = Arc::new(AtomicU64::new(wanted));
+    let pb = if b.quiet { ProgressBar::hidden() } else { ProgressBar::new(wanted) };
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (p, end) in ends {
+        let (client, topic, remaining, pb, fetch_bytes) =
+            (client.clone(), b.topic.clone(), remaining.clone(), pb.clone(), b.fetch_bytes);
+        tasks.push(tokio::spawn(async move {
+            let mut hist = new_histogram();
+            let (mut offset, mut records, mut bytes) = (0u64, 0u64, 0u64);
+            while offset < end && remaining.load(Ordering::Relaxed) > 0 {
+                let t = Instant::now();
+                let r = client
+                    .fetch(&topic, p, offset, fetch_bytes, 0)
+                    .await
+                    .with_context(|| format!("fetching {topic}/{p} at offset {offset}"))?;
+                let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                let n = r.records.len() as u64;
+                anyhow::ensure!(n > 0 || r.next_offset > offset, "{topic}/{p}: no progress at offset {offset}");
+                bytes += r.records.iter().map(|x| (x.key.len() + x.value.len()) as u64).sum::<u64>();
+                records += n;
+                offset = r.next_offset;
+                let _ =
+                    remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left.saturating_sub(n)));
+                pb.inc(n);
+            }
+            Ok::<_, anyhow::Error>((hist, records, bytes))
+        }));
+    }
+    let (mut hist, mut records, mut bytes) = (new_histogram(), 0u64, 0u64);
+    for t in tasks {
+        let (h, r, by) = t.await.context("bench task")??;
+        hist.add(h).context("merging histograms")?;
+        records += r;
+        bytes += by;
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    pb.finish_and_clear();
+    let ms = |v: u64| Duration::from_micros(v).as_secs_f64() * 1000.0;
+    Ok(ConsumeReport {
+        topic: b.topic.clone(),
+        partitions,
+        records,
+        bytes,
+        fetches: hist.len(),
+        seconds: secs,
+        records_per_sec: records as f64 / secs,
+        mb_per_sec: bytes as f64 / secs / 1e6,
+        fetch_ms_p50: ms(hist.value_at_quantile(0.50)),
+        fetch_ms_p99: ms(hist.value_at_quantile(0.99)),
+        fetch_ms_p999: ms(hist.value_at_quantile(0.999)),
+        fetch_ms_max: ms(hist.max()),
+    })
+}
+
+pub fn print_consume_text(r: &ConsumeReport) {
+    println!(
+        "consumed {} records ({:.1} MB) from {}/{:?} in {:.2} s: {:.0} records/s, {:.1} MB/s, {} fetches",
+        r.records,
+        r.bytes as f64 / 1e6,
+        r.topic,
+        r.partitions,
+        r.seconds,
+        r.records_per_sec,
+        r.mb_per_sec,
+        r.fetches
+    );
+    println!(
+        "fetch latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        r.fetch_ms_p50, r.fetch_ms_p99, r.fetch_ms_p999, r.fetch_ms_max
+    );
+}

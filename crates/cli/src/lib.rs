@@ -62,6 +62,9 @@ pub struct BenchArgs {
 pub enum BenchKind {
     /// Concurrent producers; reports records/s, MB/s and request latency percentiles.
     Produce(bench::ProduceBench),
+    /// Catch-up read of a topic's partitions from offset 0; reports records/s, MB/s and fetch
+    /// latency percentiles.
+    Consume(bench::ConsumeBench),
     /// Starts its own local cluster, kills the partition leader (kill -9) under acks=all load
     /// again and again; reports the time from each kill to the next acknowledged write
     /// (ignores --bootstrap).
@@ -152,6 +155,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 match args.client.output {
                     OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                     OutputFormat::Text => bench::print_text(&report),
+                }
+                Ok(())
+            }
+            BenchKind::Consume(b) => {
+                let client = args.client.connect().await?;
+                let report = bench::consume(&client, b).await?;
+                match args.client.output {
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                    OutputFormat::Text => bench::print_consume_text(&report),
                 }
                 Ok(())
             }

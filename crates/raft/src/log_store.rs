@@ -66,13 +66,14 @@ impl<C: RaftTypeConfig> LogStore<C> {
     }
 
     /// Removes every log entry and state key of this group (the group was deleted).
-    pub fn destroy(&self) -> io::Result<()> {
-        let mut b = WriteBatch::new();
+    /// Adds the deletion of this group's log and Raft state to `b`. Written together with the
+    /// state machine's deletion in one batch: a crash must never leave one without the other (a
+    /// state machine whose index points into a deleted log; found by the simulator, seed 401201).
+    pub fn destroy_into(&self, b: &mut WriteBatch) {
         b.delete_range(Keyspace::Log, group_key(self.group, 0), group_end(self.group));
         for name in [VOTE, COMMITTED, PURGED] {
             b.delete(Keyspace::State, state_key(self.group, name));
         }
-        Ok(self.engine.write(b)?)
     }
 }
 

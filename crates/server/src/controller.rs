@@ -35,8 +35,9 @@ pub struct Controller {
     session_timeout: Duration,
     /// Last heartbeat per broker, as seen by this node while it is controller.
     last_seen: Mutex<HashMap<NodeId, Instant>>,
-    /// When this node last became controller: brokers get one session to report in.
-    leader_since: Mutex<Option<Instant>>,
+    /// When (and in which term) this node last became controller: brokers get one session to
+    /// report in.
+    leader_since: Mutex<Option<(Instant, u64)>>,
     /// A broker unavailable (as this controller has seen it) for longer than this has its replicas
     /// moved to live brokers.
     replacement_timeout: Duration,
@@ -83,13 +84,21 @@ impl Controller {
     }
 
     pub fn is_controller(&self) -> bool {
-        let m = self.raft.metrics();
-        let leader = m.borrow_watched().state == ServerState::Leader;
+        let (leader, term) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            (m.state == ServerState::Leader, m.current_term)
+        };
         let mut since = self.leader_since.lock();
-        match (leader, since.is_some()) {
-            (true, false) => *since = Some(Instant::now()),
-            (false, true) => *since = None,
-            _ => {}
+        match (leader, *since) {
+            (true, Some((_, t))) if t == term => {}
+            (true, _) => {
+                *since = Some((Instant::now(), term));
+                // Heartbeats seen in an earlier term as controller are stale: brokers have been
+                // reporting to another controller since. Everyone starts with a fresh session.
+                self.last_seen.lock().clear();
+            }
+            (false, _) => *since = None,
         }
         leader
     }
@@ -131,7 +140,7 @@ impl Controller {
             Some(t) => t.elapsed() < self.session_timeout,
             // A newly elected controller has heard from nobody yet: registered brokers get one
             // session timeout to report in before they count as not live.
-            None => self.leader_since.lock().is_some_and(|t| t.elapsed() < self.session_timeout),
+            None => self.leader_since.lock().is_some_and(|(t, _)| t.elapsed() < self.session_timeout),
         }
     }
 

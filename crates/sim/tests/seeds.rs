@@ -1,10 +1,10 @@
 //! The simulation in CI: a fixed seed set plus random ones, determinism, and proof that the
 //! checker catches a planted bug.
 
-use runnel_sim::{run, Fault, PlantedBug, SimOptions};
+use runnel_sim::{run, Fault, Operation, PlantedBug, SimOptions};
 
 /// Seeds that once found bugs (kept as regressions) and a spread of others.
-const FIXED: &[u64] = &[1, 2, 3, 102, 119, 4242, 5014, 65_537, 202_235, 1_000_003];
+const FIXED: &[u64] = &[1, 2, 3, 102, 119, 4242, 5014, 65_537, 202_235, 401_201, 1_000_003];
 
 fn run_seeds(seeds: &[u64]) {
     let mut failures = Vec::new();
@@ -96,6 +96,38 @@ fn regression_5014_restarted_leader_does_not_reuse_log_ids() {
         planted: None,
         operations: vec![],
         replacement_ms: 300_000,
+    };
+    let out = run(o.clone()).expect("run");
+    assert!(out.ok(), "{o}\n{}", out.report);
+}
+
+/// The schedule with which seed 401201 found a removed replica's deletion torn by a crash: the log
+/// was deleted but the state machine's index was not, so after the replica was added back its
+/// index pointed into a missing log ("index points offset 0 at log entry 2 which is missing").
+/// Deletion is now one synced batch. (Confirmed: with two unsynced batches this run fails.)
+#[test]
+fn regression_401201_replica_deletion_is_atomic_and_durable() {
+    let o = SimOptions {
+        seed: 401201,
+        nodes: 5,
+        partitions: 2,
+        producers: 2,
+        safety_ms: 14_533,
+        faults: vec![
+            (2_798, 1_600, Fault::CrashMajority),
+            (5_177, 1_910, Fault::CrashController),
+            (8_851, 1_394, Fault::Isolate(0)),
+            (11_345, 2_745, Fault::IsolateController),
+        ],
+        fsync_ms: 4,
+        planted: None,
+        operations: vec![
+            (2_070, Operation::Reassign { pick: 1841562269135830078 }),
+            (6_828, Operation::TransferLeader),
+            (7_848, Operation::Reassign { pick: 16770350049767933132 }),
+            (11_737, Operation::TransferLeader),
+        ],
+        replacement_ms: 3_317,
     };
     let out = run(o.clone()).expect("run");
     assert!(out.ok(), "{o}\n{}", out.report);
