@@ -197,8 +197,8 @@ pub struct ConsumeBench {
     /// Bytes asked for per fetch.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub fetch_bytes: u32,
-    /// Stop after this many records in total (default: everything up to the high watermarks as
-    /// they were at the start: a catch-up read).
+    /// Stop once at least this many records were read in total (whole fetches are counted; default:
+    /// everything up to the high watermarks as they were at the start: a catch-up read).
     #[arg(long)]
     pub records: Option<u64>,
     /// Hide the progress bar.
