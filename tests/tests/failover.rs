@@ -234,7 +234,7 @@ async fn an_added_node_takes_replicas_and_leaders_and_a_decommissioned_one_ends_
     let m = Cluster::metadata_from(&addr).await.expect("metadata");
     let b = m.brokers.iter().find(|b| b.id == victim).expect("broker");
     assert_eq!((b.replica_count, b.leader_count, b.decommissioning), (0, 0, true), "{b:?}");
-    // And it has stopped (and deleted) its replicas.
+    // And it has stopped its replicas.
     wait_for(READY, "the decommissioned node stops its replicas", || {
         let addr = cluster.nodes[0].addr.clone();
         async move { Cluster::replicas_on(&addr).await.filter(|r| r.is_empty()).map(|_| ()) }

@@ -115,7 +115,14 @@ impl Broker {
         let running: Vec<GroupId> = self.by_group.read().keys().cloned().collect();
         for g in running {
             if !wanted.contains_key(&g) {
-                self.stop_partition(g, true).await;
+                // Data is deleted only when the partition itself is gone (its topic deleted; group
+                // ids are never reused). A replica moved off this node only stops: this node's
+                // copy of the metadata can lag the partition's own Raft group, and by the time it
+                // reads "not a replica here" the partition may already have added this node back
+                // as a voter that acknowledged writes. Deleting then would lose them (found by the
+                // simulator, seed 774838544). The kept log is a valid Raft log if it is re-added.
+                let topic_deleted = view.state.partition_by_group(g).is_none();
+                self.stop_partition(g, topic_deleted).await;
             }
         }
         for (g, (t, p)) in wanted {

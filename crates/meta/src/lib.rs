@@ -321,16 +321,26 @@ impl ClusterState {
                     }
                 }
                 for (group, target) in moves {
-                    if let Some(p) = self.partition_by_group_mut(*group) {
-                        if same_set(&p.replicas, target) {
-                            // Only the order (the preferred leader) changes: nothing to move. A
-                            // pending move back to the current set is cancelled.
-                            if p.target_replicas.is_some() {
-                                p.partition_epoch += 1;
+                    let Some(p) = self.partition_by_group_mut(*group) else { continue };
+                    match p.target_replicas.clone() {
+                        // Only the order (the preferred leader) changes: nothing to move.
+                        None if same_set(&p.replicas, target) => p.replicas = target.clone(),
+                        None => {
+                            p.target_replicas = Some(target.clone());
+                            p.partition_epoch += 1;
+                        }
+                        Some(old) if old == *target => {}
+                        Some(old) => {
+                            // A move replaces one in progress. The abandoned target's replicas may
+                            // already be Raft members (learners or voters): they stay in the replica
+                            // set, keeping their data, until the new move finishes and the Raft
+                            // membership no longer has them. Dropping them now would let one delete
+                            // its log while still a member (found by the simulator, seed 774838544).
+                            for r in old {
+                                if !p.replicas.contains(&r) {
+                                    p.replicas.push(r);
+                                }
                             }
-                            p.replicas = target.clone();
-                            p.target_replicas = None;
-                        } else if p.target_replicas.as_ref() != Some(target) {
                             p.target_replicas = Some(target.clone());
                             p.partition_epoch += 1;
                         }
@@ -583,5 +593,24 @@ mod tests {
             assert!(matches!(r, MetaResponse::Rejected { code: c, .. } if c == code), "{moves:?}: {r:?}");
         }
         assert_eq!(s.partition_by_group(1).unwrap().target_replicas, None);
+    }
+
+    #[test]
+    fn a_move_that_replaces_one_in_progress_keeps_every_possible_member_hosting() {
+        let mut s = one_partition(vec![1, 2, 3], 5);
+        s.apply(&MetaCommand::ReassignPartitions { moves: vec![(1, vec![1, 2, 4])] });
+        s.apply(&MetaCommand::ReassignPartitions { moves: vec![(1, vec![1, 2, 5])] });
+        let p = s.partition_by_group(1).unwrap().clone();
+        assert_eq!(p.target_replicas, Some(vec![1, 2, 5]));
+        assert_eq!(p.replicas, vec![1, 2, 3, 4], "node 4 may already be a member: it keeps hosting");
+        assert_eq!(p.partition_epoch, 3);
+        assert!(!s.partitions_on(4).is_empty() && !s.partitions_on(3).is_empty());
+        // Even moving back to the original set goes through the Raft group, not straight to it.
+        s.apply(&MetaCommand::ReassignPartitions { moves: vec![(1, vec![1, 2, 3])] });
+        let p = s.partition_by_group(1).unwrap().clone();
+        assert_eq!((p.target_replicas.clone(), p.partition_epoch), (Some(vec![1, 2, 3]), 4));
+        s.apply(&MetaCommand::FinishReassignment { group: 1, partition_epoch: 4 });
+        assert_eq!(s.partition_by_group(1).unwrap().replicas, vec![1, 2, 3]);
+        assert!(s.partitions_on(4).is_empty() && s.partitions_on(5).is_empty());
     }
 }
