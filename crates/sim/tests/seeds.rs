@@ -105,7 +105,7 @@ fn regression_5014_restarted_leader_does_not_reuse_log_ids() {
 /// was deleted but the state machine's index was not, so after the replica was added back its
 /// index pointed into a missing log ("index points offset 0 at log entry 2 which is missing").
 /// Deletion is now one synced batch (and only happens when the topic is deleted, see below).
-/// (Confirmed: with two unsynced batches this run fails.)
+/// (Confirmed when found: with two unsynced batches and deletion on every move, this run failed.)
 #[test]
 fn regression_401201_replica_deletion_is_atomic_and_durable() {
     let o = SimOptions {
