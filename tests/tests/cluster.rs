@@ -5,36 +5,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use runnel_client::{partition_for_key, Client, ConsumedRecord};
 use runnel_proto::v1::{Acks, Record};
-use runnel_tests::{wait_for, Cluster};
+use runnel_tests::{read_all, record, wait_for, Cluster};
 
 /// (base offset, the values the batch carried) of an acknowledged produce.
 type AckedBatch = (u64, Vec<String>);
 
 const READY: Duration = Duration::from_secs(60);
-
-fn record(key: &str, value: String) -> Record {
-    Record { key: Bytes::from(key.to_string()), value: Bytes::from(value), headers: vec![], timestamp_ms: 1 }
-}
-
-/// Reads a whole partition from offset 0 up to its high watermark.
-async fn read_all(client: &Client, topic: &str, partition: u32) -> Vec<ConsumedRecord> {
-    let mut out = Vec::new();
-    let mut offset = 0;
-    loop {
-        let r = client.fetch(topic, partition, offset, 1 << 20, 0).await.expect("fetch");
-        if let Some(last) = r.records.last() {
-            offset = last.offset + 1;
-        }
-        let done = r.records.is_empty() || offset >= r.high_watermark;
-        out.extend(r.records);
-        if done {
-            return out;
-        }
-    }
-}
 
 async fn read_topic(client: &Client, topic: &str, partitions: u32) -> BTreeMap<u32, Vec<ConsumedRecord>> {
     let mut all = BTreeMap::new();
