@@ -279,7 +279,15 @@ async fn a_dead_metadata_voter_is_replaced_by_another_node() {
         }
     })
     .await;
-    let m = Cluster::metadata_from(&cluster.nodes[3].addr).await.expect("metadata from node 4");
-    let names: Vec<&str> = m.topics.iter().map(|t| t.name.as_str()).collect();
-    assert!(names.contains(&"before") && names.contains(&"after"), "{names:?}");
+    // Node 4, now a voter, has every committed topic (its copy may trail the controller briefly).
+    let addr = cluster.nodes[3].addr.clone();
+    wait_for(READY, "node 4's metadata has the topics created before and after the replacement", || {
+        let addr = addr.clone();
+        async move {
+            let m = Cluster::metadata_from(&addr).await?;
+            let names: Vec<&str> = m.topics.iter().map(|t| t.name.as_str()).collect();
+            (names.contains(&"before") && names.contains(&"after")).then_some(())
+        }
+    })
+    .await;
 }
