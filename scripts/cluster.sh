@@ -8,7 +8,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/env.sh"
 dir="${RUNNEL_CLUSTER_DIR:-$PWD/runnel-cluster}"
-base_port=9292
+# Another base port (e.g. for a second cluster on the same machine): RUNNEL_CLUSTER_BASE_PORT.
+base_port="${RUNNEL_CLUSTER_BASE_PORT:-9292}"
 
 ensure_binary() {
   if [ ! -x "$RUNNEL_BIN" ] || [ -n "${RUNNEL_REBUILD:-}" ]; then

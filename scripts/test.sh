@@ -8,6 +8,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/.."
 # The integration tests start the real binary, so build it first (same profile as the tests).
 cargo build --bin runnel
+# The client SDK's examples, run against a `runnel dev` node (scripts/examples.sh).
+"$here/examples.sh"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --exclude runnel-sim --no-fail-fast "$@"
   # The deterministic cluster simulation (fixed + random seeds; see scripts/sim.sh).

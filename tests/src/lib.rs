@@ -261,14 +261,26 @@ impl Drop for Cluster {
     }
 }
 
-/// A record with `key` and `value`.
+/// A record with `key` and `value` and no timestamp (the leader stamps its batch with the time it
+/// was appended, so time retention sees it as new).
 pub fn record(key: &str, value: String) -> runnel_proto::v1::Record {
+    record_at(key, value, 0)
+}
+
+/// A record with `key`, `value` and timestamp `timestamp_ms`.
+pub fn record_at(key: &str, value: String, timestamp_ms: i64) -> runnel_proto::v1::Record {
     runnel_proto::v1::Record {
         key: bytes::Bytes::from(key.to_string()),
         value: bytes::Bytes::from(value),
         headers: vec![],
-        timestamp_ms: 1,
+        timestamp_ms,
+        offset_delta: None,
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Reads a whole partition from offset 0 up to its high watermark.
@@ -277,14 +289,23 @@ pub async fn read_all(
     topic: &str,
     partition: u32,
 ) -> Vec<runnel_client::ConsumedRecord> {
+    read_from(client, topic, partition, 0).await
+}
+
+/// Reads a partition from `offset` up to its high watermark (following the fetch's next offset,
+/// so batches compaction emptied are stepped over).
+pub async fn read_from(
+    client: &runnel_client::Client,
+    topic: &str,
+    partition: u32,
+    mut offset: u64,
+) -> Vec<runnel_client::ConsumedRecord> {
     let mut out = Vec::new();
-    let mut offset = 0;
     loop {
         let r = client.fetch(topic, partition, offset, 1 << 20, 0).await.expect("fetch");
-        if let Some(last) = r.records.last() {
-            offset = last.offset + 1;
-        }
-        let done = r.records.is_empty() || offset >= r.high_watermark;
+        let moved = r.next_offset > offset;
+        offset = r.next_offset;
+        let done = !moved || offset >= r.high_watermark;
         out.extend(r.records);
         if done {
             return out;

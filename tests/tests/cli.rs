@@ -194,3 +194,45 @@ async fn bad_requests_get_errors_that_name_what_was_wrong() {
         ok(&cli(a, &["consume", "small", "--from-beginning", "--max-records", "1", "--timeout-ms", "10000"], None));
     assert_eq!(out.trim(), "fits");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_configs_and_seek_by_time_from_the_cli() {
+    let dev = start_dev().await;
+    let a = dev.addr.as_str();
+    ok(&cli(a, &["topic", "create", "cfgd", "--partitions", "1", "--replication-factor", "1"], None));
+
+    let text = ok(&cli(a, &["topic", "describe-config", "cfgd"], None));
+    assert!(text.contains("retention.ms") && text.contains("604800000") && text.contains("default"), "{text}");
+    fails_with(
+        &cli(a, &["topic", "alter-config", "cfgd", "--set", "retention.ms=soon"], None),
+        &["retention.ms", "soon"],
+    );
+    fails_with(&cli(a, &["topic", "alter-config", "cfgd", "--set", "colour=blue"], None), &["colour", "unknown"]);
+    fails_with(&cli(a, &["topic", "alter-config", "cfgd"], None), &["nothing to change"]);
+    fails_with(&cli(a, &["topic", "alter-config", "nosuch", "--set", "retention.ms=1"], None), &["nosuch"]);
+    ok(&cli(
+        a,
+        &["topic", "alter-config", "cfgd", "--set", "cleanup.policy=compact", "--set", "retention.ms=-1"],
+        None,
+    ));
+    let json = ok(&cli(a, &["topic", "describe-config", "cfgd", "--output", "json"], None));
+    assert!(
+        json.contains("\"cleanup.policy\": \"compact\"") || json.contains("\"cleanup.policy\":\"compact\""),
+        "{json}"
+    );
+    assert!(json.contains("overridden"), "{json}");
+    // Compacted: a record without a key is refused, naming why.
+    fails_with(&cli(a, &["produce", "cfgd"], Some("keyless\n")), &["no key", "compact"]);
+    ok(&cli(a, &["produce", "cfgd", "--key-separator", ":"], Some("a:1\nb:2\n")));
+
+    // The CLI stamps records with the current time: all of them are after 2000, none after 2100.
+    let out = ok(&cli(
+        a,
+        &["consume", "cfgd", "--from-timestamp", "2000-01-01T00:00:00Z", "--max-records", "2", "--timeout-ms", "10000"],
+        None,
+    ));
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["1", "2"], "{out}");
+    let out = ok(&cli(a, &["consume", "cfgd", "--from-timestamp", "4102444800000", "--timeout-ms", "1000"], None));
+    assert!(out.trim().is_empty(), "nothing is that recent: {out}");
+    fails_with(&cli(a, &["consume", "cfgd", "--from-timestamp", "yesterday"], None), &["yesterday", "RFC 3339"]);
+}

@@ -17,7 +17,7 @@ use runnel_storage::{Engine, GroupSyncer, WriteBatch};
 use runnel_types::{GroupId, NodeId, RunnelError};
 use tokio::sync::watch;
 
-use crate::partition::{Fence, Partition};
+use crate::partition::{Clock, Fence, Partition};
 use crate::partition_sm::PartitionStateMachine;
 
 /// What the broker shares with the rest of the node.
@@ -31,6 +31,8 @@ pub struct BrokerDeps {
     pub timing: RaftTiming,
     /// Seeds every group's Raft randomness (see `runnel_raft::RaftRuntime`).
     pub raft_seed: u64,
+    /// Wall-clock time for retention, compaction and batch timestamps (a seam for the simulator).
+    pub clock: Clock,
     /// TEST ONLY — a planted bug for the simulator's proof that its checker can fail: acks=all
     /// produces are answered before the batch is committed, with a guessed offset. Always false
     /// outside that test.
@@ -129,6 +131,10 @@ impl Broker {
             let running = self.by_group.read().get(&g).cloned();
             if let Some(part) = running {
                 *part.record.write() = p.clone();
+                if *part.config.read() != t.config {
+                    tracing::info!(topic = %t.name, partition = p.partition, "topic configuration changed");
+                    *part.config.write() = t.config.clone();
+                }
                 continue;
             }
             if let Err(e) = self.start_partition(t, p).await {
@@ -171,7 +177,8 @@ impl Broker {
             partition: p.partition,
             group: p.group_id,
             record: RwLock::new(p.clone()),
-            config: t.config.clone(),
+            config: RwLock::new(t.config.clone()),
+            clock: d.clock.clone(),
             raft,
             sm,
             log,
@@ -195,6 +202,8 @@ impl Broker {
             tracing::warn!(group, error = %e, "raft shutdown failed");
         }
         if delete_data {
+            // No compaction rewrite may land after (or inside) the deletion.
+            p.sm.close().await;
             // One batch, made durable before anything else happens: after a crash the replica is
             // either entirely there (and consistent) or entirely gone.
             let mut b = WriteBatch::new();
@@ -298,6 +307,37 @@ impl Broker {
         tracing::info!(topic = %p.topic, partition = p.partition, voters = ?want, "replacing voters");
         if let Err(e) = p.raft.change_membership(want, false).await {
             tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "membership change failed; will retry");
+        }
+    }
+
+    /// Retention, every `every`: each partition this node leads proposes a `TrimLog` when its
+    /// topic's `retention.ms` / `retention.bytes` want the log start to advance; every replica
+    /// applies it at the same log position.
+    pub async fn run_retention(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for p in self.partitions() {
+                if let Err(e) = p.enforce_retention().await {
+                    tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "retention check failed");
+                }
+            }
+        }
+    }
+
+    /// The cleaner, every `every`: compacts every replica on this node whose topic's
+    /// `cleanup.policy` includes `compact` (each replica compacts its own copy).
+    pub async fn run_cleaner(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for p in self.partitions() {
+                if let Err(e) = p.compact().await {
+                    tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "compaction failed");
+                }
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use openraft::{BasicNode, EntryPayload, Raft, ServerState};
 use runnel_proto::v1;
 use runnel_raft::log_store::LogStore;
 use runnel_raft::network::Router;
-use runnel_raft::{codec, PartitionCommand, PartitionResponse, PartitionTypes, StoredBatch};
+use runnel_raft::{codec, PartitionCommand, PartitionResponse, PartitionTypes, ProducerStamp, StoredBatch};
 use runnel_storage::keys::group_key;
 use runnel_storage::{Engine, Keyspace};
 use runnel_types::limits::{DEFAULT_FETCH_BYTES, MAX_BATCH_BYTES, MAX_FETCH_BYTES, MAX_FETCH_WAIT_MS};
@@ -35,7 +35,10 @@ pub struct Partition {
     /// The partition's committed metadata (replicas, reassignment target, epochs), kept current by
     /// the broker's reconciler.
     pub record: RwLock<PartitionRecord>,
-    pub config: TopicConfig,
+    /// The topic's configuration, kept current by the reconciler (`AlterTopicConfig`).
+    pub config: RwLock<TopicConfig>,
+    /// Wall-clock milliseconds since the Unix epoch (the simulator passes a deterministic one).
+    pub clock: Clock,
     pub raft: PartitionRaft,
     pub sm: PartitionStateMachine,
     pub log: LogStore<PartitionTypes>,
@@ -47,6 +50,14 @@ pub struct Partition {
     pub fence: Arc<Fence>,
     /// TEST ONLY: see `BrokerDeps::planted_ack_before_commit`.
     pub planted_ack_before_commit: bool,
+}
+
+/// Milliseconds since the Unix epoch, through a seam so simulations stay reproducible.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64))
 }
 
 /// A broker fences itself (refuses produce as a leader) while it has not reached the controller
@@ -65,6 +76,16 @@ impl Fence {
     pub fn is_fenced(&self) -> bool {
         self.fenced.load(Ordering::SeqCst)
     }
+}
+
+/// What a produce got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceOutcome {
+    pub base_offset: u64,
+    /// The term the batch was committed in (acks=all).
+    pub leader_epoch: u64,
+    /// An idempotent retry of a batch already in the partition: `base_offset` is the original's.
+    pub duplicate: bool,
 }
 
 pub struct FetchOutcome {
@@ -135,13 +156,16 @@ impl Partition {
     }
 
     /// Validates and appends a batch; with `wait` the answer comes after the commit (acks=all).
+    /// A batch from an idempotent producer carries `producer`; whether it is new, a retry of one
+    /// already appended, or out of order is decided when it is applied (see `producer_state`).
     pub async fn produce(
         &self,
         batch: v1::RecordBatch,
+        producer: Option<ProducerStamp>,
         wait: bool,
         timeout: Duration,
         epoch: Option<u64>,
-    ) -> Result<(u64, u64), RunnelError> {
+    ) -> Result<ProduceOutcome, RunnelError> {
         let term = self.ensure_leader(epoch)?;
         if self.fence.is_fenced() {
             return Err(RunnelError::new(
@@ -163,35 +187,78 @@ impl Partition {
         }
         // Checks the CRC and that every record decodes, before anything reaches the log.
         let records = runnel_proto::decode_batch(&batch)?;
+        if records.len() != batch.record_count as usize {
+            return Err(RunnelError::new(
+                ErrorCode::InvalidRequest,
+                "a produced batch must hold one record per offset it spans (offset deltas are for compaction)",
+            ));
+        }
+        // A batch whose records carry no timestamp (0, the wire default) is stamped with the
+        // leader's clock, so time retention and seek-by-time treat it as appended now.
+        let max_timestamp_ms = match records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0) {
+            t if t <= 0 => (self.clock)(),
+            t => t,
+        };
+        let config = self.config.read().clone();
         for (i, r) in records.iter().enumerate() {
             let size = runnel_proto::record_size(r);
-            if size > self.config.max_record_bytes {
+            if size > config.max_record_bytes {
                 return Err(RunnelError::new(
                     ErrorCode::RecordTooLarge,
                     format!(
                         "record {i} of the batch is {size} bytes; topic '{}' allows at most {} (max.record.bytes)",
-                        self.topic, self.config.max_record_bytes
+                        self.topic, config.max_record_bytes
+                    ),
+                ));
+            }
+            if config.cleanup_policy.compacts() && r.key.is_empty() {
+                return Err(RunnelError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "record {i} of the batch has no key; topic '{}' is compacted (cleanup.policy={}), which \
+                         keeps the latest record per key, so every record needs one",
+                        self.topic,
+                        config.cleanup_policy.as_str()
                     ),
                 ));
             }
         }
-        let cmd = PartitionCommand::Append(StoredBatch {
+        if wait {
+            let in_sync = self.caught_up_voters().len();
+            if in_sync < config.min_insync_replicas as usize {
+                return Err(RunnelError::new(
+                    ErrorCode::NotEnoughReplicas,
+                    format!(
+                        "{}/{}: only {in_sync} replica(s) are in sync, topic '{}' requires {} for acks=all \
+                         (min.insync.replicas)",
+                        self.topic, self.partition, self.topic, config.min_insync_replicas
+                    ),
+                ));
+            }
+        }
+        let stored = StoredBatch {
             crc32c: batch.crc32c,
             record_count: batch.record_count,
             records: batch.records,
-        });
+            compression: batch.compression,
+            max_timestamp_ms,
+        };
+        let cmd = match producer {
+            Some(producer) => PartitionCommand::AppendIdempotent { batch: stored, producer },
+            None => PartitionCommand::Append(stored),
+        };
         if wait && self.planted_ack_before_commit {
             // The planted bug: answer with the offset the batch would get if nothing else were in
             // flight, before it is committed (or even appended).
             let guess = self.sm.high_watermark();
             let _ = self.raft.client_write_ff(cmd, None).await;
-            return Ok((guess, term));
+            return Ok(ProduceOutcome { base_offset: guess, leader_epoch: term, duplicate: false });
         }
         if !wait {
             self.raft.client_write_ff(cmd, None).await.map_err(|e| {
                 RunnelError::new(ErrorCode::LeaderNotAvailable, format!("{}/{}: {e}", self.topic, self.partition))
             })?;
-            return Ok((0, term));
+            return Ok(ProduceOutcome { base_offset: 0, leader_epoch: term, duplicate: false });
         }
         let res = tokio::time::timeout(timeout, self.raft.client_write(cmd)).await.map_err(|_| {
             RunnelError::new(
@@ -207,8 +274,21 @@ impl Partition {
         match res {
             Ok(r) => match r.data {
                 // The term of the entry itself: exact even if leadership changed since the check.
-                PartitionResponse::Appended { base_offset } => Ok((base_offset, r.log_id.leader_id.term)),
+                PartitionResponse::Appended { base_offset } => {
+                    Ok(ProduceOutcome { base_offset, leader_epoch: r.log_id.leader_id.term, duplicate: false })
+                }
+                PartitionResponse::Duplicate { base_offset } => {
+                    Ok(ProduceOutcome { base_offset, leader_epoch: r.log_id.leader_id.term, duplicate: true })
+                }
                 PartitionResponse::Rejected { reason } => Err(RunnelError::new(ErrorCode::CorruptBatch, reason)),
+                PartitionResponse::Trimmed { .. } => Err(RunnelError::internal(format!(
+                    "{}/{}: an append was answered as a trim",
+                    self.topic, self.partition
+                ))),
+                PartitionResponse::Refused { code, reason } => Err(RunnelError::new(
+                    ErrorCode::from_u32(code).unwrap_or(ErrorCode::Internal),
+                    format!("{}/{}: {reason}", self.topic, self.partition),
+                )),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let hint = self.leader_hint(f.leader_id);
@@ -231,7 +311,7 @@ impl Partition {
     ) -> Result<FetchOutcome, RunnelError> {
         let term = self.ensure_readable(epoch).await?;
         let max_bytes = if max_bytes == 0 { DEFAULT_FETCH_BYTES } else { max_bytes.min(MAX_FETCH_BYTES) } as usize;
-        let log_start = 0;
+        let log_start = self.sm.log_start();
         let mut hw = self.sm.high_watermark();
         if offset > hw || offset < log_start {
             return Err(RunnelError::offset_out_of_range(&self.topic, self.partition, offset, log_start, hw));
@@ -251,6 +331,10 @@ impl Partition {
             self.sm.index_from(offset, hw, 1024).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
         let mut bytes = 0usize;
         for row in rows {
+            // Retention may have deleted it since the index was read: its entry is hollow now.
+            if row.end_offset() <= self.sm.log_start() {
+                continue;
+            }
             let raw = self
                 .engine
                 .get(Keyspace::Log, &group_key(self.group, row.log_index))
@@ -263,7 +347,13 @@ impl Partition {
                 })?;
             let entry: <PartitionTypes as openraft::RaftTypeConfig>::Entry =
                 codec::decode(&raw).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
-            let EntryPayload::Normal(PartitionCommand::Append(b)) = entry.payload else {
+            let EntryPayload::Normal(cmd) = entry.payload else {
+                return Err(RunnelError::internal(format!(
+                    "{}/{}: index points offset {} at log entry {} which is not a batch",
+                    self.topic, self.partition, row.base_offset, row.log_index
+                )));
+            };
+            let Some(b) = cmd.into_batch() else {
                 return Err(RunnelError::internal(format!(
                     "{}/{}: index points offset {} at log entry {} which is not a batch",
                     self.topic, self.partition, row.base_offset, row.log_index
@@ -282,13 +372,67 @@ impl Partition {
             bytes += b.records.len();
             out.batches.push(v1::FetchedBatch {
                 base_offset: row.base_offset,
-                batch: Some(v1::RecordBatch { crc32c: b.crc32c, record_count: b.record_count, records: b.records }),
+                batch: Some(v1::RecordBatch {
+                    crc32c: b.crc32c,
+                    record_count: b.record_count,
+                    records: b.records,
+                    compression: b.compression,
+                    max_timestamp_ms: b.max_timestamp_ms,
+                }),
             });
             if bytes >= max_bytes {
                 break;
             }
         }
+        out.log_start_offset = self.sm.log_start();
         Ok(out)
+    }
+
+    /// The first record at or after `ts` (ms): (offset, its timestamp), or None when there is
+    /// none below the high watermark. The time index names the first batch whose running max
+    /// reaches `ts` (no earlier batch holds such a record); its records, and if compaction removed
+    /// them the next batches', are scanned for the first one at or after `ts`.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>, RunnelError> {
+        let storage = |e: std::io::Error| RunnelError::new(ErrorCode::Storage, e.to_string());
+        let hw = self.sm.high_watermark();
+        let Some(mut from) = self.sm.first_batch_reaching(ts).map_err(storage)? else { return Ok(None) };
+        // Bounded: the answer is almost always in the first batch.
+        for _ in 0..64 {
+            if from >= hw {
+                return Ok(None);
+            }
+            let rows = self.sm.index_from(from, hw, 256).map_err(storage)?;
+            if rows.is_empty() {
+                return Ok(None);
+            }
+            for row in &rows {
+                from = row.end_offset();
+                let Some(b) = self.sm.read_batch(row).map_err(storage)? else { continue };
+                if b.max_timestamp_ms < ts || b.is_hollow() {
+                    continue;
+                }
+                let batch = v1::RecordBatch {
+                    crc32c: b.crc32c,
+                    record_count: b.record_count,
+                    records: b.records,
+                    compression: b.compression,
+                    max_timestamp_ms: b.max_timestamp_ms,
+                };
+                let records = runnel_proto::decode_batch(&batch)?;
+                let at = |r: &v1::Record| row.base_offset + u64::from(r.offset_delta.unwrap_or(0));
+                if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts && at(r) >= self.sm.log_start()) {
+                    return Ok(Some((at(r), r.timestamp_ms)));
+                }
+                // Records without timestamps: the batch was stamped when appended.
+                if let Some(r) = records.first().filter(|_| records.iter().all(|r| r.timestamp_ms <= 0)) {
+                    return Ok(Some((at(r), b.max_timestamp_ms)));
+                }
+            }
+        }
+        Err(RunnelError::new(
+            ErrorCode::Timeout,
+            format!("{}/{}: no record at or after {ts} ms found within the scan limit", self.topic, self.partition),
+        ))
     }
 
     /// (leader id, address) for a NOT_LEADER answer, when the leader is another known node.

@@ -19,7 +19,13 @@ use runnel_types::ErrorCode;
 use tokio::sync::watch;
 
 fn rec(v: &str) -> Record {
-    Record { key: Bytes::new(), value: Bytes::from(v.to_string()), headers: vec![], timestamp_ms: 0 }
+    Record {
+        key: Bytes::new(),
+        value: Bytes::from(v.to_string()),
+        headers: vec![],
+        timestamp_ms: 0,
+        offset_delta: None,
+    }
 }
 
 async fn broker_with_topic(
@@ -34,6 +40,7 @@ async fn broker_with_topic(
         registry: GroupRegistry::default(),
         timing: RaftTiming { heartbeat_ms: 50, election_timeout_ms: 200 },
         raft_seed: 7,
+        clock: runnel_broker::system_clock(),
         planted_ack_before_commit: false,
     };
     let broker = Broker::new(deps);
@@ -41,7 +48,7 @@ async fn broker_with_topic(
     state.apply(&MetaCommand::RegisterBroker { id: 1, addr: "127.0.0.1:1".into(), incarnation: 1 });
     state.apply(&MetaCommand::CreateTopic {
         name: "t".into(),
-        config: TopicConfig { max_record_bytes },
+        config: TopicConfig { max_record_bytes, ..TopicConfig::default() },
         assignments: vec![vec![1]],
     });
     let (tx, rx) = watch::channel(Arc::new(MetaView { state, applied_index: 2 }));
@@ -65,10 +72,10 @@ async fn produce_assigns_dense_offsets_and_fetch_returns_them() {
     let (broker, _meta) = broker_with_topic(engine, 1024).await;
     let p = broker.partition("t", 0).unwrap();
     let t = Duration::from_secs(5);
-    let (b0, _) = p.produce(encode_batch(vec![rec("a"), rec("b")]), true, t, None).await.unwrap();
-    let (b1, _) = p.produce(encode_batch(vec![rec("c")]), true, t, None).await.unwrap();
-    let (b2, _) = p.produce(encode_batch(vec![rec("d"), rec("e"), rec("f")]), true, t, None).await.unwrap();
-    assert_eq!((b0, b1, b2), (0, 2, 3));
+    let b0 = p.produce(encode_batch(vec![rec("a"), rec("b")]), None, true, t, None).await.unwrap();
+    let b1 = p.produce(encode_batch(vec![rec("c")]), None, true, t, None).await.unwrap();
+    let b2 = p.produce(encode_batch(vec![rec("d"), rec("e"), rec("f")]), None, true, t, None).await.unwrap();
+    assert_eq!((b0.base_offset, b1.base_offset, b2.base_offset), (0, 2, 3));
     assert_eq!(p.sm.high_watermark(), 6);
 
     // From inside the second batch: the batch holding offset 2 comes first.
@@ -100,7 +107,7 @@ async fn long_poll_wakes_on_new_data() {
         tokio::time::timeout(Duration::from_millis(100), &mut poll).await.is_err(),
         "a fetch at the high watermark must wait for data"
     );
-    p.produce(encode_batch(vec![rec("x")]), true, Duration::from_secs(5), None).await.unwrap();
+    p.produce(encode_batch(vec![rec("x")]), None, true, Duration::from_secs(5), None).await.unwrap();
     let out = tokio::time::timeout(Duration::from_secs(5), poll).await.expect("poll woke").unwrap().unwrap();
     assert_eq!(out.batches.len(), 1);
 }
@@ -111,15 +118,15 @@ async fn bad_batches_are_refused_and_change_nothing() {
     let (broker, _meta) = broker_with_topic(engine, 8).await;
     let p = broker.partition("t", 0).unwrap();
     let t = Duration::from_secs(5);
-    let e = p.produce(encode_batch(vec![rec("way too large")]), true, t, None).await.unwrap_err();
+    let e = p.produce(encode_batch(vec![rec("way too large")]), None, true, t, None).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::RecordTooLarge);
     assert!(e.message.contains("max.record.bytes") && e.message.contains('8'), "{e}");
 
     let mut corrupt = encode_batch(vec![rec("ok")]);
     corrupt.crc32c ^= 1;
-    assert_eq!(p.produce(corrupt, true, t, None).await.unwrap_err().code, ErrorCode::CorruptBatch);
+    assert_eq!(p.produce(corrupt, None, true, t, None).await.unwrap_err().code, ErrorCode::CorruptBatch);
 
-    let e = p.produce(encode_batch(vec![rec("ok")]), true, t, Some(999)).await.unwrap_err();
+    let e = p.produce(encode_batch(vec![rec("ok")]), None, true, t, Some(999)).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::StaleEpoch);
     let e = p.check_partition_epoch(Some(7)).unwrap_err();
     assert_eq!(e.code, ErrorCode::StaleEpoch);
@@ -128,7 +135,7 @@ async fn bad_batches_are_refused_and_change_nothing() {
     p.check_partition_epoch(None).unwrap();
 
     assert_eq!(p.sm.high_watermark(), 0, "refused batches must not take offsets");
-    p.produce(encode_batch(vec![rec("ok")]), true, t, None).await.unwrap();
+    p.produce(encode_batch(vec![rec("ok")]), None, true, t, None).await.unwrap();
     assert_eq!(p.sm.high_watermark(), 1);
 }
 
@@ -139,7 +146,9 @@ async fn state_survives_restart_on_the_same_engine() {
         let (broker, _meta) = broker_with_topic(engine.clone(), 1024).await;
         let p = broker.partition("t", 0).unwrap();
         for i in 0..5 {
-            p.produce(encode_batch(vec![rec(&format!("v{i}"))]), true, Duration::from_secs(5), None).await.unwrap();
+            p.produce(encode_batch(vec![rec(&format!("v{i}"))]), None, true, Duration::from_secs(5), None)
+                .await
+                .unwrap();
         }
         broker.shutdown().await;
     }
@@ -148,6 +157,42 @@ async fn state_survives_restart_on_the_same_engine() {
     let out = p.fetch(0, 1 << 20, 0, None).await.unwrap();
     assert_eq!(out.high_watermark, 5);
     assert_eq!(out.batches.len(), 5);
-    let (b, _) = p.produce(encode_batch(vec![rec("v5")]), true, Duration::from_secs(5), None).await.unwrap();
-    assert_eq!(b, 5);
+    let b = p.produce(encode_batch(vec![rec("v5")]), None, true, Duration::from_secs(5), None).await.unwrap();
+    assert_eq!(b.base_offset, 5);
+}
+
+#[tokio::test]
+async fn idempotent_retries_get_the_original_offsets_across_a_restart() {
+    use runnel_proto::encode_batch_with;
+    use runnel_proto::v1::Compression;
+    use runnel_raft::ProducerStamp;
+
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let t = Duration::from_secs(5);
+    let stamp = |seq| Some(ProducerStamp { producer_id: 42, epoch: 0, base_sequence: seq });
+    let batch0 = encode_batch_with(vec![rec("a"), rec("b")], Compression::Lz4);
+    {
+        let (broker, _meta) = broker_with_topic(engine.clone(), 1024).await;
+        let p = broker.partition("t", 0).unwrap();
+        let first = p.produce(batch0.clone(), stamp(0), true, t, None).await.unwrap();
+        assert_eq!((first.base_offset, first.duplicate), (0, false));
+        let again = p.produce(batch0.clone(), stamp(0), true, t, None).await.unwrap();
+        assert_eq!((again.base_offset, again.duplicate), (0, true));
+        let zstd = encode_batch_with(vec![rec("c")], Compression::Zstd);
+        assert_eq!(p.produce(zstd, stamp(2), true, t, None).await.unwrap().base_offset, 2);
+        assert_eq!(p.sm.high_watermark(), 3);
+        broker.shutdown().await;
+    }
+    let (broker, _meta) = broker_with_topic(engine, 1024).await;
+    let p = broker.partition("t", 0).unwrap();
+    let retry = p.produce(batch0, stamp(0), true, t, None).await.unwrap();
+    assert_eq!((retry.base_offset, retry.duplicate), (0, true), "producer state came back from disk");
+    let e = p.produce(encode_batch(vec![rec("gap")]), stamp(7), true, t, None).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::OutOfOrderSequence);
+    assert!(e.message.contains("next expected is 3"), "{e}");
+    assert_eq!(p.sm.high_watermark(), 3, "duplicates and refusals take no offsets");
+    let out = p.fetch(0, 1 << 20, 0, None).await.unwrap();
+    let values: Vec<Bytes> =
+        out.batches.iter().flat_map(|b| decode_batch(b.batch.as_ref().unwrap()).unwrap()).map(|r| r.value).collect();
+    assert_eq!(values, vec![Bytes::from("a"), Bytes::from("b"), Bytes::from("c")]);
 }

@@ -49,6 +49,21 @@ pub enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and all its records.
     Delete { name: String },
+    /// Show every configuration key of a topic with its value, marking those not at the default.
+    DescribeConfig { name: String },
+    /// Change a topic's configuration, all or nothing; running partitions pick it up at once.
+    /// Keys: retention.ms (-1 = forever), retention.bytes (per partition, -1 = unlimited),
+    /// cleanup.policy (delete | compact | compact,delete), delete.retention.ms,
+    /// min.insync.replicas, max.record.bytes.
+    AlterConfig {
+        name: String,
+        /// Set a key, repeatable (e.g. --set retention.ms=3600000).
+        #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        set: Vec<(String, String)>,
+        /// Reset a key to its default, repeatable.
+        #[arg(long = "delete", value_name = "KEY")]
+        delete: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -260,6 +275,34 @@ pub async fn topic(args: TopicArgs) -> anyhow::Result<()> {
                         &rows,
                     ));
                     print(&text)
+                }
+            }
+        }
+        TopicCommand::DescribeConfig { name } => {
+            let (configs, overridden) = client.describe_topic_config(&name).await?;
+            match out {
+                OutputFormat::Json => {
+                    print_json(&json!({ "topic": name, "configs": configs, "overridden": overridden }))
+                }
+                OutputFormat::Text => print(&config_text(&configs, &overridden)),
+            }
+        }
+        TopicCommand::AlterConfig { name, set, delete } => {
+            if set.is_empty() && delete.is_empty() {
+                anyhow::bail!("nothing to change: give --set KEY=VALUE and/or --delete KEY");
+            }
+            let mut map = BTreeMap::new();
+            for (k, v) in set {
+                if let Some(old) = map.insert(k.clone(), v.clone()) {
+                    anyhow::bail!("--set {k} given twice ('{old}' and '{v}')");
+                }
+            }
+            let configs = client.alter_topic_config(&name, map, delete).await?;
+            match out {
+                OutputFormat::Json => print_json(&json!({ "topic": name, "configs": configs })),
+                OutputFormat::Text => {
+                    let lines: Vec<String> = configs.iter().map(|(k, v)| format!("  {k}={v}")).collect();
+                    print(&format!("altered the configuration of topic '{name}':\n{}\n", lines.join("\n")))
                 }
             }
         }
@@ -525,6 +568,17 @@ async fn decommission(args: DecommissionArgs) -> anyhow::Result<()> {
     }
 }
 
+fn config_text(configs: &BTreeMap<String, String>, overridden: &[String]) -> String {
+    let rows: Vec<Vec<String>> = configs
+        .iter()
+        .map(|(k, v)| {
+            let source = if overridden.contains(k) { "topic" } else { "default" };
+            vec![k.clone(), v.clone(), source.to_string()]
+        })
+        .collect();
+    table(&["KEY", "VALUE", "SOURCE"], &rows)
+}
+
 fn replication_factor(t: &v1::TopicInfo) -> usize {
     t.partitions.iter().map(|p| p.replicas.len()).max().unwrap_or(0)
 }
@@ -783,6 +837,17 @@ mod tests {
         assert_eq!(parse_key_value("a=").unwrap(), ("a".into(), "".into()));
         assert!(parse_key_value("novalue").unwrap_err().contains("novalue"));
         assert!(parse_key_value("=1").is_err());
+    }
+
+    #[test]
+    fn config_text_marks_overrides() {
+        let configs = BTreeMap::from([
+            ("retention.ms".to_string(), "1000".to_string()),
+            ("cleanup.policy".to_string(), "delete".to_string()),
+        ]);
+        let text = config_text(&configs, &["retention.ms".to_string()]);
+        assert!(text.contains("retention.ms    1000    topic"), "{text}");
+        assert!(text.contains("cleanup.policy  delete  default"), "{text}");
     }
 
     #[test]

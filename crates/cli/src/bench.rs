@@ -9,7 +9,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use runnel_client::Client;
+use runnel_client::{Client, Compression, DeliveryFuture, Producer, ProducerConfig};
 use runnel_proto::v1::{Acks, Record};
 use serde::Serialize;
 
@@ -24,12 +24,43 @@ pub struct ProduceBench {
     /// Bytes per record value.
     #[arg(long, default_value_t = 100)]
     pub record_size: usize,
-    /// Records per produce request.
+    /// `producer`: the SDK's batching [`runnel_client::Producer`] (records are sent one by one;
+    /// latency is per record, from send to acknowledgement). `requests`: hand-made batches of
+    /// `--batch` records, `--in-flight` requests at once (latency is per request).
+    #[arg(long, default_value = "producer")]
+    pub mode: String,
+    /// Records per produce request (`--mode requests`).
     #[arg(long, default_value_t = 100)]
     pub batch: usize,
-    /// Produce requests in flight at once (spread over partitions).
-    #[arg(long, default_value_t = 32)]
-    pub in_flight: usize,
+    /// `--mode requests`: produce requests in flight at once (spread over partitions).
+    /// `--mode producer`: batches in flight per partition per producer (at most 5 when idempotent).
+    /// Default 32 requests, 5 batches.
+    #[arg(long)]
+    pub in_flight: Option<usize>,
+    /// `--mode producer`: a batch is sent once it holds this many bytes ...
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub batch_bytes: usize,
+    /// ... or once its first record waited this long (milliseconds).
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    /// `--mode producer`: none | lz4 | zstd.
+    #[arg(long, default_value = "none")]
+    pub compression: String,
+    /// `--mode producer`: independent producers (each with its own id and buffers), each sending
+    /// an equal share of the records from its own task.
+    #[arg(long, default_value_t = 1)]
+    pub producers: usize,
+    /// `--mode producer`: turn idempotence off.
+    #[arg(long)]
+    pub no_idempotence: bool,
+    /// `--mode producer`: keyed records (key = record number), spread by murmur2; default keyless
+    /// (sticky partitioning).
+    #[arg(long)]
+    pub keyed: bool,
+    /// `--mode producer`: pace the senders to this many records/s in total (0 = as fast as
+    /// possible). Latency at a fixed fraction of the maximum rate is what matters to users.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     /// Partitions when the topic is created.
     #[arg(long, default_value_t = 6)]
     pub partitions: u32,
@@ -46,9 +77,15 @@ pub struct ProduceBench {
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
+    pub mode: String,
     pub records: u64,
     pub record_size: usize,
     pub batch: usize,
+    pub batch_bytes: usize,
+    pub linger_ms: u64,
+    pub compression: String,
+    pub producers: usize,
+    pub rate: u64,
     pub in_flight: usize,
     pub partitions: u32,
     pub replication_factor: u32,
@@ -75,8 +112,15 @@ fn new_histogram() -> Histogram<u64> {
 async fn wait_for_leaders(client: &Client, topic: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let m = client.metadata(&[topic.to_string()]).await?;
-        let ready = m.topics.iter().any(|t| t.name == topic && t.partitions.iter().all(|p| p.leader.is_some()));
+        // A node that has not applied the topic's creation yet answers UNKNOWN_TOPIC: not ready.
+        let ready = match client.metadata(&[topic.to_string()]).await {
+            Ok(m) => m.topics.iter().any(|t| t.name == topic && t.partitions.iter().all(|p| p.leader.is_some())),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "waiting for the topic's leaders");
+                false
+            }
+            Err(e) => return Err(e.into()),
+        };
         if ready {
             return Ok(());
         }
@@ -91,8 +135,14 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
         "none" => Acks::None,
         other => anyhow::bail!("--acks must be 'all' or 'none', not '{other}'"),
     };
+    match b.mode.as_str() {
+        "producer" => return produce_sdk(client, b, acks).await,
+        "requests" => {}
+        other => anyhow::bail!("--mode must be 'producer' or 'requests', not '{other}'"),
+    }
+    let in_flight = b.in_flight.unwrap_or(32);
     anyhow::ensure!(
-        b.batch > 0 && b.in_flight > 0 && b.records > 0,
+        b.batch > 0 && in_flight > 0 && b.records > 0,
         "--batch, --in-flight and --records must be positive"
     );
     let partitions = match client.partition_count(&b.topic).await {
@@ -117,7 +167,7 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
     );
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for w in 0..b.in_flight {
+    for w in 0..in_flight {
         let (client, topic, value, next_batch, errors, pb) =
             (client.clone(), b.topic.clone(), value.clone(), next_batch.clone(), errors.clone(), pb.clone());
         let batch = b.batch;
@@ -130,7 +180,13 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
                     break;
                 }
                 let records: Vec<Record> = (0..batch)
-                    .map(|_| Record { key: Bytes::new(), value: value.clone(), headers: vec![], timestamp_ms: 0 })
+                    .map(|_| Record {
+                        key: Bytes::new(),
+                        value: value.clone(),
+                        headers: vec![],
+                        timestamp_ms: 0,
+                        offset_delta: None,
+                    })
                     .collect();
                 let t = Instant::now();
                 match client.produce(&topic, p, records, acks).await {
@@ -157,10 +213,16 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
     let sent = hist.len() * b.batch as u64;
     let ms = |v: u64| Duration::from_micros(v).as_secs_f64() * 1000.0;
     Ok(BenchReport {
+        mode: b.mode.clone(),
         records: sent,
         record_size: b.record_size,
         batch: b.batch,
-        in_flight: b.in_flight,
+        batch_bytes: 0,
+        linger_ms: 0,
+        compression: "none".into(),
+        producers: in_flight,
+        rate: 0,
+        in_flight,
         partitions,
         replication_factor: b.replication_factor,
         acks: b.acks.clone(),
@@ -176,14 +238,168 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
 }
 
 pub fn print_text(r: &BenchReport) {
+    if r.mode == "producer" {
+        println!(
+            "produced {} records of {} B in {:.2} s: {:.0} records/s, {:.1} MB/s ({} producer(s), batch {} B, linger {} ms, \
+             in-flight {}/partition, {}, {} partitions, RF {}, acks={}, rate {})",
+            r.records,
+            r.record_size,
+            r.seconds,
+            r.records_per_sec,
+            r.mb_per_sec,
+            r.producers,
+            r.batch_bytes,
+            r.linger_ms,
+            r.in_flight,
+            r.compression,
+            r.partitions,
+            r.replication_factor,
+            r.acks,
+            if r.rate == 0 { "unlimited".to_string() } else { format!("{}/s", r.rate) }
+        );
+    } else {
+        println!(
+            "produced {} records of {} B in {:.2} s: {:.0} records/s, {:.1} MB/s (batch {}, in-flight {}, {} partitions, acks={})",
+            r.records, r.record_size, r.seconds, r.records_per_sec, r.mb_per_sec, r.batch, r.in_flight, r.partitions, r.acks
+        );
+    }
+    let what = if r.mode == "producer" { "record (send to ack)" } else { "request" };
     println!(
-        "produced {} records of {} B in {:.2} s: {:.0} records/s, {:.1} MB/s (batch {}, in-flight {}, {} partitions, acks={})",
-        r.records, r.record_size, r.seconds, r.records_per_sec, r.mb_per_sec, r.batch, r.in_flight, r.partitions, r.acks
-    );
-    println!(
-        "request latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}   errors: {}",
+        "{what} latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}   errors: {}",
         r.latency_ms_p50, r.latency_ms_p99, r.latency_ms_p999, r.latency_ms_max, r.errors
     );
+}
+
+/// `--mode producer`: records go one by one through [`Producer::send`]; a collector per producer
+/// awaits the delivery futures and records each record's send-to-acknowledgement latency.
+async fn produce_sdk(client: &Client, b: &ProduceBench, acks: Acks) -> anyhow::Result<BenchReport> {
+    use futures::StreamExt;
+
+    anyhow::ensure!(b.records > 0 && b.producers > 0, "--records and --producers must be positive");
+    let compression = match b.compression.as_str() {
+        "none" => Compression::None,
+        "lz4" => Compression::Lz4,
+        "zstd" => Compression::Zstd,
+        other => anyhow::bail!("--compression must be none, lz4 or zstd, not '{other}'"),
+    };
+    let idempotent = !b.no_idempotence && acks == Acks::All;
+    let config = ProducerConfig {
+        acks,
+        idempotent,
+        batch_size_bytes: b.batch_bytes,
+        linger: Duration::from_millis(b.linger_ms),
+        compression,
+        max_in_flight_per_partition: b.in_flight.unwrap_or(5),
+        ..ProducerConfig::default()
+    };
+    let partitions = match client.partition_count(&b.topic).await {
+        Ok(n) => n,
+        Err(_) => {
+            client
+                .create_topic(&b.topic, b.partitions, b.replication_factor, Default::default())
+                .await
+                .with_context(|| format!("creating topic '{}'", b.topic))?;
+            b.partitions
+        }
+    };
+    wait_for_leaders(client, &b.topic).await?;
+    let mut producers = Vec::new();
+    for _ in 0..b.producers {
+        producers.push(Producer::new(client.clone(), config.clone()).await.context("starting a producer")?);
+    }
+    let value = Bytes::from(vec![b'x'; b.record_size]);
+    let errors = Arc::new(AtomicU64::new(0));
+    let pb = if b.quiet { ProgressBar::hidden() } else { ProgressBar::new(b.records) };
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    let n = b.producers as u64;
+    for (k, producer) in producers.into_iter().enumerate() {
+        let share = b.records / n + u64::from((k as u64) < b.records % n);
+        let per_producer_rate = b.rate as f64 / n as f64;
+        let (topic, value, errors, pb, keyed) = (b.topic.clone(), value.clone(), errors.clone(), pb.clone(), b.keyed);
+        tasks.push(tokio::spawn(async move {
+            // Bounded hand-off from the sender to the collector (the producer's buffer memory
+            // bounds it too).
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, DeliveryFuture)>(65_536);
+            let sender = tokio::spawn(async move {
+                for i in 0..share {
+                    if per_producer_rate > 0.0 {
+                        let due = start + Duration::from_secs_f64(i as f64 / per_producer_rate);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let key = if keyed { Bytes::from(format!("{k}-{i}")) } else { Bytes::new() };
+                    let record =
+                        Record { key, value: value.clone(), headers: vec![], timestamp_ms: 0, offset_delta: None };
+                    let t = Instant::now();
+                    let f = producer.send(&topic, record).await?;
+                    if tx.send((t, f)).await.is_err() {
+                        break;
+                    }
+                }
+                producer.flush().await?;
+                Ok::<_, anyhow::Error>(())
+            });
+            let mut hist = new_histogram();
+            let mut pending = futures::stream::FuturesUnordered::new();
+            let mut open = true;
+            while open || !pending.is_empty() {
+                tokio::select! {
+                    m = rx.recv(), if open => match m {
+                        Some((t, f)) => pending.push(async move { (t, f.await) }),
+                        None => open = false,
+                    },
+                    Some((t, r)) = pending.next(), if !pending.is_empty() => match r {
+                        Ok(_) => {
+                            let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                            pb.inc(1);
+                        }
+                        Err(e) => {
+                            if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                                tracing::warn!(error = %e, "produce failed");
+                            }
+                        }
+                    },
+                }
+            }
+            sender.await.context("sender task")??;
+            Ok::<_, anyhow::Error>(hist)
+        }));
+    }
+    let mut hist = new_histogram();
+    for t in tasks {
+        hist.add(t.await.context("bench task")??).context("merging histograms")?;
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    pb.finish_and_clear();
+    let sent = hist.len();
+    let ms = |v: u64| Duration::from_micros(v).as_secs_f64() * 1000.0;
+    Ok(BenchReport {
+        mode: b.mode.clone(),
+        records: sent,
+        record_size: b.record_size,
+        batch: 0,
+        batch_bytes: b.batch_bytes,
+        linger_ms: b.linger_ms,
+        compression: b.compression.clone(),
+        producers: b.producers,
+        rate: b.rate,
+        in_flight: b.in_flight.unwrap_or(5),
+        partitions,
+        replication_factor: b.replication_factor,
+        acks: b.acks.clone(),
+        seconds: secs,
+        records_per_sec: sent as f64 / secs,
+        mb_per_sec: (sent as f64 * b.record_size as f64) / secs / 1e6,
+        latency_ms_p50: ms(hist.value_at_quantile(0.50)),
+        latency_ms_p99: ms(hist.value_at_quantile(0.99)),
+        latency_ms_p999: ms(hist.value_at_quantile(0.999)),
+        latency_ms_max: ms(hist.max()),
+        errors: errors.load(Ordering::Relaxed),
+    })
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -5,8 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
-use runnel_client::{Client, ClientError, ConsumedRecord, ErrorCode, OffsetSpec};
+use runnel_client::{
+    Client, ClientError, ConsumedRecord, Consumer, ConsumerConfig, ErrorCode, OffsetReset, OffsetSpec,
+};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -29,6 +32,55 @@ pub enum StartAt {
     Earliest,
     Latest,
     Offset(u64),
+    /// The first record at or after this time (ms since the Unix epoch), per partition.
+    Timestamp(i64),
+}
+
+/// `--from-timestamp`: milliseconds since the Unix epoch, or an RFC 3339 time such as
+/// `2026-11-21T13:00:00Z` / `2026-11-21T14:00:00.250+01:00`.
+pub fn parse_timestamp(s: &str) -> Result<i64, String> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    parse_rfc3339(s).ok_or_else(|| {
+        format!("expected milliseconds since the Unix epoch or an RFC 3339 time like 2026-11-21T13:00:00Z, got '{s}'")
+    })
+}
+
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    let num =
+        |t: &str| -> Option<i64> { (!t.is_empty() && t.bytes().all(|b| b.is_ascii_digit())).then(|| t.parse().ok())? };
+    let (date, rest) = s.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (y, mo, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    // The zone: Z, or +HH:MM / -HH:MM after the time.
+    let (time, offset_min) = if let Some(t) = rest.strip_suffix(['Z', 'z']) {
+        (t, 0)
+    } else {
+        let at = rest.rfind(['+', '-'])?;
+        let (t, zone) = rest.split_at(at);
+        let sign = if zone.starts_with('-') { -1 } else { 1 };
+        let (zh, zm) = zone[1..].split_once(':')?;
+        (t, sign * (num(zh)? * 60 + num(zm)?))
+    };
+    let (hms, frac) = match time.split_once('.') {
+        Some((a, f)) => (a, f),
+        None => (time, ""),
+    };
+    let mut t = hms.splitn(3, ':');
+    let (h, mi, sec) = (num(t.next()?)?, num(t.next()?)?, num(t.next()?)?);
+    let ms = if frac.is_empty() { 0 } else { num(&format!("{frac:0<3}")[..3])? };
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((mo + 9) % 12) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + mi - offset_min) * 60_000 + sec * 1000 + ms)
 }
 
 fn parse_start(s: &str) -> Result<StartAt, String> {
@@ -55,6 +107,10 @@ pub struct ConsumeArgs {
     /// Start at the oldest record still stored (default: only records produced from now on).
     #[arg(long)]
     pub from_beginning: bool,
+    /// Start, in every partition read, at the first record whose timestamp is at or after this
+    /// time: milliseconds since the Unix epoch or RFC 3339 (2026-11-21T13:00:00Z).
+    #[arg(long, value_name = "MS|RFC3339", conflicts_with_all = ["offset", "from_beginning"], value_parser = parse_timestamp)]
+    pub from_timestamp: Option<i64>,
     /// Exit after printing this many records.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_records: Option<u64>,
@@ -67,6 +123,21 @@ pub struct ConsumeArgs {
     /// Exit when no record arrives for this many milliseconds.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: Option<u64>,
+    /// Consume as a member of this consumer group: share the topic's partitions with the group's
+    /// other members and continue from the group's committed offsets. Offsets are committed after
+    /// the records are printed (with --max-records, exactly the printed ones).
+    #[arg(long, conflicts_with_all = ["partition", "offset"])]
+    pub group: Option<String>,
+    /// With --group: where a partition without a committed offset starts (earliest, latest or
+    /// none). --from-beginning means earliest.
+    #[arg(long, requires = "group", default_value = "latest")]
+    pub reset: OffsetReset,
+    /// With --group: range, roundrobin or cooperative-sticky.
+    #[arg(long, requires = "group", default_value = "cooperative-sticky")]
+    pub assignor: String,
+    /// With --group: the coordinator removes this member after this long without a heartbeat.
+    #[arg(long, requires = "group", default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
     #[command(flatten)]
     pub client: ClientOpts,
 }
@@ -74,6 +145,9 @@ pub struct ConsumeArgs {
 type Batch = Result<(u32, Vec<ConsumedRecord>), ClientError>;
 
 pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
+    if let Some(group) = args.group.clone() {
+        return run_group(args, &group).await;
+    }
     let client = args.client.connect().await?;
     let topic = args.topic.clone();
     let count = client.partition_count(&topic).await?;
@@ -84,10 +158,11 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         Some(p) => vec![p],
         None => (0..count).collect(),
     };
-    let start = match (args.offset, args.from_beginning) {
-        (Some(s), _) => s,
-        (None, true) => StartAt::Earliest,
-        (None, false) => StartAt::Latest,
+    let start = match (args.offset, args.from_beginning, args.from_timestamp) {
+        (Some(s), _, _) => s,
+        (None, _, Some(ts)) => StartAt::Timestamp(ts),
+        (None, true, None) => StartAt::Earliest,
+        (None, false, None) => StartAt::Latest,
     };
 
     let (tx, mut rx) = mpsc::channel::<Batch>(MAX_BATCHES_QUEUED);
@@ -141,6 +216,101 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `runnel consume --group`: a group member that prints, then commits what it printed.
+async fn run_group(args: ConsumeArgs, group: &str) -> anyhow::Result<()> {
+    let client = args.client.connect().await?;
+    let session = Duration::from_millis(args.session_timeout_ms);
+    let config = ConsumerConfig {
+        group: Some(group.to_string()),
+        client_id: "runnel-cli".into(),
+        auto_offset_reset: if args.from_beginning { OffsetReset::Earliest } else { args.reset },
+        // Commits are explicit: after printing, and only what was printed.
+        enable_auto_commit: false,
+        session_timeout: session,
+        // Generous, as Kafka's: a live member slow to rejoin (a loaded machine) is waited for
+        // instead of being dropped and rejoining as new, which would start yet another rebalance.
+        // Dead members do not hold a rebalance up: they expire after the session timeout.
+        rebalance_timeout: session.max(Duration::from_secs(30)),
+        heartbeat_interval: (session / 4).max(Duration::from_millis(50)),
+        assignor: args.assignor.clone(),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::subscribe(client, config, std::slice::from_ref(&args.topic)).await?;
+    let limit = args.max_records.unwrap_or(u64::MAX);
+    let idle = args.timeout_ms.map(Duration::from_millis);
+    let mut printed = 0u64;
+    let mut last_record = Instant::now();
+    let mut ctrl_c = std::pin::pin!(async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    });
+    let mut line = Vec::new();
+    while printed < limit {
+        let records = tokio::select! {
+            biased;
+            _ = &mut ctrl_c => break,
+            r = consumer.poll(Duration::from_millis(500)) => r,
+        };
+        let records = match records {
+            Ok(r) => r,
+            // A member rides out coordinator moves, leader elections and slow answers (the consumer
+            // rejoins or retries on its next poll); a definite error (unknown topic, reset policy
+            // 'none', a protocol mismatch) ends it.
+            Err(e) if e.code().is_none_or(|c| c.is_retriable()) => {
+                eprintln!("warning: {e}; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if records.is_empty() {
+            if idle.is_some_and(|d| last_record.elapsed() >= d) {
+                break;
+            }
+            continue;
+        }
+        last_record = Instant::now();
+        let mut done: BTreeMap<(String, u32), u64> = BTreeMap::new();
+        {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for r in &records {
+                if printed >= limit {
+                    break;
+                }
+                let rec = ConsumedRecord {
+                    offset: r.offset,
+                    key: r.key.clone(),
+                    value: r.value.clone(),
+                    headers: r.headers.clone(),
+                    timestamp_ms: r.timestamp_ms,
+                };
+                line.clear();
+                format_record(&mut line, r.partition, &rec, &args, args.client.output)?;
+                if let Err(e) = out.write_all(&line) {
+                    return quiet_broken_pipe(e);
+                }
+                printed += 1;
+                done.insert((r.topic.clone(), r.partition), r.offset + 1);
+            }
+            if let Err(e) = out.flush() {
+                return quiet_broken_pipe(e);
+            }
+        }
+        // Printed (and flushed) first, committed second: a crash in between repeats records, never
+        // skips them.
+        consumer.commit_offsets(&done).await?;
+        if printed >= limit {
+            // The positions of records fetched but not printed must not be committed: leave
+            // without the consumer's own commit.
+            break;
+        }
+    }
+    consumer.close().await?;
+    eprintln!("consumed {printed} record(s)");
+    Ok(())
+}
+
 enum Received {
     Batch(Batch),
     /// `--timeout-ms` passed with nothing new.
@@ -173,6 +343,13 @@ fn quiet_broken_pipe(e: std::io::Error) -> anyhow::Result<()> {
 async fn fetch_loop(client: Client, topic: String, partition: u32, start: StartAt, tx: mpsc::Sender<Batch>) {
     let mut offset = match start {
         StartAt::Offset(o) => o,
+        StartAt::Timestamp(ts) => match client.offset_for_timestamp(&topic, partition, ts).await {
+            Ok((o, _)) => o,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        },
         StartAt::Earliest | StartAt::Latest => {
             let spec = if start == StartAt::Earliest { OffsetSpec::Earliest } else { OffsetSpec::Latest };
             match client.list_offsets(&topic, partition, spec).await {
@@ -191,6 +368,8 @@ async fn fetch_loop(client: Client, topic: String, partition: u32, start: StartA
         let asked = Instant::now();
         match client.fetch(&topic, partition, offset, FETCH_MAX_BYTES, FETCH_MAX_WAIT_MS).await {
             Ok(r) if r.records.is_empty() => {
+                // Batches emptied by compaction still move the position on.
+                offset = r.next_offset;
                 if asked.elapsed() < Duration::from_millis(EMPTY_FETCH_PAUSE_MS) {
                     tokio::time::sleep(Duration::from_millis(EMPTY_FETCH_PAUSE_MS)).await;
                 }
@@ -324,6 +503,21 @@ mod tests {
         assert_eq!(v["key"], "k1");
         assert_eq!(v["value"], "v\u{fffd}");
         assert_eq!(v["timestamp_ms"], 7);
+    }
+
+    #[test]
+    fn timestamps_parse_as_ms_or_rfc3339() {
+        assert_eq!(parse_timestamp("1700000000123").unwrap(), 1_700_000_000_123);
+        assert_eq!(parse_timestamp("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(parse_timestamp("2026-11-21T13:00:00Z").unwrap(), 1_795_266_000_000);
+        assert_eq!(parse_timestamp("2026-11-21T14:00:00.25+01:00").unwrap(), 1_795_266_000_250);
+        assert_eq!(parse_timestamp("2000-02-29T00:00:00-00:30").unwrap(), 951_784_200_000);
+        let e = parse_timestamp("yesterday").unwrap_err();
+        assert!(e.contains("yesterday") && e.contains("RFC 3339"), "{e}");
+        assert!(parse_timestamp("2026-13-01T00:00:00Z").is_err());
+        let a = T::try_parse_from(["t", "orders", "--from-timestamp", "2026-11-21T13:00:00Z"]).unwrap().c;
+        assert_eq!(a.from_timestamp, Some(1_795_266_000_000));
+        assert!(T::try_parse_from(["t", "orders", "--from-timestamp", "5", "--from-beginning"]).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod bench;
 pub mod bench_failover;
 pub mod consume;
+pub mod group;
 pub mod output;
 pub mod produce;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Produce(produce::ProduceArgs),
     /// Print a topic's records, one per line.
     Consume(consume::ConsumeArgs),
+    /// List, describe and delete consumer groups; reset their offsets.
+    Group(group::GroupArgs),
     /// Show the cluster's state and health; rebalance it.
     Cluster(admin::ClusterArgs),
     /// List, add, decommission nodes; replace metadata voters.
@@ -145,6 +148,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(args) => admin::topic(args).await,
         Command::Produce(args) => produce::run(args).await,
         Command::Consume(args) => consume::run(args).await,
+        Command::Group(args) => group::group(args).await,
         Command::Cluster(args) => admin::cluster(args).await,
         Command::Node(args) => admin::node(args).await,
         Command::Partition(args) => admin::partition(args).await,

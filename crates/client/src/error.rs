@@ -49,6 +49,10 @@ pub enum ClientError {
     /// The caller passed something the client rejects before sending anything.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A [`crate::Producer`] cannot send the record: it is closed, or an earlier batch to the
+    /// partition failed for good (the message says which).
+    #[error("producer: {0}")]
+    Producer(String),
 }
 
 impl ClientError {

@@ -20,16 +20,43 @@
 //! # }
 //! ```
 //!
+//! # Producing with batching and idempotence
+//!
+//! [`Producer`] batches records per partition (by size and linger), compresses them, bounds what
+//! it buffers and has in flight, and is idempotent by default:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), runnel_client::ClientError> {
+//! use runnel_client::{Client, Compression, Producer, ProducerConfig, Record};
+//!
+//! let client = Client::connect(&["127.0.0.1:9292".to_string()]).await?;
+//! let config = ProducerConfig { compression: Compression::Zstd, ..ProducerConfig::default() };
+//! let producer = Producer::new(client, config).await?;
+//! let delivery = producer.send("orders", Record { key: "customer-7".into(), value: "hi".into(), ..Default::default() }).await?;
+//! let where_ = delivery.await?; // partition = Kafka's murmur2 partition for the key
+//! println!("{}/{}", where_.partition, where_.offset);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`AssignConsumer`] reads explicitly assigned partitions with poll, seek, pause and resume.
+//!
 //! # Delivery semantics
 //!
 //! A produce that fails in transit (connection reset, timeout) or with TIMEOUT is retried, and the
-//! first attempt may still have been committed: retried produces are *at least once* and may
-//! duplicate records until the idempotent producer exists. A produce answered with an error that
-//! is not retriable was not appended.
+//! first attempt may still have been committed. With an idempotent batch (every [`Producer`]
+//! batch by default, or [`Client::produce_batch`] with a [`ProducerStamp`]) the partition
+//! recognises the retry and answers the original offset: exactly once in the log. Plain
+//! [`Client::produce`] calls are *at least once*: a retry may duplicate the records. A produce
+//! answered with an error that is not retriable was not appended.
 
+mod consumer;
+mod consumer_assign;
 mod error;
+mod groups;
 mod metadata;
 mod partitioner;
+mod producer;
 mod retry;
 
 use std::collections::{BTreeMap, HashMap};
@@ -46,11 +73,16 @@ use parking_lot::{Mutex, RwLock};
 use runnel_proto::dial::DialerHandle;
 use runnel_proto::v1::runnel_client::RunnelClient;
 use runnel_proto::{check_error, decode_batch, encode_batch};
+pub use runnel_proto::{encode_batch_with, v1::Compression};
 use runnel_types::limits::{MAX_BATCH_BYTES, MAX_FETCH_WAIT_MS, MAX_GRPC_MESSAGE_BYTES};
 use tonic::transport::{Channel, Endpoint};
 
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
+pub use consumer_assign::{AssignConsumer, AssignConsumerConfig, PolledRecord, StartFrom};
 pub use error::ClientError;
+pub use groups::CommittedOffsets;
 pub use partitioner::{murmur2, partition_for_key, to_positive};
+pub use producer::{DeliveryFuture, Producer, ProducerConfig, RecordMetadata};
 pub use retry::RetryPolicy;
 pub use runnel_proto::v1;
 pub use runnel_proto::v1::{Acks, Header, OffsetSpec, Record};
@@ -92,6 +124,10 @@ pub struct ClientConfig {
     /// How channels to nodes are opened; `None` is real TCP with the timeouts above. The
     /// simulator passes one over turmoil's network.
     pub dialer: Option<DialerHandle>,
+    /// Fault injection for tests (0 = off): every n-th successful produce answer is treated as
+    /// lost in transit, so the client retries a batch that did commit. Only idempotent batches
+    /// survive this without duplicates.
+    pub drop_every_nth_produce_answer: u32,
 }
 
 impl Default for ClientConfig {
@@ -103,6 +139,7 @@ impl Default for ClientConfig {
             keep_alive_interval: Duration::from_secs(10),
             retry: RetryPolicy::default(),
             dialer: None,
+            drop_every_nth_produce_answer: 0,
         }
     }
 }
@@ -128,8 +165,9 @@ pub struct FetchResult {
     pub high_watermark: u64,
     /// The first offset still in the log.
     pub log_start_offset: u64,
-    /// Where the next fetch should start: one past the last record returned, or the requested
-    /// offset when nothing was returned.
+    /// Where the next fetch should start: one past the last record or batch returned (a
+    /// compacted batch may end in offsets whose records were removed), or the requested offset
+    /// when nothing was returned.
     pub next_offset: u64,
 }
 
@@ -142,6 +180,18 @@ pub struct Produced {
     pub leader_epoch: u64,
     /// The node that answered: the partition's leader.
     pub leader: NodeId,
+    /// An idempotent retry of a batch that had already committed: `base_offset` is the
+    /// original's and nothing was appended again.
+    pub duplicate: bool,
+}
+
+/// Identifies an idempotent batch: its producer, the producer's epoch, and the sequence number of
+/// its first record in the partition (a producer numbers its records to each partition 0, 1, 2, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerStamp {
+    pub producer_id: u64,
+    pub epoch: u32,
+    pub base_sequence: u64,
 }
 
 /// One partition's share of a [`Client::produce_keyed`] call.
@@ -169,6 +219,10 @@ struct Inner {
     suspects: Mutex<HashMap<String, Instant>>,
     /// Where the next keyless `produce_keyed` batch goes (round-robin across calls).
     next_keyless: AtomicU32,
+    /// Group → its coordinator's address, as last found.
+    coordinators: Mutex<HashMap<String, String>>,
+    /// Produce answers received (for `drop_every_nth_produce_answer`).
+    produce_answers: AtomicU32,
 }
 
 impl std::fmt::Debug for Client {
@@ -214,6 +268,8 @@ impl Client {
                 meta: RwLock::new(MetadataCache::default()),
                 suspects: Mutex::new(HashMap::new()),
                 next_keyless: AtomicU32::new(rand::random::<u32>()),
+                coordinators: Mutex::new(HashMap::new()),
+                produce_answers: AtomicU32::new(0),
             }),
         };
         let mut last = None;
@@ -274,13 +330,38 @@ impl Client {
         if records.is_empty() {
             return Err(ClientError::InvalidArgument(format!("produce to {topic}/{partition}: no records to send")));
         }
-        let count = records.len();
-        let batch = encode_batch(records);
+        self.produce_batch(topic, partition, encode_batch(records), acks, None).await
+    }
+
+    /// Sends one already encoded batch (see [`runnel_proto::encode_batch_with`] for compression).
+    /// With `producer` set the batch is idempotent: the partition applies each
+    /// (producer id, epoch, sequence) once, so the retries this call makes after NOT_LEADER,
+    /// timeouts and lost connections never duplicate it; a retry of a batch that did commit is
+    /// answered with the original offset and [`Produced::duplicate`] set. Idempotent batches need
+    /// [`Acks::All`]. [`Producer`] numbers the batches; use this directly only to manage
+    /// sequences yourself.
+    pub async fn produce_batch(
+        &self,
+        topic: &str,
+        partition: u32,
+        batch: v1::RecordBatch,
+        acks: Acks,
+        producer: Option<ProducerStamp>,
+    ) -> Result<Produced, ClientError> {
+        if batch.record_count == 0 {
+            return Err(ClientError::InvalidArgument(format!("produce to {topic}/{partition}: no records to send")));
+        }
         if batch.records.len() > MAX_BATCH_BYTES {
             return Err(ClientError::InvalidArgument(format!(
-                "produce to {topic}/{partition}: {count} records encode to {} bytes, more than the \
+                "produce to {topic}/{partition}: {} records encode to {} bytes, more than the \
                  {MAX_BATCH_BYTES}-byte limit for one batch; send fewer records per call",
+                batch.record_count,
                 batch.records.len()
+            )));
+        }
+        if producer.is_some() && acks != Acks::All {
+            return Err(ClientError::InvalidArgument(format!(
+                "produce to {topic}/{partition}: an idempotent batch needs acks=all"
             )));
         }
         let timeout_ms = self.inner.config.produce_timeout_ms;
@@ -294,6 +375,9 @@ impl Client {
                 timeout_ms,
                 leader_epoch: None,
                 partition_epoch: None,
+                producer_id: producer.map(|p| p.producer_id),
+                producer_epoch: producer.map(|p| p.epoch),
+                base_sequence: producer.map(|p| p.base_sequence),
             };
             async move {
                 let target = format!("{topic}/{partition}");
@@ -303,10 +387,57 @@ impl Client {
                     })
                     .await?;
                 broker_result("produce", &target, &addr, resp.error.as_ref())?;
-                Ok(Produced { base_offset: resp.base_offset, leader_epoch: resp.leader_epoch, leader: resp.node_id })
+                if self.drop_this_answer() {
+                    // Fault injection (tests): the batch is in, but we act as if the answer was lost.
+                    return Err(ClientError::Transport {
+                        op: "produce",
+                        target,
+                        addr,
+                        code: tonic::Code::Unavailable,
+                        detail: "answer dropped by ClientConfig::drop_every_nth_produce_answer".into(),
+                    });
+                }
+                Ok(Produced {
+                    base_offset: resp.base_offset,
+                    leader_epoch: resp.leader_epoch,
+                    leader: resp.node_id,
+                    duplicate: resp.duplicate,
+                })
             }
         })
         .await
+    }
+
+    fn drop_this_answer(&self) -> bool {
+        let n = self.inner.config.drop_every_nth_produce_answer;
+        n > 0 && self.inner.produce_answers.fetch_add(1, Ordering::Relaxed) % n == n - 1
+    }
+
+    /// Asks the cluster for a new idempotent-producer id (epoch 0), or with `current` set, for the
+    /// next epoch of that id (the producer then restarts its sequences at 0 and the partitions
+    /// fence the older epoch). Any node accepts this; new ids come from the controller, which
+    /// reserves them in blocks through the metadata log. [`Producer`] calls this itself.
+    pub async fn init_producer_id(&self, current: Option<(u64, u32)>) -> Result<(u64, u32), ClientError> {
+        let target = "producer id".to_string();
+        let resp = self
+            .with_controller("init producer id", &target, |addr| {
+                let req = v1::InitProducerIdRequest {
+                    producer_id: current.map(|c| c.0),
+                    producer_epoch: current.map_or(0, |c| c.1),
+                };
+                let target = target.clone();
+                async move {
+                    let resp = self
+                        .call("init producer id", &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                            c.init_producer_id(with_timeout(req, t)).await
+                        })
+                        .await?;
+                    broker_result("init producer id", &target, &addr, resp.error.as_ref())?;
+                    Ok(resp)
+                }
+            })
+            .await?;
+        Ok((resp.producer_id, resp.producer_epoch))
     }
 
     /// Spreads `records` over `topic`'s partitions like Kafka's default partitioner: a record
@@ -384,11 +515,35 @@ impl Client {
         decode_fetch(topic, partition, offset, &addr, resp)
     }
 
-    /// The first offset still in the log ([`OffsetSpec::Earliest`]) or the high watermark, the
-    /// offset the next committed record will get ([`OffsetSpec::Latest`]).
+    /// The first offset still in the log ([`OffsetSpec::Earliest`]: the log start, which
+    /// retention advances) or the high watermark, the offset the next committed record will get
+    /// ([`OffsetSpec::Latest`]). For [`OffsetSpec::Timestamp`] use [`Client::offset_for_timestamp`].
     pub async fn list_offsets(&self, topic: &str, partition: u32, spec: OffsetSpec) -> Result<u64, ClientError> {
+        self.list_offsets_raw(topic, partition, spec, 0).await.map(|r| r.offset)
+    }
+
+    /// Seek by time: the offset of the first record in `topic`/`partition` whose timestamp is at
+    /// or after `timestamp_ms` (ms since the Unix epoch), with that record's timestamp; or, when
+    /// no record is that recent, the high watermark (where the next record will go) and `None`.
+    pub async fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<(u64, Option<i64>), ClientError> {
+        let r = self.list_offsets_raw(topic, partition, OffsetSpec::Timestamp, timestamp_ms).await?;
+        Ok((r.offset, r.found.then_some(r.timestamp_ms)))
+    }
+
+    async fn list_offsets_raw(
+        &self,
+        topic: &str,
+        partition: u32,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+    ) -> Result<v1::ListOffsetsResponse, ClientError> {
         self.with_leader("list offsets", topic, partition, |addr| {
-            let req = v1::ListOffsetsRequest { topic: topic.to_string(), partition, spec: spec as i32 };
+            let req = v1::ListOffsetsRequest { topic: topic.to_string(), partition, spec: spec as i32, timestamp_ms };
             async move {
                 let target = format!("{topic}/{partition}");
                 let resp = self
@@ -397,7 +552,7 @@ impl Client {
                     })
                     .await?;
                 broker_result("list offsets", &target, &addr, resp.error.as_ref())?;
-                Ok(resp.offset)
+                Ok(resp)
             }
         })
         .await
@@ -501,6 +656,75 @@ impl Client {
         .await?;
         self.inner.meta.write().forget_topic(name);
         Ok(())
+    }
+
+    /// A topic's configuration, every key with its effective value, and the keys that differ
+    /// from the defaults. Answered by the first node that responds, from its committed metadata.
+    pub async fn describe_topic_config(
+        &self,
+        topic: &str,
+    ) -> Result<(BTreeMap<String, String>, Vec<String>), ClientError> {
+        let candidates = self.inner.meta.read().candidates(&self.inner.bootstrap, false);
+        let candidates = self.healthy_first(candidates);
+        let target = format!("topic '{topic}'");
+        let mut last = None;
+        for addr in candidates {
+            let req = v1::DescribeTopicConfigRequest { topic: topic.to_string() };
+            let result = self
+                .call("describe the configuration of", &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                    c.describe_topic_config(with_timeout(req, t)).await
+                })
+                .await;
+            match result {
+                Ok(resp) => {
+                    broker_result("describe the configuration of", &target, &addr, resp.error.as_ref())?;
+                    let mut overridden = resp.overridden;
+                    overridden.sort();
+                    return Ok((resp.configs.into_iter().collect(), overridden));
+                }
+                Err(e) => {
+                    if e.is_transport() {
+                        self.evict(&addr);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::InvalidArgument("no broker address known".into())))
+    }
+
+    /// Sets the keys in `set` and resets those in `delete` to their defaults, all or nothing
+    /// (through the controller, like [`Client::create_topic`]). Returns the configuration after
+    /// the change. Running replicas pick it up as their nodes apply it.
+    pub async fn alter_topic_config(
+        &self,
+        topic: &str,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    ) -> Result<BTreeMap<String, String>, ClientError> {
+        let set: HashMap<String, String> = set.into_iter().collect();
+        let target = format!("topic '{topic}'");
+        let resp = self
+            .with_controller("alter the configuration of", &target, |addr| {
+                let req =
+                    v1::AlterTopicConfigRequest { topic: topic.to_string(), set: set.clone(), delete: delete.clone() };
+                let target = target.clone();
+                async move {
+                    let resp = self
+                        .call(
+                            "alter the configuration of",
+                            &target,
+                            &addr,
+                            Duration::ZERO,
+                            move |mut c, t| async move { c.alter_topic_config(with_timeout(req, t)).await },
+                        )
+                        .await?;
+                    broker_result("alter the configuration of", &target, &addr, resp.error.as_ref())?;
+                    Ok(resp)
+                }
+            })
+            .await?;
+        Ok(resp.configs.into_iter().collect())
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1096,8 +1320,9 @@ fn decode_fetch(
             e.message = format!("batch at base offset {}: {}", fb.base_offset, e.message);
             corrupt(e)
         })?;
-        for (i, r) in decoded.into_iter().enumerate() {
-            let o = fb.base_offset + i as u64;
+        for r in decoded {
+            // decode_batch sets every delta (the position, unless compaction kept it apart).
+            let o = fb.base_offset + u64::from(r.offset_delta.unwrap_or(0));
             if o < offset {
                 continue;
             }
@@ -1118,7 +1343,11 @@ fn decode_fetch(
             });
         }
     }
-    let next_offset = records.last().map_or(offset, |r| r.offset + 1);
+    // Past the end of the last batch: compaction may have emptied its tail (or all of it), and
+    // asking again from inside it would return the same batch forever.
+    let batches_end =
+        resp.batches.iter().filter_map(|b| b.batch.as_ref().map(|x| b.base_offset + u64::from(x.record_count))).max();
+    let next_offset = records.last().map_or(offset, |r| r.offset + 1).max(batches_end.unwrap_or(offset));
     Ok(FetchResult {
         records,
         high_watermark: resp.high_watermark,

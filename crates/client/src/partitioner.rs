@@ -62,7 +62,7 @@ mod tests {
     use super::*;
 
     /// Apache Kafka's `UtilsTest.testMurmur2` vectors (clients/src/test/java/org/apache/kafka/
-    /// common/utils/UtilsTest.java), cross-checked with an independent Python port.
+    /// common/utils/UtilsTest.java), re-checked against that file on 2026-11-21.
     #[test]
     fn murmur2_matches_kafka() {
         let cases: [(&[u8], i32); 6] = [

@@ -106,6 +106,9 @@ pub struct TopicRecord {
     pub partitions: Vec<PartitionRecord>,
 }
 
+/// Most producer ids one `AllocateProducerIds` may reserve.
+pub const MAX_PRODUCER_ID_BLOCK: u64 = 1_000_000;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
     RegisterBroker {
@@ -120,6 +123,13 @@ pub enum MetaCommand {
     },
     DeleteTopic {
         name: String,
+    },
+    /// Sets (`set`) and resets to their defaults (`delete`) a topic's configuration keys; all or
+    /// nothing, validated again on apply.
+    AlterTopicConfig {
+        name: String,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
     },
     /// Leaders as reported by brokers: (group, leader, term). Older terms are ignored.
     ReportLeaders {
@@ -148,14 +158,31 @@ pub enum MetaCommand {
         group: GroupId,
         partition_epoch: u64,
     },
+    /// Reserve `count` idempotent-producer ids (the controller hands them out one by one without
+    /// further metadata writes; ids of a block it never hands out are simply skipped).
+    AllocateProducerIds {
+        count: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaResponse {
     Done,
-    BrokerRegistered { epoch: u64 },
-    TopicCreated { topic_id: u64 },
-    Rejected { code: u32, message: String },
+    BrokerRegistered {
+        epoch: u64,
+    },
+    TopicCreated {
+        topic_id: u64,
+    },
+    Rejected {
+        code: u32,
+        message: String,
+    },
+    /// Producer ids `first..first + count` are reserved for the proposer.
+    ProducerIds {
+        first: u64,
+        count: u64,
+    },
 }
 
 impl MetaResponse {
@@ -180,6 +207,8 @@ pub struct ClusterState {
     pub next_topic_id: u64,
     /// Next partition Raft group id; 0 is the metadata group, so this starts at 1.
     pub next_group_id: GroupId,
+    /// The first idempotent-producer id not yet reserved (ids start at 1).
+    pub next_producer_id: u64,
 }
 
 impl ClusterState {
@@ -262,6 +291,18 @@ impl ClusterState {
                     return MetaResponse::rejected(RunnelError::unknown_topic(name));
                 }
                 MetaResponse::Done
+            }
+            MetaCommand::AlterTopicConfig { name, set, delete } => {
+                let Some(t) = self.topics.get_mut(name) else {
+                    return MetaResponse::rejected(RunnelError::unknown_topic(name));
+                };
+                match t.config.with_changes(set, delete) {
+                    Ok(c) => {
+                        t.config = c;
+                        MetaResponse::Done
+                    }
+                    Err(e) => MetaResponse::rejected(e),
+                }
             }
             MetaCommand::ReportLeaders { reports } => {
                 for (group, leader, term) in reports {
@@ -367,6 +408,20 @@ impl ClusterState {
                 }
                 MetaResponse::Done
             }
+            MetaCommand::AllocateProducerIds { count } => {
+                if *count == 0 || *count > MAX_PRODUCER_ID_BLOCK {
+                    return MetaResponse::rejected(RunnelError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("producer id block of {count}: must be between 1 and {MAX_PRODUCER_ID_BLOCK}"),
+                    ));
+                }
+                let first = self.next_producer_id.max(1);
+                let Some(end) = first.checked_add(*count) else {
+                    return MetaResponse::rejected(RunnelError::internal("producer ids are exhausted"));
+                };
+                self.next_producer_id = end;
+                MetaResponse::ProducerIds { first, count: *count }
+            }
         }
     }
 
@@ -433,6 +488,9 @@ impl std::fmt::Display for MetaCommand {
                 write!(f, "CreateTopic({name}, {} partitions)", assignments.len())
             }
             MetaCommand::DeleteTopic { name } => write!(f, "DeleteTopic({name})"),
+            MetaCommand::AlterTopicConfig { name, set, delete } => {
+                write!(f, "AlterTopicConfig({name}, set {set:?}, delete {delete:?})")
+            }
             MetaCommand::ReportLeaders { reports } => write!(f, "ReportLeaders({reports:?})"),
             MetaCommand::MarkBrokerUnavailable { id, epoch, shutting_down } => {
                 write!(f, "MarkBrokerUnavailable(id={id}, epoch={epoch}, shutting_down={shutting_down})")
@@ -442,6 +500,7 @@ impl std::fmt::Display for MetaCommand {
             MetaCommand::FinishReassignment { group, partition_epoch } => {
                 write!(f, "FinishReassignment(group={group}, partition_epoch={partition_epoch})")
             }
+            MetaCommand::AllocateProducerIds { count } => write!(f, "AllocateProducerIds(count={count})"),
         }
     }
 }
@@ -456,6 +515,22 @@ mod tests {
             s.apply(&MetaCommand::RegisterBroker { id, addr: format!("h:{id}"), incarnation: 7 });
         }
         s
+    }
+
+    #[test]
+    fn producer_id_blocks_never_overlap() {
+        let mut s = ClusterState::default();
+        assert_eq!(
+            s.apply(&MetaCommand::AllocateProducerIds { count: 100 }),
+            MetaResponse::ProducerIds { first: 1, count: 100 }
+        );
+        assert_eq!(
+            s.apply(&MetaCommand::AllocateProducerIds { count: 5 }),
+            MetaResponse::ProducerIds { first: 101, count: 5 }
+        );
+        let r = s.apply(&MetaCommand::AllocateProducerIds { count: 0 }).into_result().unwrap_err();
+        assert_eq!(r.code, ErrorCode::InvalidRequest);
+        assert_eq!(s.next_producer_id, 106);
     }
 
     #[test]
@@ -492,6 +567,44 @@ mod tests {
             assignments: vec![vec![1]],
         });
         assert_eq!(s.topics["t"].partitions[0].group_id, 3);
+    }
+
+    #[test]
+    fn alter_topic_config_is_validated_and_all_or_nothing() {
+        let mut s = with_brokers(1);
+        s.apply(&MetaCommand::CreateTopic {
+            name: "t".into(),
+            config: TopicConfig::default(),
+            assignments: vec![vec![1]],
+        });
+        let set = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let alter = |set, delete: &[&str]| MetaCommand::AlterTopicConfig {
+            name: "t".into(),
+            set,
+            delete: delete.iter().map(|k| k.to_string()).collect(),
+        };
+        let r = s.apply(&alter(set(&[("retention.ms", "1000"), ("cleanup.policy", "compact")]), &[]));
+        assert_eq!(r, MetaResponse::Done);
+        assert_eq!(s.topics["t"].config.retention_ms, 1000);
+        assert!(s.topics["t"].config.cleanup_policy.compacts());
+        // One bad value rejects the whole change.
+        let before = s.topics["t"].config.clone();
+        let r = s.apply(&alter(set(&[("retention.bytes", "5"), ("min.insync.replicas", "zero")]), &[]));
+        match r {
+            MetaResponse::Rejected { code, message } => {
+                assert_eq!(code, ErrorCode::InvalidConfig as u32);
+                assert!(message.contains("min.insync.replicas") && message.contains("zero"), "{message}");
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        assert_eq!(s.topics["t"].config, before);
+        // Deleting a key restores its default.
+        assert_eq!(s.apply(&alter(set(&[]), &["retention.ms"])), MetaResponse::Done);
+        assert_eq!(s.topics["t"].config.retention_ms, TopicConfig::default().retention_ms);
+        let r = s.apply(&MetaCommand::AlterTopicConfig { name: "nope".into(), set: set(&[]), delete: vec![] });
+        assert!(matches!(r, MetaResponse::Rejected { code: 1, .. }));
     }
 
     #[test]

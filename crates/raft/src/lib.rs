@@ -12,7 +12,7 @@ pub mod transport;
 use std::sync::Arc;
 
 pub use openraft;
-pub use partition_types::{PartitionCommand, PartitionResponse, StoredBatch};
+pub use partition_types::{PartitionCommand, PartitionResponse, ProducerStamp, StoredBatch};
 use runnel_meta::{MetaCommand, MetaResponse};
 
 /// Tokio, with openraft's randomness (election timeouts, tick jitter) drawn from a seeded RNG:

@@ -107,6 +107,7 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
         Strm: Stream<Item = Result<EntryResponder<MetaTypes>, io::Error>> + Unpin + OptionalSend,
     {
         let mut inner = self.inner.lock().await;
+        let mut answers = Vec::new();
         while let Some((entry, responder)) = entries.try_next().await? {
             inner.last_applied = Some(entry.log_id);
             let resp = match &entry.payload {
@@ -118,10 +119,15 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
                 }
             };
             if let Some(r) = responder {
-                r.send(resp);
+                answers.push((r, resp));
             }
         }
+        // Publish first, answer second: a proposer that reads the view after its answer (e.g.
+        // CreateTopic returning the new topic) must see its own change.
         self.publish(&inner);
+        for (r, resp) in answers {
+            r.send(resp);
+        }
         Ok(())
     }
 

@@ -12,16 +12,20 @@ use runnel_proto::v1::runnel_client::RunnelClient;
 use runnel_proto::v1::runnel_server::Runnel;
 use runnel_proto::v1::*;
 use runnel_raft::meta_sm::MetaStateMachine;
+use runnel_raft::ProducerStamp;
 use runnel_types::limits::{DEFAULT_PRODUCE_TIMEOUT_MS, MAX_GRPC_MESSAGE_BYTES};
+use runnel_types::topic::TopicConfig;
 use runnel_types::{ErrorCode, NodeId, RunnelError};
 use tonic::{Request, Response, Status};
 
 use crate::controller::Controller;
+use crate::coordinator::Coordinator;
 
 pub struct Api {
     pub broker: Arc<Broker>,
     pub controller: Arc<Controller>,
     pub meta: MetaStateMachine,
+    pub coordinator: Arc<Coordinator>,
 }
 
 fn err(e: &RunnelError) -> Option<Error> {
@@ -150,19 +154,50 @@ impl Runnel for Api {
     async fn produce(&self, req: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
         let r = req.into_inner();
         let out = async {
+            if r.topic == runnel_groups::OFFSETS_TOPIC {
+                return Err(RunnelError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("'{}' is internal: only group coordinators write to it", r.topic),
+                ));
+            }
             let p = self.local(&r.topic, r.partition)?;
             p.check_partition_epoch(r.partition_epoch)?;
             let batch =
                 r.batch.ok_or_else(|| RunnelError::new(ErrorCode::InvalidRequest, "produce request has no batch"))?;
             let timeout_ms = if r.timeout_ms == 0 { DEFAULT_PRODUCE_TIMEOUT_MS } else { r.timeout_ms };
             let wait = r.acks != Acks::None as i32;
-            p.produce(batch, wait, Duration::from_millis(timeout_ms as u64), r.leader_epoch).await
+            let producer = match (r.producer_id, r.producer_epoch, r.base_sequence) {
+                (None, None, None) => None,
+                (Some(producer_id), Some(epoch), Some(base_sequence)) => {
+                    Some(ProducerStamp { producer_id, epoch, base_sequence })
+                }
+                (id, epoch, seq) => {
+                    return Err(RunnelError::new(
+                        ErrorCode::InvalidRequest,
+                        format!(
+                            "an idempotent produce sets producer_id, producer_epoch and base_sequence together; got \
+                             producer_id {id:?}, producer_epoch {epoch:?}, base_sequence {seq:?}"
+                        ),
+                    ))
+                }
+            };
+            if producer.is_some() && !wait {
+                return Err(RunnelError::new(
+                    ErrorCode::InvalidRequest,
+                    "an idempotent produce needs acks=all (with acks=none the producer cannot learn what committed)",
+                ));
+            }
+            p.produce(batch, producer, wait, Duration::from_millis(timeout_ms as u64), r.leader_epoch).await
         }
         .await;
         Ok(Response::new(match out {
-            Ok((base_offset, leader_epoch)) => {
-                ProduceResponse { error: None, base_offset, leader_epoch, node_id: self.broker.node_id() }
-            }
+            Ok(o) => ProduceResponse {
+                error: None,
+                base_offset: o.base_offset,
+                leader_epoch: o.leader_epoch,
+                node_id: self.broker.node_id(),
+                duplicate: o.duplicate,
+            },
             Err(e) => ProduceResponse { error: err(&e), ..Default::default() },
         }))
     }
@@ -192,12 +227,24 @@ impl Runnel for Api {
         let out = async {
             let p = self.local(&r.topic, r.partition)?;
             let term = p.ensure_readable(None).await?;
-            let offset = if r.spec == OffsetSpec::Latest as i32 { p.sm.high_watermark() } else { 0 };
-            Ok((offset, term))
+            let spec = OffsetSpec::try_from(r.spec).map_err(|_| {
+                RunnelError::new(ErrorCode::InvalidRequest, format!("unknown offset spec {} in ListOffsets", r.spec))
+            })?;
+            let answer = match spec {
+                OffsetSpec::Earliest => (p.sm.log_start(), true, 0),
+                OffsetSpec::Latest => (p.sm.high_watermark(), true, 0),
+                OffsetSpec::Timestamp => match p.offset_for_timestamp(r.timestamp_ms)? {
+                    Some((offset, ts)) => (offset, true, ts),
+                    None => (p.sm.high_watermark(), false, 0),
+                },
+            };
+            Ok((answer, term))
         }
         .await;
         Ok(Response::new(match out {
-            Ok((offset, leader_epoch)) => ListOffsetsResponse { error: None, offset, leader_epoch },
+            Ok(((offset, found, timestamp_ms), leader_epoch)) => {
+                ListOffsetsResponse { error: None, offset, leader_epoch, found, timestamp_ms }
+            }
             Err(e) => ListOffsetsResponse { error: err(&e), ..Default::default() },
         }))
     }
@@ -225,6 +272,38 @@ impl Runnel for Api {
             topics,
             metadata_version: view.applied_index,
             node_id: self.broker.node_id(),
+        }))
+    }
+
+    async fn init_producer_id(
+        &self,
+        req: Request<InitProducerIdRequest>,
+    ) -> Result<Response<InitProducerIdResponse>, Status> {
+        let r = req.into_inner();
+        // An epoch bump needs no state: the id is the caller's alone, and partitions fence the
+        // older epoch when the new one first writes to them.
+        if let Some(id) = r.producer_id {
+            return Ok(Response::new(match r.producer_epoch.checked_add(1) {
+                Some(epoch) => InitProducerIdResponse { error: None, producer_id: id, producer_epoch: epoch },
+                None => InitProducerIdResponse {
+                    error: err(&RunnelError::new(
+                        ErrorCode::InvalidProducerEpoch,
+                        format!("producer {id} has used every epoch; ask for a new producer id"),
+                    )),
+                    ..Default::default()
+                },
+            }));
+        }
+        if !self.controller.is_controller() {
+            let out = match self.controller_client().await {
+                Ok(mut c) => c.init_producer_id(r).await.map(|x| x.into_inner()),
+                Err(e) => return Ok(Response::new(InitProducerIdResponse { error: err(&e), ..Default::default() })),
+            };
+            return out.map(Response::new);
+        }
+        Ok(Response::new(match self.controller.new_producer_id().await {
+            Ok(id) => InitProducerIdResponse { error: None, producer_id: id, producer_epoch: 0 },
+            Err(e) => InitProducerIdResponse { error: err(&e), ..Default::default() },
         }))
     }
 
@@ -260,6 +339,44 @@ impl Runnel for Api {
         }))
     }
 
+    async fn describe_topic_config(
+        &self,
+        req: Request<DescribeTopicConfigRequest>,
+    ) -> Result<Response<DescribeTopicConfigResponse>, Status> {
+        let r = req.into_inner();
+        let view = self.meta.current();
+        Ok(Response::new(match view.state.topics.get(&r.topic) {
+            Some(t) => {
+                let defaults = TopicConfig::default().to_map();
+                let configs = t.config.to_map();
+                let overridden =
+                    configs.iter().filter(|(k, v)| defaults.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+                DescribeTopicConfigResponse { error: None, configs: configs.into_iter().collect(), overridden }
+            }
+            None => {
+                DescribeTopicConfigResponse { error: err(&RunnelError::unknown_topic(&r.topic)), ..Default::default() }
+            }
+        }))
+    }
+
+    async fn alter_topic_config(
+        &self,
+        req: Request<AlterTopicConfigRequest>,
+    ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let r = req.into_inner();
+        if !self.controller.is_controller() {
+            return match self.controller_client().await {
+                Ok(mut c) => c.alter_topic_config(r).await,
+                Err(e) => Ok(Response::new(AlterTopicConfigResponse { error: err(&e), ..Default::default() })),
+            };
+        }
+        let set: BTreeMap<String, String> = r.set.into_iter().collect();
+        Ok(Response::new(match self.controller.alter_topic_config(&r.topic, &set, &r.delete).await {
+            Ok(t) => AlterTopicConfigResponse { error: None, configs: t.config.to_map().into_iter().collect() },
+            Err(e) => AlterTopicConfigResponse { error: err(&e), ..Default::default() },
+        }))
+    }
+
     async fn describe_replicas(
         &self,
         _req: Request<DescribeReplicasRequest>,
@@ -289,6 +406,9 @@ impl Runnel for Api {
                     committed_index: m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
                     high_watermark: p.sm.high_watermark(),
                     replicas: p.replicas(),
+                    log_start_offset: p.sm.log_start(),
+                    retained_bytes: p.sm.retained_bytes(),
+                    compactions: p.sm.compactions(),
                 }
             })
             .collect();
@@ -436,6 +556,75 @@ impl Runnel for Api {
         Ok(Response::new(match out {
             Ok(leader_epoch) => TransferLeaderResponse { error: None, leader_epoch },
             Err(e) => TransferLeaderResponse { error: err(&e), leader_epoch: 0 },
+        }))
+    }
+
+    async fn find_coordinator(
+        &self,
+        req: Request<FindCoordinatorRequest>,
+    ) -> Result<Response<FindCoordinatorResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(match self.coordinator.find(&r.group).await {
+            Ok((partition, node_id, addr)) => FindCoordinatorResponse { error: None, node_id, addr, partition },
+            Err(e) => FindCoordinatorResponse { error: err(&e), ..Default::default() },
+        }))
+    }
+
+    async fn join_group(&self, req: Request<JoinGroupRequest>) -> Result<Response<JoinGroupResponse>, Status> {
+        Ok(Response::new(match self.coordinator.join(req.into_inner()).await {
+            Ok(r) => r,
+            Err(e) => JoinGroupResponse { error: err(&e), ..Default::default() },
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        Ok(Response::new(HeartbeatResponse {
+            error: self.coordinator.heartbeat(req.into_inner()).await.err().as_ref().and_then(err),
+        }))
+    }
+
+    async fn leave_group(&self, req: Request<LeaveGroupRequest>) -> Result<Response<LeaveGroupResponse>, Status> {
+        Ok(Response::new(LeaveGroupResponse {
+            error: self.coordinator.leave(req.into_inner()).await.err().as_ref().and_then(err),
+        }))
+    }
+
+    async fn commit_offsets(
+        &self,
+        req: Request<CommitOffsetsRequest>,
+    ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        Ok(Response::new(CommitOffsetsResponse {
+            error: self.coordinator.commit(req.into_inner()).await.err().as_ref().and_then(err),
+        }))
+    }
+
+    async fn fetch_offsets(&self, req: Request<FetchOffsetsRequest>) -> Result<Response<FetchOffsetsResponse>, Status> {
+        Ok(Response::new(match self.coordinator.fetch_offsets(req.into_inner()).await {
+            Ok(offsets) => FetchOffsetsResponse { error: None, offsets },
+            Err(e) => FetchOffsetsResponse { error: err(&e), offsets: vec![] },
+        }))
+    }
+
+    async fn list_groups(&self, _req: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
+        Ok(Response::new(match self.coordinator.list().await {
+            Ok(groups) => ListGroupsResponse { error: None, groups },
+            Err(e) => ListGroupsResponse { error: err(&e), groups: vec![] },
+        }))
+    }
+
+    async fn describe_group(
+        &self,
+        req: Request<DescribeGroupRequest>,
+    ) -> Result<Response<DescribeGroupResponse>, Status> {
+        Ok(Response::new(match self.coordinator.describe(&req.into_inner().group).await {
+            Ok(r) => r,
+            Err(e) => DescribeGroupResponse { error: err(&e), ..Default::default() },
+        }))
+    }
+
+    async fn delete_group(&self, req: Request<DeleteGroupRequest>) -> Result<Response<DeleteGroupResponse>, Status> {
+        Ok(Response::new(DeleteGroupResponse {
+            error: self.coordinator.delete(&req.into_inner().group).await.err().as_ref().and_then(err),
         }))
     }
 }

@@ -47,6 +47,15 @@ pub struct NodeConfig {
     pub broker_session_timeout_ms: u64,
     /// A broker unavailable for this long has its replicas moved to live brokers, milliseconds.
     pub broker_replacement_timeout_ms: u64,
+    /// Partitions of the internal `__consumer_offsets` topic (created on the first group
+    /// request): each partition's leader coordinates the groups that hash to it.
+    pub offsets_topic_partitions: u32,
+    /// Its replication factor (lowered to the number of live brokers when there are fewer).
+    pub offsets_topic_replication_factor: u32,
+    /// How often each partition leader checks retention.ms / retention.bytes, milliseconds.
+    pub retention_check_interval_ms: u64,
+    /// How often the cleaner compacts the replicas of compacted topics on this node, milliseconds.
+    pub cleaner_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -62,12 +71,16 @@ impl Default for NodeConfig {
             broker_heartbeat_ms: 100,
             broker_session_timeout_ms: 6_000,
             broker_replacement_timeout_ms: 300_000,
+            offsets_topic_partitions: 8,
+            offsets_topic_replication_factor: 3,
+            retention_check_interval_ms: 5_000,
+            cleaner_interval_ms: 30_000,
         }
     }
 }
 
 /// The keys a node reads from `RUNNEL_<KEY>` environment variables.
-const ENV_KEYS: [&str; 10] = [
+const ENV_KEYS: [&str; 14] = [
     "node_id",
     "listen",
     "advertise",
@@ -78,6 +91,10 @@ const ENV_KEYS: [&str; 10] = [
     "broker_heartbeat_ms",
     "broker_session_timeout_ms",
     "broker_replacement_timeout_ms",
+    "offsets_topic_partitions",
+    "offsets_topic_replication_factor",
+    "retention_check_interval_ms",
+    "cleaner_interval_ms",
 ];
 
 /// Command-line overrides; every field is optional so unset flags do not mask the file or env.
@@ -226,9 +243,39 @@ impl NodeConfig {
                 ),
             ));
         }
+        if self.offsets_topic_partitions == 0 || self.offsets_topic_partitions > 1024 {
+            return Err(invalid(
+                "offsets_topic_partitions",
+                self.offsets_topic_partitions,
+                "must be between 1 and 1024",
+            ));
+        }
+        if self.offsets_topic_replication_factor == 0 || self.offsets_topic_replication_factor > 7 {
+            return Err(invalid(
+                "offsets_topic_replication_factor",
+                self.offsets_topic_replication_factor,
+                "must be between 1 and 7",
+            ));
+        }
+        for (field, v) in [
+            ("retention_check_interval_ms", self.retention_check_interval_ms),
+            ("cleaner_interval_ms", self.cleaner_interval_ms),
+        ] {
+            if !(MIN_MAINTENANCE_INTERVAL_MS..=MAX_MAINTENANCE_INTERVAL_MS).contains(&v) {
+                return Err(invalid(
+                    field,
+                    v,
+                    &format!("must be between {MIN_MAINTENANCE_INTERVAL_MS} and {MAX_MAINTENANCE_INTERVAL_MS} ms"),
+                ));
+            }
+        }
         Ok(())
     }
 }
+
+/// Bounds for the retention and cleaner intervals (tests use a few hundred milliseconds).
+const MIN_MAINTENANCE_INTERVAL_MS: u64 = 10;
+const MAX_MAINTENANCE_INTERVAL_MS: u64 = 24 * 60 * 60 * 1000;
 
 #[cfg(test)]
 mod tests {
@@ -276,6 +323,17 @@ mod tests {
         };
         let e = NodeConfig::load_from(&flags, no_env()).unwrap_err().to_string();
         assert!(e.contains("listen") || e.contains("not-an-addr"), "{e}");
+    }
+
+    #[test]
+    fn maintenance_intervals_are_checked() {
+        let mut cfg = NodeConfig::dev(None, None);
+        cfg.retention_check_interval_ms = 200;
+        cfg.cleaner_interval_ms = 300;
+        cfg.validate().unwrap();
+        cfg.cleaner_interval_ms = 0;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("cleaner_interval_ms") && e.contains("'0'"), "{e}");
     }
 
     #[test]

@@ -44,7 +44,13 @@ pub struct Controller {
     /// Since when this controller has seen each broker not alive. Memory only: after a controller
     /// failover the clock starts again, which only delays a replacement.
     down_since: Mutex<HashMap<NodeId, Instant>>,
+    /// Producer ids reserved through the metadata log and not handed out yet: `next..end`.
+    /// Reserved ids stay unique even if this node stops being controller, so the block is kept.
+    producer_ids: tokio::sync::Mutex<(u64, u64)>,
 }
+
+/// Producer ids reserved per metadata write.
+const PRODUCER_ID_BLOCK: u64 = 1000;
 
 impl Controller {
     pub fn new(
@@ -65,7 +71,24 @@ impl Controller {
             leader_since: Mutex::new(None),
             replacement_timeout,
             down_since: Mutex::new(HashMap::new()),
+            producer_ids: tokio::sync::Mutex::new((0, 0)),
         })
+    }
+
+    /// A new idempotent-producer id (epoch 0), from the reserved block; reserves a new block
+    /// through the metadata log when it is used up (one metadata write per 1000 producers).
+    pub async fn new_producer_id(&self) -> Result<u64, RunnelError> {
+        self.ensure_controller()?;
+        let mut ids = self.producer_ids.lock().await;
+        if ids.0 >= ids.1 {
+            match self.propose(MetaCommand::AllocateProducerIds { count: PRODUCER_ID_BLOCK }).await? {
+                MetaResponse::ProducerIds { first, count } => *ids = (first, first + count),
+                other => return Err(RunnelError::internal(format!("producer id allocation answered {other:?}"))),
+            }
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
     }
 
     pub fn ensure_controller(&self) -> Result<(), RunnelError> {
@@ -374,6 +397,28 @@ impl Controller {
         let live = self.live_brokers();
         let assignments = place_partitions(&view.state, &live, partitions, rf)?;
         self.propose(MetaCommand::CreateTopic { name: name.to_string(), config, assignments }).await?;
+        self.sm.current().state.topics.get(name).cloned().ok_or_else(|| RunnelError::unknown_topic(name))
+    }
+
+    /// Changes a topic's configuration (checked here for a clear answer, and again on apply).
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        set: &BTreeMap<String, String>,
+        delete: &[String],
+    ) -> Result<TopicRecord, RunnelError> {
+        if !self.is_controller() {
+            return Err(self.not_controller());
+        }
+        let view = self.sm.current();
+        let t = view.state.topics.get(name).ok_or_else(|| RunnelError::unknown_topic(name))?;
+        t.config.with_changes(set, delete)?;
+        self.propose(MetaCommand::AlterTopicConfig {
+            name: name.to_string(),
+            set: set.clone(),
+            delete: delete.to_vec(),
+        })
+        .await?;
         self.sm.current().state.topics.get(name).cloned().ok_or_else(|| RunnelError::unknown_topic(name))
     }
 

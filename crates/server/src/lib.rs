@@ -3,6 +3,7 @@
 pub mod api;
 pub mod config;
 pub mod controller;
+pub mod coordinator;
 mod node;
 
 pub use config::{ConfigError, NodeConfig, NodeFlags};

@@ -28,6 +28,7 @@ use runnel_types::{NodeId, META_GROUP_ID};
 
 use crate::api::Api;
 use crate::controller::{Controller, ControllerService};
+use crate::coordinator::Coordinator;
 use crate::NodeConfig;
 
 /// How long a stopping node waits for its leaderships to move before it stops anyway.
@@ -45,6 +46,9 @@ pub struct NodeEnv {
     pub incarnation: u64,
     /// TEST ONLY: the simulator's planted bug (see `runnel_broker::BrokerDeps`); false otherwise.
     pub planted_ack_before_commit: bool,
+    /// Wall-clock milliseconds (retention, compaction, batch timestamps): the system clock, or a
+    /// simulated one.
+    pub clock: runnel_broker::Clock,
 }
 
 /// Runs a node on RocksDB and real TCP until SIGINT or SIGTERM.
@@ -62,6 +66,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         raft_seed: rand::random(),
         incarnation: rand::random(),
         planted_ack_before_commit: false,
+        clock: runnel_broker::system_clock(),
     };
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
@@ -82,7 +87,7 @@ where
     let node_id = cfg.node_id;
     let advertise = cfg.advertise_addr();
     let timing = RaftTiming { heartbeat_ms: cfg.raft_heartbeat_ms, election_timeout_ms: cfg.raft_election_timeout_ms };
-    let NodeEnv { engine, syncer, dialer, raft_seed, incarnation, planted_ack_before_commit } = env;
+    let NodeEnv { engine, syncer, dialer, raft_seed, incarnation, planted_ack_before_commit, clock } = env;
 
     let router = Router::new(node_id, dialer);
     for (id, addr) in &voters {
@@ -121,6 +126,7 @@ where
         registry: registry.clone(),
         timing,
         raft_seed,
+        clock,
         planted_ack_before_commit,
     });
     let controller = Controller::new(
@@ -135,6 +141,8 @@ where
     let reconciler = tokio::spawn(broker.clone().run_reconciler(meta_sm.subscribe()));
     let leader_duties = tokio::spawn(broker.clone().run_leader_duties(Duration::from_millis(500)));
     let controller_duties = tokio::spawn(controller.clone().run_duties(Duration::from_millis(500)));
+    let retention = tokio::spawn(broker.clone().run_retention(Duration::from_millis(cfg.retention_check_interval_ms)));
+    let cleaner = tokio::spawn(broker.clone().run_cleaner(Duration::from_millis(cfg.cleaner_interval_ms)));
     let shutting_down = Arc::new(AtomicBool::new(false));
     let heartbeats = tokio::spawn(heartbeat_loop(
         Heartbeat {
@@ -168,7 +176,15 @@ where
         }
     };
 
-    let api = Api { broker: broker.clone(), controller: controller.clone(), meta: meta_sm.clone() };
+    let coordinator = Coordinator::new(
+        broker.clone(),
+        meta_sm.clone(),
+        controller.clone(),
+        cfg.offsets_topic_partitions,
+        cfg.offsets_topic_replication_factor,
+    );
+    let coordinator_duties = tokio::spawn(coordinator.clone().run());
+    let api = Api { broker: broker.clone(), controller: controller.clone(), meta: meta_sm.clone(), coordinator };
     tracing::info!(node_id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "runnel node ready");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -188,7 +204,10 @@ where
 
     tracing::info!(node_id, "shutting down");
     heartbeats.abort();
+    coordinator_duties.abort();
     leader_duties.abort();
+    retention.abort();
+    cleaner.abort();
     controller_duties.abort();
     reconciler.abort();
     broker.shutdown().await;

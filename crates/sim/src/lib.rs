@@ -262,6 +262,9 @@ fn host(i: usize) -> String {
     format!("n{}", i + 1)
 }
 
+/// The simulated wall clock's start: 2026-01-01T00:00:00Z.
+const SIM_EPOCH_MS: i64 = 1_767_225_600_000;
+
 fn node_config(i: usize, nodes: usize, replacement_ms: u64) -> NodeConfig {
     let mut cfg = NodeConfig::default();
     // Short sessions, so that brokers are declared unavailable, fence themselves and get replaced
@@ -325,6 +328,9 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
                     raft_seed: mix,
                     incarnation: mix.rotate_left(17) ^ 0x1ca7,
                     planted_ack_before_commit: planted == Some(PlantedBug::AckBeforeCommit),
+                    // Simulated wall clock: a fixed epoch plus simulated time, so retention and
+                    // batch timestamps replay exactly from the seed.
+                    clock: Arc::new(|| SIM_EPOCH_MS + turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as i64)),
                 };
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 runnel_server::serve(cfg, env, net::incoming(listener), std::future::pending())

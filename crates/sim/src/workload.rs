@@ -187,7 +187,13 @@ async fn produce_loop(
         n += 1;
         let records = values
             .iter()
-            .map(|v| Record { key: Bytes::new(), value: Bytes::from(v.clone()), headers: vec![], timestamp_ms: 0 })
+            .map(|v| Record {
+                key: Bytes::new(),
+                value: Bytes::from(v.clone()),
+                headers: vec![],
+                timestamp_ms: 0,
+                offset_delta: None,
+            })
             .collect();
         rec.record(process, ms(start), Event::ProduceInvoke { topic: TOPIC.into(), partition, values: values.clone() });
         match client.produce_detailed(TOPIC, partition, records, Acks::All).await {

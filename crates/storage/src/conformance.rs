@@ -34,6 +34,13 @@ fn keyspaces_are_separate(e: &dyn Engine) {
     assert_eq!(e.get(Keyspace::Log, b"k").unwrap(), Some(b"log".to_vec()));
     assert_eq!(e.get(Keyspace::State, b"k").unwrap(), Some(b"state".to_vec()));
     assert_eq!(e.get(Keyspace::Index, b"k").unwrap(), None);
+    assert_eq!(e.get(Keyspace::TimeIndex, b"k").unwrap(), None);
+    put(e, Keyspace::TimeIndex, b"k", b"time");
+    assert_eq!(e.get(Keyspace::TimeIndex, b"k").unwrap(), Some(b"time".to_vec()));
+    assert_eq!(e.get(Keyspace::Index, b"k").unwrap(), None);
+    for ks in Keyspace::ALL {
+        assert_eq!(e.scan(ks, b"k", b"l", 10).unwrap().len(), usize::from(ks != Keyspace::Index));
+    }
 }
 
 fn scan_is_ordered_bounded_and_limited(e: &dyn Engine) {

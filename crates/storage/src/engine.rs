@@ -9,18 +9,23 @@ pub enum Keyspace {
     Log,
     /// Small per-group state: vote, committed log id, purge point, applied state.
     State,
-    /// Partition offset index: (group, base offset) -> (log index, record count).
+    /// Partition offset index: (group, base offset) -> (log index, record count, batch bytes).
     Index,
+    /// Partition time index: (group, running max timestamp) -> base offset of the first batch
+    /// that reached it. Written only when the running max grows, so it is small and ordered both
+    /// ways (timestamps and offsets increase together).
+    TimeIndex,
 }
 
 impl Keyspace {
-    pub const ALL: [Keyspace; 3] = [Keyspace::Log, Keyspace::State, Keyspace::Index];
+    pub const ALL: [Keyspace; 4] = [Keyspace::Log, Keyspace::State, Keyspace::Index, Keyspace::TimeIndex];
 
     pub fn name(self) -> &'static str {
         match self {
             Keyspace::Log => "log",
             Keyspace::State => "state",
             Keyspace::Index => "index",
+            Keyspace::TimeIndex => "time_index",
         }
     }
 }

@@ -22,6 +22,21 @@ pub enum ErrorCode {
     LeaderNotAvailable = 14,
     Internal = 15,
     Storage = 16,
+    NotCoordinator = 17,
+    CoordinatorLoading = 18,
+    UnknownMember = 19,
+    IllegalGeneration = 20,
+    RebalanceInProgress = 21,
+    GroupNotEmpty = 22,
+    UnknownGroup = 23,
+    InconsistentGroupProtocol = 24,
+    NoCommittedOffset = 25,
+    CommitRegression = 26,
+    /// acks=all produce refused: fewer in-sync replicas than the topic's `min.insync.replicas`.
+    NotEnoughReplicas = 40,
+    OutOfOrderSequence = 30,
+    InvalidProducerEpoch = 31,
+    UnknownProducerId = 32,
 }
 
 impl ErrorCode {
@@ -44,6 +59,20 @@ impl ErrorCode {
             14 => LeaderNotAvailable,
             15 => Internal,
             16 => Storage,
+            17 => NotCoordinator,
+            18 => CoordinatorLoading,
+            19 => UnknownMember,
+            20 => IllegalGeneration,
+            21 => RebalanceInProgress,
+            22 => GroupNotEmpty,
+            23 => UnknownGroup,
+            24 => InconsistentGroupProtocol,
+            25 => NoCommittedOffset,
+            26 => CommitRegression,
+            40 => NotEnoughReplicas,
+            30 => OutOfOrderSequence,
+            31 => InvalidProducerEpoch,
+            32 => UnknownProducerId,
             _ => return None,
         })
     }
@@ -67,6 +96,20 @@ impl ErrorCode {
             LeaderNotAvailable => "LEADER_NOT_AVAILABLE",
             Internal => "INTERNAL",
             Storage => "STORAGE",
+            NotCoordinator => "NOT_COORDINATOR",
+            CoordinatorLoading => "COORDINATOR_LOADING",
+            UnknownMember => "UNKNOWN_MEMBER",
+            IllegalGeneration => "ILLEGAL_GENERATION",
+            RebalanceInProgress => "REBALANCE_IN_PROGRESS",
+            GroupNotEmpty => "GROUP_NOT_EMPTY",
+            UnknownGroup => "UNKNOWN_GROUP",
+            InconsistentGroupProtocol => "INCONSISTENT_GROUP_PROTOCOL",
+            NoCommittedOffset => "NO_COMMITTED_OFFSET",
+            CommitRegression => "COMMIT_REGRESSION",
+            NotEnoughReplicas => "NOT_ENOUGH_REPLICAS",
+            OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
+            InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
+            UnknownProducerId => "UNKNOWN_PRODUCER_ID",
         }
     }
 
@@ -79,6 +122,9 @@ impl ErrorCode {
                 | ErrorCode::NotController
                 | ErrorCode::Timeout
                 | ErrorCode::StaleEpoch
+                | ErrorCode::NotCoordinator
+                | ErrorCode::CoordinatorLoading
+                | ErrorCode::NotEnoughReplicas
         )
     }
 }
@@ -127,6 +173,15 @@ impl RunnelError {
             leader: None,
             valid_range: Some((start, end)),
         }
+    }
+
+    /// This node does not coordinate `group`; `coordinator` is the node that does, when known.
+    pub fn not_coordinator(group: &str, coordinator: Option<(NodeId, String)>) -> Self {
+        let msg = match &coordinator {
+            Some((id, addr)) => format!("this node does not coordinate group '{group}'; node {id} at {addr} does"),
+            None => format!("this node does not coordinate group '{group}'; its coordinator is not known yet"),
+        };
+        Self { code: ErrorCode::NotCoordinator, message: msg, leader: coordinator, valid_range: None }
     }
 
     pub fn invalid_config(field: &str, value: impl std::fmt::Display, why: &str) -> Self {

@@ -19,3 +19,7 @@ pub const DEFAULT_PRODUCE_TIMEOUT_MS: u32 = 10_000;
 pub const MAX_PARTITIONS_PER_TOPIC: u32 = 4096;
 pub const MAX_REPLICATION_FACTOR: u32 = 7;
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
+/// Default `retention.ms`: 7 days.
+pub const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Default `delete.retention.ms` (how long a tombstone survives compaction): 1 day.
+pub const DEFAULT_DELETE_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
