@@ -258,6 +258,11 @@ impl Drop for Cluster {
                 let _ = c.wait();
             }
         }
+        // RUNNEL_KEEP_TEST_DIR=1 keeps a failed test's data and logs for reading afterwards.
+        if std::thread::panicking() && std::env::var_os("RUNNEL_KEEP_TEST_DIR").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::TempDir::new().expect("tempdir")).keep();
+            eprintln!("kept the failed test's directory: {}", kept.display());
+        }
     }
 }
 

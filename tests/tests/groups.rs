@@ -14,6 +14,7 @@ use runnel_tests::{runnel_bin, wait_for, Cluster};
 struct Member {
     child: Child,
     out: PathBuf,
+    err: PathBuf,
 }
 
 impl Member {
@@ -24,12 +25,14 @@ impl Member {
             .args(["consume", "--output", "json"])
             .args(args)
             .env("RUNNEL_BOOTSTRAP", bootstrap)
+            // Joins, rebalances and commit failures: what to read when a group test fails.
+            .env("RUNNEL_LOG", std::env::var("RUNNEL_MEMBER_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(File::create(&out).unwrap())
-            .stderr(File::create(err).unwrap())
+            .stderr(File::create(&err).unwrap())
             .spawn()
             .expect("spawn runnel consume");
-        Member { child, out }
+        Member { child, out, err }
     }
 
     /// (partition, offset, value) of every line printed so far.
@@ -46,6 +49,15 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            // What the member logged is the first thing to read when a group test fails.
+            let log = std::fs::read_to_string(&self.err).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("----- {} (last {} lines) -----", self.err.display(), tail.len());
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
     }
 }
 
@@ -80,7 +92,9 @@ async fn stable_assignment(
     members: usize,
     timeout: Duration,
 ) -> BTreeMap<String, Vec<u32>> {
-    wait_for(timeout, &format!("group '{group}' stable with {members} members"), || async {
+    let last_seen = std::sync::Mutex::new(String::new());
+    let last_seen = &last_seen;
+    wait_for(timeout, &format!("group '{group}' stable with {members} members"), || async move {
         let d = match client.describe_group(group).await {
             Ok(d) => d,
             Err(e) => {
@@ -89,6 +103,12 @@ async fn stable_assignment(
             }
         };
         if d.state != "stable" || d.members.len() != members {
+            let now = format!("group '{group}': {} with {} member(s), generation {}", d.state, d.members.len(), d.generation);
+            let mut last = last_seen.lock().unwrap();
+            if *last != now {
+                eprintln!("{now}");
+                *last = now;
+            }
             return None;
         }
         let a: BTreeMap<String, Vec<u32>> = d

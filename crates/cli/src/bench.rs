@@ -9,7 +9,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use runnel_client::{Client, Compression, DeliveryFuture, Producer, ProducerConfig};
+use runnel_client::{Client, Compression, DeliveryFuture, ErrorCode, Producer, ProducerConfig};
 use runnel_proto::v1::{Acks, Record};
 use serde::Serialize;
 
@@ -101,7 +101,7 @@ pub struct BenchReport {
 }
 
 /// Latency histogram in microseconds, 1 µs to 10 min, 3 significant digits.
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     // Constant, valid bounds (low >= 1, high >= 2 * low, sigfig <= 5): construction cannot fail.
     #[allow(clippy::expect_used)]
     Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
@@ -109,7 +109,7 @@ fn new_histogram() -> Histogram<u64> {
 
 /// Elections after topic creation are not part of the measurement: wait (up to 30 s) until every
 /// partition has a leader.
-async fn wait_for_leaders(client: &Client, topic: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_leaders(client: &Client, topic: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // A node that has not applied the topic's creation yet answers UNKNOWN_TOPIC: not ready.
@@ -129,6 +129,21 @@ async fn wait_for_leaders(client: &Client, topic: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The topic's partition count, creating it (`partitions`, `rf`) when it does not exist.
+pub(crate) async fn ensure_topic(client: &Client, topic: &str, partitions: u32, rf: u32) -> anyhow::Result<u32> {
+    match client.partition_count(topic).await {
+        Ok(n) => Ok(n),
+        Err(e) if e.code() == Some(ErrorCode::UnknownTopic) => {
+            client
+                .create_topic(topic, partitions, rf, Default::default())
+                .await
+                .with_context(|| format!("creating topic '{topic}'"))?;
+            Ok(partitions)
+        }
+        Err(e) => Err(e).with_context(|| format!("looking up topic '{topic}'")),
+    }
+}
+
 pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchReport> {
     let acks = match b.acks.as_str() {
         "all" => Acks::All,
@@ -145,16 +160,7 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
         b.batch > 0 && in_flight > 0 && b.records > 0,
         "--batch, --in-flight and --records must be positive"
     );
-    let partitions = match client.partition_count(&b.topic).await {
-        Ok(n) => n,
-        Err(_) => {
-            client
-                .create_topic(&b.topic, b.partitions, b.replication_factor, Default::default())
-                .await
-                .with_context(|| format!("creating topic '{}'", b.topic))?;
-            b.partitions
-        }
-    };
+    let partitions = ensure_topic(client, &b.topic, b.partitions, b.replication_factor).await?;
     wait_for_leaders(client, &b.topic).await?;
     let value = Bytes::from(vec![b'x'; b.record_size]);
     let batches_total = b.records.div_ceil(b.batch as u64);
@@ -292,16 +298,7 @@ async fn produce_sdk(client: &Client, b: &ProduceBench, acks: Acks) -> anyhow::R
         max_in_flight_per_partition: b.in_flight.unwrap_or(5),
         ..ProducerConfig::default()
     };
-    let partitions = match client.partition_count(&b.topic).await {
-        Ok(n) => n,
-        Err(_) => {
-            client
-                .create_topic(&b.topic, b.partitions, b.replication_factor, Default::default())
-                .await
-                .with_context(|| format!("creating topic '{}'", b.topic))?;
-            b.partitions
-        }
-    };
+    let partitions = ensure_topic(client, &b.topic, b.partitions, b.replication_factor).await?;
     wait_for_leaders(client, &b.topic).await?;
     let mut producers = Vec::new();
     for _ in 0..b.producers {
@@ -417,6 +414,9 @@ pub struct ConsumeBench {
     /// everything up to the high watermarks as they were at the start: a catch-up read).
     #[arg(long)]
     pub records: Option<u64>,
+    /// Concurrent consumers; the partitions are dealt among them (default: one per partition).
+    #[arg(long)]
+    pub consumers: Option<usize>,
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -426,6 +426,7 @@ pub struct ConsumeBench {
 pub struct ConsumeReport {
     pub topic: String,
     pub partitions: Vec<u32>,
+    pub consumers: usize,
     pub records: u64,
     pub bytes: u64,
     pub fetches: u64,
@@ -463,29 +464,46 @@ pub async fn consume(client: &Client, b: &ConsumeBench) -> anyhow::Result<Consum
         ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} eta {eta}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    // Deal the partitions to the consumers (default: one consumer per partition).
+    let consumers = b.consumers.unwrap_or(ends.len()).clamp(1, ends.len());
+    let mut shares: Vec<Vec<(u32, u64)>> = vec![Vec::new(); consumers];
+    for (i, pe) in ends.into_iter().enumerate() {
+        shares[i % consumers].push(pe);
+    }
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for (p, end) in ends {
+    for share in shares {
         let (client, topic, remaining, pb, fetch_bytes) =
             (client.clone(), b.topic.clone(), remaining.clone(), pb.clone(), b.fetch_bytes);
         tasks.push(tokio::spawn(async move {
             let mut hist = new_histogram();
-            let (mut offset, mut records, mut bytes) = (0u64, 0u64, 0u64);
-            while offset < end && remaining.load(Ordering::Relaxed) > 0 {
-                let t = Instant::now();
-                let r = client
-                    .fetch(&topic, p, offset, fetch_bytes, 0)
-                    .await
-                    .with_context(|| format!("fetching {topic}/{p} at offset {offset}"))?;
-                let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
-                let n = r.records.len() as u64;
-                anyhow::ensure!(n > 0 || r.next_offset > offset, "{topic}/{p}: no progress at offset {offset}");
-                bytes += r.records.iter().map(|x| (x.key.len() + x.value.len()) as u64).sum::<u64>();
-                records += n;
-                offset = r.next_offset;
-                let _ =
-                    remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left.saturating_sub(n)));
-                pb.inc(n);
+            let (mut records, mut bytes) = (0u64, 0u64);
+            // (partition, next offset, end), fetched in turn until each reaches its end.
+            let mut cursors: Vec<(u32, u64, u64)> = share.into_iter().map(|(p, end)| (p, 0, end)).collect();
+            while remaining.load(Ordering::Relaxed) > 0 {
+                cursors.retain(|(_, offset, end)| offset < end);
+                if cursors.is_empty() {
+                    break;
+                }
+                for (p, offset, end) in cursors.iter_mut() {
+                    if *offset >= *end {
+                        continue;
+                    }
+                    let t = Instant::now();
+                    let r = client
+                        .fetch(&topic, *p, *offset, fetch_bytes, 0)
+                        .await
+                        .with_context(|| format!("fetching {topic}/{p} at offset {offset}"))?;
+                    let _ = hist.record(t.elapsed().as_micros().max(1) as u64);
+                    let n = r.records.len() as u64;
+                    anyhow::ensure!(n > 0 || r.next_offset > *offset, "{topic}/{p}: no progress at offset {offset}");
+                    bytes += r.records.iter().map(|x| (x.key.len() + x.value.len()) as u64).sum::<u64>();
+                    records += n;
+                    *offset = r.next_offset;
+                    let _ = remaining
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| Some(left.saturating_sub(n)));
+                    pb.inc(n);
+                }
             }
             Ok::<_, anyhow::Error>((hist, records, bytes))
         }));
@@ -503,6 +521,7 @@ pub async fn consume(client: &Client, b: &ConsumeBench) -> anyhow::Result<Consum
     Ok(ConsumeReport {
         topic: b.topic.clone(),
         partitions,
+        consumers,
         records,
         bytes,
         fetches: hist.len(),
@@ -518,11 +537,12 @@ pub async fn consume(client: &Client, b: &ConsumeBench) -> anyhow::Result<Consum
 
 pub fn print_consume_text(r: &ConsumeReport) {
     println!(
-        "consumed {} records ({:.1} MB) from {}/{:?} in {:.2} s: {:.0} records/s, {:.1} MB/s, {} fetches",
+        "consumed {} records ({:.1} MB) from {}/{:?} by {} consumer(s) in {:.2} s: {:.0} records/s, {:.1} MB/s, {} fetches",
         r.records,
         r.bytes as f64 / 1e6,
         r.topic,
         r.partitions,
+        r.consumers,
         r.seconds,
         r.records_per_sec,
         r.mb_per_sec,

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod bench;
+pub mod bench_e2e;
 pub mod bench_failover;
 pub mod consume;
 pub mod group;
@@ -68,6 +69,9 @@ pub enum BenchKind {
     /// Catch-up read of a topic's partitions from offset 0; reports records/s, MB/s and fetch
     /// latency percentiles.
     Consume(bench::ConsumeBench),
+    /// Producers at a paced rate and the members of one consumer group; every record carries its
+    /// send time: reports send-to-poll latency percentiles and checks nothing is missing.
+    E2e(bench_e2e::E2eBench),
     /// Starts its own local cluster, kills the partition leader (kill -9) under acks=all load
     /// again and again; reports the time from each kill to the next acknowledged write
     /// (ignores --bootstrap).
@@ -169,6 +173,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                     OutputFormat::Text => bench::print_consume_text(&report),
                 }
+                Ok(())
+            }
+            BenchKind::E2e(b) => {
+                let client = args.client.connect().await?;
+                let report = bench_e2e::run(&client, b).await?;
+                match args.client.output {
+                    OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                    OutputFormat::Text => bench_e2e::print_text(&report),
+                }
+                anyhow::ensure!(report.missing == 0, "{} acknowledged records never reached a consumer", report.missing);
                 Ok(())
             }
             BenchKind::Failover(b) => bench_failover::run(b, args.client.output).await,

@@ -344,7 +344,12 @@ impl Consumer {
                     .map(|(t, p)| v1::TopicPartition { topic: t.clone(), partition: *p })
                     .collect(),
             };
-            match self.client.join_group(req).await {
+            tracing::debug!(group, member = %member_id, tries, "joining");
+            let joined = self.client.join_group(req).await;
+            if let Err(e) = &joined {
+                tracing::debug!(group, member = %member_id, tries, error = %e, "join failed");
+            }
+            match joined {
                 Ok(r) => break r,
                 Err(e) if tries < 5 && matches!(e.code(), Some(ErrorCode::UnknownMember)) => {
                     // Our session expired: we are a new member now, and own nothing.
@@ -399,7 +404,10 @@ impl Consumer {
                 if m.rejoin {
                     continue;
                 }
-                if let Err(e) = client.heartbeat(&group, &m.member_id, m.generation).await {
+                let beat = client.heartbeat(&group, &m.member_id, m.generation).await;
+                tracing::trace!(group, member = %m.member_id, generation = m.generation, ok = beat.is_ok(), "heartbeat");
+                if let Err(e) = beat {
+                    tracing::debug!(group, member = %m.member_id, generation = m.generation, error = %e, "heartbeat answered with an error");
                     match e.code() {
                         Some(
                             ErrorCode::RebalanceInProgress | ErrorCode::IllegalGeneration | ErrorCode::UnknownMember,
@@ -588,7 +596,10 @@ impl Consumer {
         if self.config.enable_auto_commit && self.config.group.is_some() {
             self.commit_quietly().await;
         }
-        if let (Mode::Group { group, .. }, Some(m)) = (&self.mode, self.membership.lock().clone()) {
+        // Bound first: the lock's guard must not live across the await below (it would make the
+        // future !Send).
+        let membership = self.membership.lock().clone();
+        if let (Mode::Group { group, .. }, Some(m)) = (&self.mode, membership) {
             if !m.member_id.is_empty() {
                 self.client.leave_group(group, &m.member_id).await?;
             }

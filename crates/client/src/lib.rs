@@ -39,7 +39,8 @@
 //! # }
 //! ```
 //!
-//! [`AssignConsumer`] reads explicitly assigned partitions with poll, seek, pause and resume.
+//! [`Consumer`] reads as a member of a consumer group ([`Consumer::subscribe`]), ephemerally, or from
+//! explicitly assigned partitions ([`Consumer::assign`]), with poll, commit, seek, pause and resume.
 //!
 //! # Delivery semantics
 //!
@@ -51,7 +52,6 @@
 //! answered with an error that is not retriable was not appended.
 
 mod consumer;
-mod consumer_assign;
 mod error;
 mod groups;
 mod metadata;
@@ -78,7 +78,6 @@ use runnel_types::limits::{MAX_BATCH_BYTES, MAX_FETCH_WAIT_MS, MAX_GRPC_MESSAGE_
 use tonic::transport::{Channel, Endpoint};
 
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
-pub use consumer_assign::{AssignConsumer, AssignConsumerConfig, PolledRecord, StartFrom};
 pub use error::ClientError;
 pub use groups::CommittedOffsets;
 pub use partitioner::{murmur2, partition_for_key, to_positive};

@@ -95,6 +95,16 @@ impl Group {
         self.rebalance_deadline_ms = now_ms + longest;
     }
 
+    /// Whether every partition of every topic a member subscribes to is assigned to some member.
+    fn covers_subscription(&self, partitions: &BTreeMap<String, u32>) -> bool {
+        let assigned: BTreeSet<&TopicPartition> = self.members.values().flat_map(|m| m.assignment.iter()).collect();
+        let topics: BTreeSet<&String> = self.members.values().flat_map(|m| m.topics.iter()).collect();
+        topics.into_iter().all(|t| {
+            (0..partitions.get(t).copied().unwrap_or(0))
+                .all(|p| assigned.contains(&TopicPartition::new(t.clone(), p)))
+        })
+    }
+
     /// The record that makes this generation survive a coordinator failover.
     pub fn to_value(&self) -> GroupValue {
         GroupValue {
@@ -346,9 +356,18 @@ impl Groups {
     /// Removes members whose session expired (members waiting in a JoinGroup do not expire) and
     /// starts the rebalances that causes. Returns the groups that are rebalancing, for
     /// [`Groups::complete_if_ready`].
-    pub fn tick(&mut self, now_ms: u64) -> Vec<String> {
+    ///
+    /// A stable group whose assignment no longer covers every partition of its members' topics
+    /// (`partitions`: partition count per topic, from the cluster metadata) also rebalances: a
+    /// topic grew, or the coordinator moved between a cooperative generation that withheld
+    /// partitions and the follow-up rebalance that hands them over (that follow-up lived only in
+    /// the old coordinator's memory; the stored generation shows the gap).
+    pub fn tick(&mut self, now_ms: u64, partitions: &BTreeMap<String, u32>) -> Vec<String> {
         let mut rebalancing = Vec::new();
         for g in self.groups.values_mut() {
+            if g.state == GroupState::Stable && !g.covers_subscription(partitions) {
+                g.start_rebalance(now_ms, None);
+            }
             let waiting = g.state == GroupState::PreparingRebalance;
             let expired: Vec<String> = g
                 .members
@@ -542,9 +561,9 @@ mod tests {
         for now in [500, 1000, 1500] {
             gs.heartbeat("g", "a", 1, now).unwrap();
             gs.heartbeat("g", "b", 1, now).unwrap();
-            assert!(gs.tick(now).is_empty() || now > 1000);
+            assert!(gs.tick(now, &BTreeMap::new()).is_empty() || now > 1000);
         }
-        assert_eq!(gs.tick(1500), vec!["g".to_string()]);
+        assert_eq!(gs.tick(1500, &BTreeMap::new()), vec!["g".to_string()]);
         assert_eq!(gs.heartbeat("g", "a", 1, 1510).unwrap_err().code, ErrorCode::RebalanceInProgress);
         assert!(matches!(join(&mut gs, "a", "x", &[], Assignor::Range, 1520), JoinOutcome::Wait { .. }));
         assert!(gs.complete_if_ready("g", 1521, &parts()).is_none(), "b has not rejoined yet");
@@ -661,10 +680,43 @@ mod tests {
         let g = gs.get("g").unwrap();
         assert_eq!((g.generation, g.state, g.members.len()), (1, GroupState::Stable, 3));
         gs.heartbeat("g", "a", 1, 600).unwrap();
-        assert!(gs.tick(900).is_empty());
-        assert_eq!(gs.tick(1200), vec!["g".to_string()], "b and c never came back");
+        assert!(gs.tick(900, &BTreeMap::new()).is_empty());
+        assert_eq!(gs.tick(1200, &BTreeMap::new()), vec!["g".to_string()], "b and c never came back");
         join(&mut gs, "a", "x", &[], Assignor::Range, 1300);
         let done = gs.complete_if_ready("g", 1300, &parts()).unwrap();
         assert_eq!(done.generation, 2, "generations keep increasing across a coordinator failover");
+    }
+
+    #[test]
+    fn a_coordinator_failover_between_a_withholding_generation_and_its_follow_up_still_hands_over() {
+        // Found by tests/tests/groups.rs: generation 2 withheld partitions from b and c, the
+        // offsets partition's leadership moved, and the new coordinator loaded a "stable" group in
+        // which b and c owned nothing, forever.
+        let mut gs = Groups::default();
+        join(&mut gs, "", "a", &[], Assignor::CooperativeSticky, 0);
+        gs.complete_if_ready("g", 1, &parts()).unwrap();
+        join(&mut gs, "", "b", &[], Assignor::CooperativeSticky, 10);
+        join(&mut gs, "", "c", &[], Assignor::CooperativeSticky, 10);
+        join(&mut gs, "a", "x", &[0, 1, 2, 3, 4, 5], Assignor::CooperativeSticky, 11);
+        gs.complete_if_ready("g", 12, &parts()).unwrap();
+        let stored = gs.get("g").unwrap().to_value();
+
+        let mut next = Groups::default();
+        next.apply_group("g", Some(stored), 3, 100);
+        assert_eq!(next.get("g").unwrap().state, GroupState::Stable);
+        // Unchanged rejoins are answered at once, but the next tick sees the gap and rebalances.
+        assert!(matches!(join(&mut next, "b", "x", &[], Assignor::CooperativeSticky, 101), JoinOutcome::Ready { .. }));
+        assert_eq!(next.tick(102, &parts()), vec!["g".to_string()]);
+        assert_eq!(next.heartbeat("g", "a", 2, 103).unwrap_err().code, ErrorCode::RebalanceInProgress);
+        let a_owns = nums(&next.get("g").unwrap().members["a"].assignment);
+        for m in ["a", "b", "c"] {
+            let owned = if m == "a" { a_owns.clone() } else { vec![] };
+            join(&mut next, m, "x", &owned, Assignor::CooperativeSticky, 104);
+        }
+        let done = next.complete_if_ready("g", 105, &parts()).unwrap();
+        assert_eq!(done.generation, 3);
+        assert!(done.assignments.values().all(|p| p.len() == 2), "{:?}", done.assignments);
+        assert_eq!(next.get("g").unwrap().state, GroupState::Stable);
+        assert!(next.tick(106, &parts()).is_empty(), "a complete assignment does not rebalance again");
     }
 }

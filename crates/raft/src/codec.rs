@@ -19,3 +19,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
     Ok(v)
 }
+
+/// The number of bytes `encode(v)` would produce, without producing them (byte strings are
+/// counted, not copied).
+pub fn encoded_len<T: Serialize>(v: &T) -> Result<usize, CodecError> {
+    let mut w = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(v, &mut w, bincode::config::standard())
+        .map_err(|e| CodecError(format!("encode: {e}")))?;
+    Ok(w.bytes_written)
+}

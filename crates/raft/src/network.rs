@@ -14,6 +14,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::entry::RaftEntry;
 use openraft::{BasicNode, OptionalSend, RaftTypeConfig};
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use parking_lot::RwLock;
@@ -160,6 +161,23 @@ impl Router {
     }
 }
 
+/// Bytes of entries one AppendEntries carries at most (well under the gRPC message limit, and small
+/// enough that one request does not hold a follower's apply loop for long).
+const MAX_APPEND_BYTES: usize = 8 * 1024 * 1024;
+
+/// How many of `entries`, from the first, fit in `budget` encoded bytes (always at least one: a
+/// single entry is bounded by the batch size limit, which is under the message limit).
+fn entries_within<E: Serialize>(entries: &[E], budget: usize) -> Result<usize, codec::CodecError> {
+    let mut total = 0usize;
+    for (i, e) in entries.iter().enumerate() {
+        total += codec::encoded_len(e)?;
+        if total > budget && i > 0 {
+            return Ok(i);
+        }
+    }
+    Ok(entries.len())
+}
+
 fn ttl(option: &RPCOption) -> Duration {
     option.hard_ttl().max(Duration::from_millis(50))
 }
@@ -174,10 +192,25 @@ where
         &self,
         target: NodeId,
         group_id: GroupId,
-        rpc: AppendEntriesRequest<C>,
+        mut rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<C>, RPCError<C>> {
-        self.call(target, group_id, RaftRpcKind::AppendEntries, &rpc, ttl(&option)).await.map_err(CallError::rpc)
+        // openraft bounds a request by entry count only; with batches of up to 16 MiB per entry a
+        // lagging follower's catch-up request could exceed the gRPC message limit and fail again
+        // on every retry. Send a prefix that fits and report how far it got (PartialSuccess):
+        // openraft continues from there.
+        let keep = entries_within(&rpc.entries, MAX_APPEND_BYTES).map_err(|e| CallError::Failed(e.0).rpc())?;
+        let truncated = keep < rpc.entries.len();
+        if truncated {
+            rpc.entries.truncate(keep);
+        }
+        let last = rpc.entries.last().map(|e| e.log_id());
+        let resp: AppendEntriesResponse<C> =
+            self.call(target, group_id, RaftRpcKind::AppendEntries, &rpc, ttl(&option)).await.map_err(CallError::rpc)?;
+        Ok(match resp {
+            AppendEntriesResponse::Success if truncated => AppendEntriesResponse::PartialSuccess(last),
+            other => other,
+        })
     }
 
     async fn vote(
@@ -252,3 +285,19 @@ macro_rules! impl_factory {
 
 impl_factory!(crate::MetaTypes);
 impl_factory!(crate::PartitionTypes);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_append_request_is_cut_to_the_byte_budget_but_never_to_nothing() {
+        let entries: Vec<Vec<u8>> = (0..10).map(|_| vec![7u8; 1000]).collect();
+        let one = codec::encoded_len(&entries[0]).unwrap();
+        assert_eq!(entries_within(&entries, 10 * one).unwrap(), 10);
+        assert_eq!(entries_within(&entries, 3 * one).unwrap(), 3);
+        assert_eq!(entries_within(&entries, 3 * one + 1).unwrap(), 3);
+        assert_eq!(entries_within(&entries, 10).unwrap(), 1, "one oversized entry still goes alone");
+        assert_eq!(entries_within::<Vec<u8>>(&[], 10).unwrap(), 0);
+    }
+}

@@ -383,7 +383,15 @@ impl Coordinator {
         let (tx, rx) = oneshot::channel();
         let member_id = {
             let mut groups = shard.groups.lock();
-            match groups.join(req, self.now_ms())? {
+            let outcome = groups.join(req, self.now_ms());
+            tracing::debug!(
+                group = %r.group,
+                member = %r.member_id,
+                term = shard.term,
+                outcome = ?outcome.as_ref().map(|o| matches!(o, JoinOutcome::Ready { .. })),
+                "join (Ok(true): answered at once)"
+            );
+            match outcome? {
                 JoinOutcome::Ready { member_id, generation, assignment } => {
                     return Ok(v1::JoinGroupResponse {
                         error: None,
@@ -423,6 +431,9 @@ impl Coordinator {
     pub async fn heartbeat(&self, r: v1::HeartbeatRequest) -> Result<(), RunnelError> {
         let shard = self.shard(&r.group).await?;
         let out = shard.groups.lock().heartbeat(&r.group, &r.member_id, r.generation, self.now_ms());
+        if let Err(e) = &out {
+            tracing::debug!(group = %r.group, member = %r.member_id, generation = r.generation, error = %e, "heartbeat refused");
+        }
         out
     }
 
@@ -571,7 +582,8 @@ impl Coordinator {
                     ));
                     continue;
                 }
-                let rebalancing = shard.groups.lock().tick(self.now_ms());
+                let counts = self.partition_counts();
+                let rebalancing = shard.groups.lock().tick(self.now_ms(), &counts);
                 for group in rebalancing {
                     self.try_complete(&shard, &group).await;
                 }
