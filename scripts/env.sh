@@ -4,7 +4,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/runnel/target}"
 mkdir -p "$CARGO_TARGET_DIR"
 # RocksDB's build script compiles with every core it is given.
 export NUM_JOBS="${NUM_JOBS:-$(nproc)}"
-RUNNEL_BIN="$CARGO_TARGET_DIR/debug/runnel"
+RUNNEL_BIN="${RUNNEL_BIN:-$CARGO_TARGET_DIR/debug/runnel}"
 export RUNNEL_BIN
 # The simulator builds separately, with tokio's unstable cfg so turmoil can seed tokio's internal
 # RNG (select! branch order): without it a seed does not replay exactly. Its own target directory

@@ -38,7 +38,7 @@ pub struct ProduceBench {
     #[arg(long)]
     pub in_flight: Option<usize>,
     /// `--mode producer`: a batch is sent once it holds this many bytes ...
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = 1024 * 1024)]
     pub batch_bytes: usize,
     /// ... or once its first record waited this long (milliseconds).
     #[arg(long, default_value_t = 5)]

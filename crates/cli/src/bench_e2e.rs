@@ -44,7 +44,7 @@ pub struct E2eBench {
     #[arg(long, default_value_t = 1)]
     pub consumers: usize,
     /// Producer batch size in bytes.
-    #[arg(long, default_value_t = 256 * 1024)]
+    #[arg(long, default_value_t = 1024 * 1024)]
     pub batch_bytes: usize,
     /// Producer linger in milliseconds.
     #[arg(long, default_value_t = 1)]
@@ -177,9 +177,24 @@ pub async fn run(client: &Client, b: &E2eBench) -> anyhow::Result<E2eReport> {
         }));
     }
 
-    // Measure only once the group is settled: every partition owned by some member.
+    // Measure only once the group is settled: the coordinator reports it stable with every member
+    // and every partition assigned, and the members hold those partitions (a cooperative group
+    // reaches that in two rebalances; records sent before would measure the rebalance).
     let settle = Instant::now() + Duration::from_secs(60);
-    while assigned.iter().map(|a| a.load(Ordering::Relaxed)).sum::<usize>() < partitions as usize {
+    loop {
+        let held = assigned.iter().map(|a| a.load(Ordering::Relaxed)).sum::<usize>();
+        let settled = held == partitions as usize
+            && match client.describe_group(&group).await {
+                Ok(d) => {
+                    d.state == "stable"
+                        && d.members.len() == b.consumers
+                        && d.members.iter().map(|m| m.assignment.len()).sum::<usize>() == partitions as usize
+                }
+                Err(_) => false,
+            };
+        if settled {
+            break;
+        }
         if Instant::now() > settle || consumers.iter().any(|c| c.is_finished()) {
             done.store(true, Ordering::Relaxed);
             for c in consumers {

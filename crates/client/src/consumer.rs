@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -454,13 +455,38 @@ impl Consumer {
             return Ok(vec![]);
         }
         let max_bytes = self.config.fetch_max_bytes;
-        let fetches = targets.iter().map(|((t, p), o)| {
-            let client = self.client.clone();
-            async move { client.fetch(t, *p, *o, max_bytes, wait_ms).await }
-        });
-        let results = futures::future::join_all(fetches).await;
+        // One long-polling fetch per partition; return as soon as any brings records (or fails),
+        // with whatever else has already arrived, rather than waiting for the partitions that
+        // have nothing: a quiet partition must not delay a busy one by the fetch wait. The fetches
+        // still waiting are dropped (reads, so nothing is lost: their positions do not move).
+        let mut pending: futures::stream::FuturesUnordered<_> = targets
+            .iter()
+            .map(|((t, p), o)| {
+                let client = self.client.clone();
+                let (t, p, o) = (t.clone(), *p, *o);
+                async move {
+                    let res = client.fetch(&t, p, o, max_bytes, wait_ms).await;
+                    (((t, p), o), res)
+                }
+            })
+            .collect();
+        let mut results = Vec::new();
+        while let Some(done) = pending.next().await {
+            let ready = match &done.1 {
+                Ok(f) => !f.records.is_empty(),
+                Err(_) => true,
+            };
+            results.push(done);
+            if ready {
+                while let Some(Some(done)) = pending.next().now_or_never() {
+                    results.push(done);
+                }
+                break;
+            }
+        }
+        drop(pending);
         let mut out = Vec::new();
-        for (((topic, partition), from), res) in targets.into_iter().zip(results) {
+        for (((topic, partition), from), res) in results {
             match res {
                 Ok(f) => {
                     for r in f.records {

@@ -4,6 +4,10 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, Options, 
 
 use crate::{Engine, Keyspace, Result, StorageError, WriteBatch, WriteOp};
 
+/// Log entries at least this large keep their value in a blob file (smaller ones, e.g. Raft
+/// membership and blank entries, stay inline).
+const LOG_BLOB_MIN_BYTES: u64 = 1024;
+
 /// One RocksDB instance per node: every Raft group's log and state live here, in three column
 /// families, behind one WAL (so one fsync makes every group's pending appends durable).
 pub struct RocksEngine {
@@ -24,11 +28,26 @@ impl RocksEngine {
         // Keep the WAL: durability comes from fsyncing it (see GroupSyncer), not from flushes.
         opts.set_compression_type(DBCompressionType::None);
         opts.set_keep_log_file_num(4);
+        // Flushes and compactions write tens of megabytes; synced in 1 MiB steps (RocksDB's tuning
+        // guide), their dirty pages do not pile up in front of the WAL fsync that acknowledged
+        // writes wait for. (No effect measurable above this VM's noise; docs/bench-2026-11-21.txt.)
+        opts.set_bytes_per_sync(1024 * 1024);
         let cfs = Keyspace::ALL.iter().map(|ks| {
             let mut o = Options::default();
             o.set_compression_type(DBCompressionType::None);
             // Log entries are written once and read mostly sequentially.
             o.set_write_buffer_size(64 * 1024 * 1024);
+            if *ks == Keyspace::Log {
+                // Raft entries carry record batches (kilobytes to megabytes) and live until the
+                // log start passes them: keep their values in blob files, written once at flush,
+                // so compaction moves only keys instead of rewriting every batch at each level.
+                // Measured: compaction's copying was the largest single CPU cost of a produce
+                // benchmark (docs/bench-2026-11-21.txt).
+                o.set_enable_blob_files(true);
+                o.set_min_blob_size(LOG_BLOB_MIN_BYTES);
+                o.set_blob_file_size(256 * 1024 * 1024);
+                o.set_enable_blob_gc(true);
+            }
             ColumnFamilyDescriptor::new(ks.name(), o)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(io)?;
