@@ -236,3 +236,45 @@ async fn topic_configs_and_seek_by_time_from_the_cli() {
     assert!(out.trim().is_empty(), "nothing is that recent: {out}");
     fails_with(&cli(a, &["consume", "cfgd", "--from-timestamp", "yesterday"], None), &["yesterday", "RFC 3339"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn benchmarks_report_every_record_they_sent_and_read() {
+    // Not a speed test: the reports must account for every record (speeds go in the notes).
+    let dev = start_dev().await;
+    let json = |out: &Output| -> serde_json::Value { serde_json::from_str(&ok(out)).expect("a JSON report") };
+    let produced = json(&cli(
+        &dev.addr,
+        &["bench", "produce", "--topic", "bt", "--partitions", "3", "--replication-factor", "1", "--records", "3000"]
+            .iter()
+            .chain(&["--quiet", "--output", "json"])
+            .copied()
+            .collect::<Vec<_>>(),
+        None,
+    ));
+    assert_eq!((produced["records"].as_u64(), produced["errors"].as_u64()), (Some(3000), Some(0)), "{produced}");
+    assert!(produced["latency_ms_max"].as_f64().unwrap() >= produced["latency_ms_p50"].as_f64().unwrap());
+
+    // Two readers share the three partitions; together they read all 3000.
+    let consumed = json(&cli(&dev.addr, &["bench", "consume", "--topic", "bt", "--consumers", "2", "--quiet", "--output", "json"], None));
+    assert_eq!((consumed["records"].as_u64(), consumed["consumers"].as_u64()), (Some(3000), Some(2)), "{consumed}");
+    assert_eq!(consumed["bytes"].as_u64(), Some(3000 * 100));
+
+    // End to end through a two-member group, starting at the topic's end: exactly the new records.
+    let e2e = json(&cli(
+        &dev.addr,
+        &["bench", "e2e", "--topic", "bt", "--replication-factor", "1", "--records", "2000", "--rate", "1000"]
+            .iter()
+            .chain(&["--consumers", "2", "--quiet", "--output", "json"])
+            .copied()
+            .collect::<Vec<_>>(),
+        None,
+    ));
+    assert_eq!(
+        (e2e["consumed"].as_u64(), e2e["missing"].as_u64(), e2e["produce_errors"].as_u64()),
+        (Some(2000), Some(0), Some(0)),
+        "{e2e}"
+    );
+    // The bench removes its group when done.
+    let groups = ok(&cli(&dev.addr, &["group", "list"], None));
+    assert!(!groups.contains("bench-e2e"), "{groups}");
+}
