@@ -255,7 +255,11 @@ async fn benchmarks_report_every_record_they_sent_and_read() {
     assert!(produced["latency_ms_max"].as_f64().unwrap() >= produced["latency_ms_p50"].as_f64().unwrap());
 
     // Two readers share the three partitions; together they read all 3000.
-    let consumed = json(&cli(&dev.addr, &["bench", "consume", "--topic", "bt", "--consumers", "2", "--quiet", "--output", "json"], None));
+    let consumed = json(&cli(
+        &dev.addr,
+        &["bench", "consume", "--topic", "bt", "--consumers", "2", "--quiet", "--output", "json"],
+        None,
+    ));
     assert_eq!((consumed["records"].as_u64(), consumed["consumers"].as_u64()), (Some(3000), Some(2)), "{consumed}");
     assert_eq!(consumed["bytes"].as_u64(), Some(3000 * 100));
 

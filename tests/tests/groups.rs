@@ -103,7 +103,8 @@ async fn stable_assignment(
             }
         };
         if d.state != "stable" || d.members.len() != members {
-            let now = format!("group '{group}': {} with {} member(s), generation {}", d.state, d.members.len(), d.generation);
+            let now =
+                format!("group '{group}': {} with {} member(s), generation {}", d.state, d.members.len(), d.generation);
             let mut last = last_seen.lock().unwrap();
             if *last != now {
                 eprintln!("{now}");

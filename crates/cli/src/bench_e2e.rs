@@ -105,8 +105,14 @@ fn read_stamp(value: &[u8]) -> Option<(u64, u64)> {
 }
 
 pub async fn run(client: &Client, b: &E2eBench) -> anyhow::Result<E2eReport> {
-    anyhow::ensure!(b.records > 0 && b.producers > 0 && b.consumers > 0, "--records, --producers and --consumers must be positive");
-    anyhow::ensure!(b.record_size >= STAMP_BYTES, "--record-size must be at least {STAMP_BYTES} (sequence number and send time)");
+    anyhow::ensure!(
+        b.records > 0 && b.producers > 0 && b.consumers > 0,
+        "--records, --producers and --consumers must be positive"
+    );
+    anyhow::ensure!(
+        b.record_size >= STAMP_BYTES,
+        "--record-size must be at least {STAMP_BYTES} (sequence number and send time)"
+    );
     let compression: Compression = match b.compression.as_str() {
         "none" => Compression::None,
         "lz4" => Compression::Lz4,
@@ -147,7 +153,7 @@ pub async fn run(client: &Client, b: &E2eBench) -> anyhow::Result<E2eReport> {
             session_timeout: Duration::from_secs(10),
             ..ConsumerConfig::group(&group)
         };
-        let mut consumer = Consumer::subscribe(client.clone(), config, &[b.topic.clone()]).await?;
+        let mut consumer = Consumer::subscribe(client.clone(), config, std::slice::from_ref(&b.topic)).await?;
         let (seen, unique, duplicates, done, assigned, pb) =
             (seen.clone(), unique.clone(), duplicates.clone(), done.clone(), assigned.clone(), pb.clone());
         consumers.push(tokio::spawn(async move {
@@ -200,7 +206,10 @@ pub async fn run(client: &Client, b: &E2eBench) -> anyhow::Result<E2eReport> {
             for c in consumers {
                 c.await.context("consumer task")??;
             }
-            anyhow::bail!("the bench group's {} members did not take all {partitions} partitions within 60 s", b.consumers);
+            anyhow::bail!(
+                "the bench group's {} members did not take all {partitions} partitions within 60 s",
+                b.consumers
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

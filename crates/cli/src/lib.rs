@@ -182,7 +182,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                     OutputFormat::Text => bench_e2e::print_text(&report),
                 }
-                anyhow::ensure!(report.missing == 0, "{} acknowledged records never reached a consumer", report.missing);
+                anyhow::ensure!(
+                    report.missing == 0,
+                    "{} acknowledged records never reached a consumer",
+                    report.missing
+                );
                 Ok(())
             }
             BenchKind::Failover(b) => bench_failover::run(b, args.client.output).await,

@@ -100,8 +100,7 @@ impl Group {
         let assigned: BTreeSet<&TopicPartition> = self.members.values().flat_map(|m| m.assignment.iter()).collect();
         let topics: BTreeSet<&String> = self.members.values().flat_map(|m| m.topics.iter()).collect();
         topics.into_iter().all(|t| {
-            (0..partitions.get(t).copied().unwrap_or(0))
-                .all(|p| assigned.contains(&TopicPartition::new(t.clone(), p)))
+            (0..partitions.get(t).copied().unwrap_or(0)).all(|p| assigned.contains(&TopicPartition::new(t.clone(), p)))
         })
     }
 

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::alias::{SnapshotOf, VoteOf};
+use openraft::entry::RaftEntry;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest, TransferLeaderResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::entry::RaftEntry;
 use openraft::{BasicNode, OptionalSend, RaftTypeConfig};
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use parking_lot::RwLock;
@@ -205,8 +205,10 @@ where
             rpc.entries.truncate(keep);
         }
         let last = rpc.entries.last().map(|e| e.log_id());
-        let resp: AppendEntriesResponse<C> =
-            self.call(target, group_id, RaftRpcKind::AppendEntries, &rpc, ttl(&option)).await.map_err(CallError::rpc)?;
+        let resp: AppendEntriesResponse<C> = self
+            .call(target, group_id, RaftRpcKind::AppendEntries, &rpc, ttl(&option))
+            .await
+            .map_err(CallError::rpc)?;
         Ok(match resp {
             AppendEntriesResponse::Success if truncated => AppendEntriesResponse::PartialSuccess(last),
             other => other,
