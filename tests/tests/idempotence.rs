@@ -161,3 +161,58 @@ async fn sequences_are_checked_after_a_full_restart() {
     let values: Vec<String> = log.iter().map(|r| String::from_utf8(r.value.to_vec()).expect("utf8")).collect();
     assert_eq!(values, vec!["s0", "s1", "s2", "s3", "s4", "e1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_fails_for_good_does_not_stop_the_producer() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready(READY).await;
+    // Gives up after 3 s: a batch sent while the partition has no quorum fails for good.
+    let mut cfg = runnel_client::ClientConfig::default();
+    cfg.retry.max_elapsed = Duration::from_secs(3);
+    let client = Client::connect_with(&cluster.addrs(), cfg).await.expect("connect");
+    client.create_topic("epoch", 1, 3, Default::default()).await.expect("create topic");
+    cluster.wait_leaders("epoch", READY).await;
+    let producer =
+        Producer::new(client.clone(), ProducerConfig { linger: Duration::from_millis(1), ..ProducerConfig::default() })
+            .await
+            .expect("producer");
+    let send = |v: &str| {
+        let (producer, v) = (producer.clone(), v.to_string());
+        async move { producer.send_to("epoch", 0, record("", v)).await.expect("buffered").await }
+    };
+    assert_eq!(send("before").await.expect("first record").offset, 0);
+
+    // Both followers die: nothing can commit, so this batch fails once the retries run out.
+    let addr = cluster.nodes[0].addr.clone();
+    let leader = partitions_of(&addr, "epoch").await.expect("metadata")[0].leader.expect("leader");
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
+    for f in &followers {
+        cluster.kill9(*f);
+    }
+    let lost = send("unknown").await;
+    assert!(lost.is_err(), "no quorum, yet the batch was acknowledged: {lost:?}");
+
+    // The followers come back; the producer goes on (under a new epoch on this partition).
+    for f in &followers {
+        cluster.restart(*f);
+    }
+    cluster.wait_ready(READY).await;
+    wait_for(READY, "the partition is fully replicated again", || {
+        let client = client.clone();
+        async move { client.cluster_health().await.ok().filter(|h| h.healthy).map(|_| ()) }
+    })
+    .await;
+    let after = send("after").await.expect("a send after the failure succeeds");
+    let again = send("after-2").await.expect("and the next one");
+    assert_eq!(again.offset, after.offset + 1);
+
+    // Whether "unknown" was written is unknown (as in Kafka); everything else is there once.
+    let values: Vec<String> = read_all(&client, "epoch", 0)
+        .await
+        .iter()
+        .map(|r| String::from_utf8(r.value.to_vec()).expect("utf8"))
+        .collect();
+    let without_unknown: Vec<&str> = values.iter().map(String::as_str).filter(|v| *v != "unknown").collect();
+    assert_eq!(without_unknown, ["before", "after", "after-2"], "log: {values:?}");
+    assert!(values.len() <= 4, "log: {values:?}");
+}

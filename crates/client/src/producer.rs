@@ -14,9 +14,10 @@
 //! leader failover and broker restart. When batches in flight reach a new leader out of order, the
 //! later one is refused (OUT_OF_ORDER_SEQUENCE) and retried once the earlier one has landed.
 //!
-//! If a batch fails for good (retries exhausted, or a refusal), whether it committed is unknown,
-//! so the producer can no longer number that partition's records safely: every later send to the
-//! partition fails with [`ClientError::Producer`]. Create a new `Producer` to continue.
+//! If a batch fails for good (retries exhausted, or a refusal), its records' futures fail, and
+//! whether it committed is unknown (as in Kafka, resending those records yourself may duplicate
+//! them). Batches already in flight behind it may fail as well; once they are done the partition
+//! starts over under the next epoch of the producer id at sequence 0, so later sends work again.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -386,12 +387,39 @@ impl PartitionWorker {
         }
     }
 
+    /// After an idempotent batch failed for good, its sequence numbers may or may not be taken on
+    /// the partition. Once every batch still in flight has finished, start this partition over
+    /// under the next epoch of the producer id, from sequence 0 (the partition fences the old
+    /// epoch the first time the new one writes). Only this partition changes epoch: the partition
+    /// keeps each producer's state separately, so the others go on undisturbed.
+    async fn bump_epoch(&mut self, reason: &str) -> Result<(), ClientError> {
+        self.wait_in_flight().await;
+        let Some(current) = self.id else { return Ok(()) };
+        let next = self.client.init_producer_id(Some(current)).await?;
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.partition,
+            producer_id = next.0,
+            epoch = next.1,
+            after = reason,
+            "restarting the partition's sequence under a new producer epoch"
+        );
+        self.id = Some(next);
+        self.next_sequence = 0;
+        *self.failed.lock() = None;
+        Ok(())
+    }
+
     async fn dispatch(&mut self, buf: Vec<Pending>) {
-        if let Some(reason) = self.failed.lock().clone() {
-            for p in buf {
-                let _ = p.tx.send(Err(ClientError::Producer(reason.clone())));
+        let failed = self.failed.lock().clone();
+        if let Some(reason) = failed {
+            if let Err(e) = self.bump_epoch(&reason).await {
+                let why = format!("{reason}; and a new producer epoch could not be had: {e}");
+                for p in buf {
+                    let _ = p.tx.send(Err(ClientError::Producer(why.clone())));
+                }
+                return;
             }
-            return;
         }
         while self.window.len() >= self.config.max_in_flight_per_partition {
             if let Some(mut oldest) = self.window.pop_front() {
@@ -428,11 +456,7 @@ impl PartitionWorker {
                     if stamp.is_some() {
                         let mut f = failed.lock();
                         if f.is_none() {
-                            *f = Some(format!(
-                                "an earlier batch to {topic}/{partition} failed ({e}); whether it was written is \
-                                 unknown, so this producer sends nothing more to that partition: create a new \
-                                 Producer"
-                            ));
+                            *f = Some(format!("a batch to {topic}/{partition} failed ({e})"));
                         }
                     }
                     let _ = done_tx.send(Some(false));
