@@ -107,6 +107,22 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("constant histogram bounds are valid")
 }
 
+/// p50, p99, p99.9 and max of a microsecond histogram, in milliseconds.
+pub(crate) fn percentiles_ms(hist: &Histogram<u64>) -> [f64; 4] {
+    let ms = |v: u64| Duration::from_micros(v).as_secs_f64() * 1000.0;
+    [hist.value_at_quantile(0.50), hist.value_at_quantile(0.99), hist.value_at_quantile(0.999), hist.max()].map(ms)
+}
+
+/// The benchmarks' progress bar over `len` units (hidden with --quiet).
+pub(crate) fn progress_bar(len: u64, quiet: bool, unit: &str) -> ProgressBar {
+    let pb = if quiet { ProgressBar::hidden() } else { ProgressBar::new(len) };
+    pb.set_style(
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {unit} {{per_sec}} eta {{eta}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb
+}
+
 /// Elections after topic creation are not part of the measurement: wait (up to 30 s) until every
 /// partition has a leader.
 pub(crate) async fn wait_for_leaders(client: &Client, topic: &str) -> anyhow::Result<()> {
@@ -166,11 +182,7 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
     let batches_total = b.records.div_ceil(b.batch as u64);
     let next_batch = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let pb = if b.quiet { ProgressBar::hidden() } else { ProgressBar::new(b.records) };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = progress_bar(b.records, b.quiet, "records");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..in_flight {
@@ -217,7 +229,7 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     pb.finish_and_clear();
     let sent = hist.len() * b.batch as u64;
-    let ms = |v: u64| Duration::from_micros(v).as_secs_f64() * 1000.0;
+    let [p50, p99, p999, max] = percentiles_ms(&hist);
     Ok(BenchReport {
         mode: b.mode.clone(),
         records: sent,
@@ -235,10 +247,10 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
         seconds: secs,
         records_per_sec: sent as f64 / secs,
         mb_per_sec: (sent as f64 * b.record_size as f64) / secs / 1e6,
-        latency_ms_p50: ms(hist.value_at_quantile(0.50)),
-        latency_ms_p99: ms(hist.value_at_quantile(0.99)),
-        latency_ms_p999: ms(hist.value_at_quantile(0.999)),
-        latency_ms_max: ms(hist.max()),
+        latency_ms_p50: p50,
+        latency_ms_p99: p99,
+        latency_ms_p999: p999,
+        latency_ms_max: max,
         errors: errors.load(Ordering::Relaxed),
     })
 }
@@ -306,11 +318,7 @@ async fn produce_sdk(client: &Client, b: &ProduceBench, acks: Acks) -> anyhow::R
     }
     let value = Bytes::from(vec![b'x'; b.record_size]);
     let errors = Arc::new(AtomicU64::new(0));
-    let pb = if b.quiet { ProgressBar::hidden() } else { ProgressBar::new(b.records) };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = progress_bar(b.records, b.quiet, "records");
     let start = Instant::now();
     let mut tasks = Vec::new();
     let n = b.producers as u64;
@@ -373,7 +381,7 @@ async fn produce_sdk(client: &Client, b: &ProduceBench, acks: Acks) -> anyhow::R
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     pb.finish_and_clear();
     let sent = hist.len();
-    let ms = |v: u64| Duration::from_micros(v).as_secs_f64() * 1000.0;
+    let [p50, p99, p999, max] = percentiles_ms(&hist);
     Ok(BenchReport {
         mode: b.mode.clone(),
         records: sent,
@@ -391,10 +399,10 @@ async fn produce_sdk(client: &Client, b: &ProduceBench, acks: Acks) -> anyhow::R
         seconds: secs,
         records_per_sec: sent as f64 / secs,
         mb_per_sec: (sent as f64 * b.record_size as f64) / secs / 1e6,
-        latency_ms_p50: ms(hist.value_at_quantile(0.50)),
-        latency_ms_p99: ms(hist.value_at_quantile(0.99)),
-        latency_ms_p999: ms(hist.value_at_quantile(0.999)),
-        latency_ms_max: ms(hist.max()),
+        latency_ms_p50: p50,
+        latency_ms_p99: p99,
+        latency_ms_p999: p999,
+        latency_ms_max: max,
         errors: errors.load(Ordering::Relaxed),
     })
 }
@@ -459,11 +467,7 @@ pub async fn consume(client: &Client, b: &ConsumeBench) -> anyhow::Result<Consum
     let wanted = b.records.unwrap_or(available).min(available);
     anyhow::ensure!(wanted > 0, "topic '{}' has no records to read in partitions {partitions:?}", b.topic);
     let remaining = Arc::new(AtomicU64::new(wanted));
-    let pb = if b.quiet { ProgressBar::hidden() } else { ProgressBar::new(wanted) };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} records {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = progress_bar(wanted, b.quiet, "records");
     // Deal the partitions to the consumers (default: one consumer per partition).
     let consumers = b.consumers.unwrap_or(ends.len()).clamp(1, ends.len());
     let mut shares: Vec<Vec<(u32, u64)>> = vec![Vec::new(); consumers];
@@ -517,7 +521,7 @@ pub async fn consume(client: &Client, b: &ConsumeBench) -> anyhow::Result<Consum
     }
     let secs = start.elapsed().as_secs_f64().max(1e-9);
     pb.finish_and_clear();
-    let ms = |v: u64| Duration::from_micros(v).as_secs_f64() * 1000.0;
+    let [p50, p99, p999, max] = percentiles_ms(&hist);
     Ok(ConsumeReport {
         topic: b.topic.clone(),
         partitions,
@@ -528,10 +532,10 @@ pub async fn consume(client: &Client, b: &ConsumeBench) -> anyhow::Result<Consum
         seconds: secs,
         records_per_sec: records as f64 / secs,
         mb_per_sec: bytes as f64 / secs / 1e6,
-        fetch_ms_p50: ms(hist.value_at_quantile(0.50)),
-        fetch_ms_p99: ms(hist.value_at_quantile(0.99)),
-        fetch_ms_p999: ms(hist.value_at_quantile(0.999)),
-        fetch_ms_max: ms(hist.max()),
+        fetch_ms_p50: p50,
+        fetch_ms_p99: p99,
+        fetch_ms_p999: p999,
+        fetch_ms_max: max,
     })
 }
 

@@ -12,13 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::{BufMut, Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use indicatif::{ProgressBar, ProgressStyle};
 use runnel_client::{
     Client, Compression, Consumer, ConsumerConfig, OffsetReset, OffsetSpec, Producer, ProducerConfig, Record,
 };
 use serde::Serialize;
 
-use crate::bench::{ensure_topic, new_histogram, wait_for_leaders};
+use crate::bench::{ensure_topic, new_histogram, percentiles_ms, progress_bar, wait_for_leaders};
 
 /// Bytes at the front of every value: the record's sequence number and its send time.
 const STAMP_BYTES: usize = 16;
@@ -138,11 +137,7 @@ pub async fn run(client: &Client, b: &E2eBench) -> anyhow::Result<E2eReport> {
     let duplicates = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let assigned: Arc<Vec<AtomicUsize>> = Arc::new((0..b.consumers).map(|_| AtomicUsize::new(0)).collect());
-    let pb = if b.quiet { ProgressBar::hidden() } else { ProgressBar::new(b.records) };
-    pb.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} records received {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = progress_bar(b.records, b.quiet, "records received");
 
     let mut consumers = Vec::new();
     for k in 0..b.consumers {
@@ -275,7 +270,7 @@ pub async fn run(client: &Client, b: &E2eBench) -> anyhow::Result<E2eReport> {
         tracing::warn!(group, error = %e, "could not delete the bench's consumer group");
     }
     let consumed = unique.load(Ordering::Relaxed);
-    let ms = |v: u64| Duration::from_micros(v).as_secs_f64() * 1000.0;
+    let [p50, p99, p999, max] = percentiles_ms(&hist);
     Ok(E2eReport {
         topic: b.topic.clone(),
         records: b.records,
@@ -291,10 +286,10 @@ pub async fn run(client: &Client, b: &E2eBench) -> anyhow::Result<E2eReport> {
         missing: expected.saturating_sub(consumed),
         duplicates: duplicates.load(Ordering::Relaxed),
         produce_errors,
-        latency_ms_p50: ms(hist.value_at_quantile(0.50)),
-        latency_ms_p99: ms(hist.value_at_quantile(0.99)),
-        latency_ms_p999: ms(hist.value_at_quantile(0.999)),
-        latency_ms_max: ms(hist.max()),
+        latency_ms_p50: p50,
+        latency_ms_p99: p99,
+        latency_ms_p999: p999,
+        latency_ms_max: max,
     })
 }
 
