@@ -5,11 +5,6 @@
 //! named it (Metadata RPC), so a slow failover can be attributed. The killed node is restarted on
 //! its data and must catch up before the next kill. A benchmark: it measures, it asserts nothing.
 
-use std::fs::File;
-use std::io::Write;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,17 +15,14 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use runnel_client::{Acks, Client, ClientConfig, Record, RetryPolicy};
 use runnel_proto::v1::runnel_client::RunnelClient;
-use runnel_proto::v1::{DescribeReplicasRequest, MetadataRequest, MetadataResponse, ReplicaStatus};
+use runnel_proto::v1::{DescribeReplicasRequest, ReplicaStatus};
 use serde::Serialize;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
+use crate::local_cluster::{interrupted, metadata, LocalCluster, NodeSettings, POLL, RPC_TIMEOUT};
 use crate::OutputFormat;
 
-/// How often cluster state is polled while waiting for something.
-const POLL: Duration = Duration::from_millis(25);
-/// Deadline of one control RPC (Metadata, DescribeReplicas) to a node.
-const RPC_TIMEOUT: Duration = Duration::from_secs(2);
 /// Distinct produce error messages kept for the report.
 const ERROR_SAMPLES: usize = 10;
 
@@ -67,18 +59,9 @@ pub struct FailoverBench {
     /// Client retry policy: longest backoff between two attempts (default: the client's).
     #[arg(long)]
     pub retry_max_backoff_ms: Option<u64>,
-    /// Node setting raft_heartbeat_ms (default: the node default).
-    #[arg(long)]
-    pub raft_heartbeat_ms: Option<u64>,
-    /// Node setting raft_election_timeout_ms (default: the node default).
-    #[arg(long)]
-    pub raft_election_timeout_ms: Option<u64>,
-    /// Node setting broker_heartbeat_ms (default: the node default).
-    #[arg(long)]
-    pub broker_heartbeat_ms: Option<u64>,
-    /// Node setting broker_session_timeout_ms (default: the node default).
-    #[arg(long)]
-    pub broker_session_timeout_ms: Option<u64>,
+    /// Settings of the nodes started.
+    #[command(flatten)]
+    pub node: NodeSettings,
     /// Keep the cluster's directory (data and node logs) after the run; it is always kept when
     /// an iteration failed.
     #[arg(long)]
@@ -173,11 +156,11 @@ pub fn percentiles(values: &[Duration]) -> Option<Percentiles> {
     })
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn fmt_percentiles(p: Option<&Percentiles>) -> String {
+pub(crate) fn fmt_percentiles(p: Option<&Percentiles>) -> String {
     match p {
         Some(p) => {
             format!("p50 {:.0} ms  p99 {:.0} ms  min {:.0} ms  max {:.0} ms", p.p50_ms, p.p99_ms, p.min_ms, p.max_ms)
@@ -235,190 +218,8 @@ pub fn render_text(r: &FailoverReport) -> String {
 // The local cluster
 // -------------------------------------------------------------------------------------------
 
-struct NodeProc {
-    id: u64,
-    addr: String,
-    data_dir: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-    /// Lazily connected; reconnects by itself after the node restarts.
-    rpc: RunnelClient<Channel>,
-}
-
-/// Child processes of this benchmark; every one still running is killed (SIGKILL) on drop, so
-/// none outlives an error, a panic or Ctrl-C.
-struct LocalCluster {
-    nodes: Vec<NodeProc>,
-    voters: String,
-    bin: PathBuf,
-    /// Settings passed to every node as `RUNNEL_*` variables.
-    env: Vec<(String, String)>,
-    dir: Option<tempfile::TempDir>,
-    kept: Option<PathBuf>,
-}
-
-impl Drop for LocalCluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-/// Distinct free ports on 127.0.0.1 (all listeners are held until every port is chosen).
-fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>().context("finding free ports")?;
-    listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
-
-/// The node settings the flags override, as `RUNNEL_*` variables.
-fn node_env(b: &FailoverBench) -> Vec<(String, String)> {
-    [
-        ("RUNNEL_RAFT_HEARTBEAT_MS", b.raft_heartbeat_ms),
-        ("RUNNEL_RAFT_ELECTION_TIMEOUT_MS", b.raft_election_timeout_ms),
-        ("RUNNEL_BROKER_HEARTBEAT_MS", b.broker_heartbeat_ms),
-        ("RUNNEL_BROKER_SESSION_TIMEOUT_MS", b.broker_session_timeout_ms),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v.to_string())))
-    .collect()
-}
-
+/// What only this benchmark asks of the local cluster: partition 0's leader and replicas.
 impl LocalCluster {
-    fn start(b: &FailoverBench) -> anyhow::Result<LocalCluster> {
-        let bin = std::env::current_exe().context("locating the runnel binary")?;
-        let dir =
-            tempfile::Builder::new().prefix("runnel-failover-").tempdir().context("creating a temporary directory")?;
-        let ports = free_ports(b.nodes)?;
-        let mut nodes = Vec::new();
-        for (i, port) in ports.into_iter().enumerate() {
-            let id = i as u64 + 1;
-            let addr = format!("127.0.0.1:{port}");
-            let ep = Endpoint::from_shared(format!("http://{addr}"))
-                .with_context(|| format!("address {addr}"))?
-                .connect_timeout(Duration::from_millis(500))
-                .timeout(RPC_TIMEOUT);
-            nodes.push(NodeProc {
-                id,
-                addr,
-                data_dir: dir.path().join(format!("node{id}")),
-                log: dir.path().join(format!("node{id}.log")),
-                child: None,
-                rpc: RunnelClient::new(ep.connect_lazy()),
-            });
-        }
-        let voters = nodes.iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
-        let mut c = LocalCluster { nodes, voters, bin, env: node_env(b), dir: Some(dir), kept: None };
-        for i in 0..c.nodes.len() {
-            c.spawn(i, "started")?;
-        }
-        Ok(c)
-    }
-
-    fn spawn(&mut self, i: usize, why: &str) -> anyhow::Result<()> {
-        let node = &mut self.nodes[i];
-        anyhow::ensure!(node.child.is_none(), "node {} is already running", node.id);
-        let mut log = File::options()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .with_context(|| format!("opening {}", node.log.display()))?;
-        let _ = writeln!(log, "===== runnel bench failover: node {} {why} =====", node.id);
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(["start", "--node-id", &node.id.to_string(), "--listen", &node.addr])
-            .arg("--data-dir")
-            .arg(&node.data_dir)
-            .args(["--voters", &self.voters])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("log file")?)
-            .stderr(log);
-        // Node defaults unless a flag overrides them: no RUNNEL_* setting from this environment
-        // (a config file, another node's id or data dir) reaches the children.
-        for (k, _) in std::env::vars_os() {
-            if k.to_str().is_some_and(|k| k.starts_with("RUNNEL_") && k != "RUNNEL_LOG") {
-                cmd.env_remove(&k);
-            }
-        }
-        cmd.env("RUNNEL_LOG", std::env::var("RUNNEL_LOG").unwrap_or_else(|_| "info".into()));
-        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        let child = cmd.spawn().with_context(|| format!("starting node {} ({})", node.id, self.bin.display()))?;
-        node.child = Some(child);
-        Ok(())
-    }
-
-    /// SIGKILL and reap; returns the instant the process was gone.
-    fn kill9(&mut self, i: usize) -> anyhow::Result<Instant> {
-        let node = &mut self.nodes[i];
-        let mut child = node.child.take().with_context(|| format!("node {} is not running", node.id))?;
-        child.kill().with_context(|| format!("killing node {}", node.id))?;
-        child.wait().with_context(|| format!("reaping node {}", node.id))?;
-        Ok(Instant::now())
-    }
-
-    /// Fails if a node that should be running has exited.
-    fn check_children(&mut self) -> anyhow::Result<()> {
-        for n in &mut self.nodes {
-            if let Some(c) = &mut n.child {
-                if let Ok(Some(status)) = c.try_wait() {
-                    n.child = None;
-                    anyhow::bail!("node {} exited unexpectedly ({status}); see {}", n.id, n.log.display());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn index_of(&self, id: u64) -> Option<usize> {
-        self.nodes.iter().position(|n| n.id == id)
-    }
-
-    fn is_running(&self, i: usize) -> bool {
-        self.nodes.get(i).is_some_and(|n| n.child.is_some())
-    }
-
-    fn addrs(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.addr.clone()).collect()
-    }
-
-    /// Keeps the directory (data and logs) past the end of the run.
-    fn keep_dir(&mut self) -> Option<PathBuf> {
-        if let Some(d) = self.dir.take() {
-            self.kept = Some(d.keep());
-        }
-        self.kept.clone()
-    }
-
-    /// Every node answers, knows a controller and all brokers are registered.
-    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        let n = self.nodes.len();
-        loop {
-            self.check_children()?;
-            let mut ready = true;
-            for node in &self.nodes {
-                let ok = metadata(&node.rpc).await.is_some_and(|m| m.controller_id.is_some() && m.brokers.len() >= n);
-                ready &= ok;
-            }
-            if ready {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the cluster was not ready (controller known, {n} brokers registered) within {timeout:?}; logs in {}",
-                self.log_dir()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    fn log_dir(&self) -> String {
-        self.nodes.first().and_then(|n| n.log.parent()).map_or_else(String::new, |p| p.display().to_string())
-    }
-
     /// The leader of `topic`/0 in an epoch ≥ `min_epoch`, as the committed metadata names it and
     /// its own replica confirms (role leader in that very term).
     async fn steady_leader(&mut self, topic: &str, min_epoch: u64, timeout: Duration) -> anyhow::Result<Leader> {
@@ -494,12 +295,6 @@ struct Leader {
     epoch: u64,
     controller: Option<u64>,
     high_watermark: u64,
-}
-
-async fn metadata(rpc: &RunnelClient<Channel>) -> Option<MetadataResponse> {
-    let mut c = rpc.clone();
-    let resp = tokio::time::timeout(RPC_TIMEOUT, c.metadata(MetadataRequest { topics: vec![] })).await.ok()?.ok()?;
-    Some(resp.into_inner())
 }
 
 /// This node's replica of `topic`/0, if it hosts one.
@@ -657,27 +452,6 @@ pub async fn run(b: &FailoverBench, output: OutputFormat) -> anyhow::Result<()> 
     }
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM, naming the signal; never if neither can be watched.
-async fn interrupted() -> &'static str {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    let int = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        _ = int => "Ctrl-C",
-        _ = term => "SIGTERM",
-    }
-}
-
 /// Runs the benchmark. Returns the report, and the error that cut the run short if one did (the
 /// report then covers the iterations done so far).
 pub async fn failover(b: &FailoverBench) -> anyhow::Result<(FailoverReport, Option<anyhow::Error>)> {
@@ -691,7 +465,7 @@ pub async fn failover(b: &FailoverBench) -> anyhow::Result<(FailoverReport, Opti
         "--iterations, --producers, --batch, --partitions and --timeout-secs must be positive"
     );
     let started = Instant::now();
-    let mut cluster = LocalCluster::start(b)?;
+    let mut cluster = LocalCluster::start(b.nodes, "failover", b.node.env()?)?;
     let log = Arc::new(AckLog::new());
     let mut kills: Vec<KillRecord> = Vec::new();
     let mut producers = Vec::new();
@@ -930,29 +704,6 @@ mod tests {
         assert_eq!(v["kills"][0]["gap_ms"], serde_json::Value::Null);
         assert_eq!(v["kills"][0]["new_leader"], 3);
         assert_eq!(v["failures"], 1);
-    }
-
-    #[test]
-    fn node_settings_only_for_given_flags() {
-        let b = FailoverBench {
-            nodes: 3,
-            iterations: 1,
-            partitions: 1,
-            replication_factor: 3,
-            topic: "t".into(),
-            producers: 1,
-            batch: 1,
-            record_size: 1,
-            timeout_secs: 1,
-            retry_max_backoff_ms: None,
-            raft_heartbeat_ms: None,
-            raft_election_timeout_ms: Some(300),
-            broker_heartbeat_ms: None,
-            broker_session_timeout_ms: None,
-            keep_dir: false,
-            quiet: true,
-        };
-        assert_eq!(node_env(&b), vec![("RUNNEL_RAFT_ELECTION_TIMEOUT_MS".to_string(), "300".to_string())]);
     }
 
     #[tokio::test]

@@ -6,8 +6,10 @@ pub mod admin;
 pub mod bench;
 pub mod bench_e2e;
 pub mod bench_failover;
+pub mod bench_partitions;
 pub mod consume;
 pub mod group;
+pub mod local_cluster;
 pub mod output;
 pub mod produce;
 
@@ -76,6 +78,10 @@ pub enum BenchKind {
     /// again and again; reports the time from each kill to the next acknowledged write
     /// (ignores --bootstrap).
     Failover(bench_failover::FailoverBench),
+    /// Starts its own local cluster and creates idle partitions in steps; reports per step the
+    /// time until every partition has a leader, the nodes' idle CPU and memory, and optionally
+    /// (--kill) the failover of one node's partitions (ignores --bootstrap).
+    Partitions(bench_partitions::PartitionsBench),
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +196,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             BenchKind::Failover(b) => bench_failover::run(b, args.client.output).await,
+            BenchKind::Partitions(b) => bench_partitions::run(b, args.client.output).await,
         },
     }
 }
