@@ -35,7 +35,7 @@ up() {
       continue
     fi
     mkdir -p "$dir/node$i"
-    RUNNEL_LOG="${RUNNEL_LOG:-info}" nohup "$RUNNEL_BIN" start --node-id "$i" \
+    nohup "$RUNNEL_BIN" start --node-id "$i" \
       --listen "127.0.0.1:$((base_port + i - 1))" --data-dir "$dir/node$i" --voters "$voters" \
       >>"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"

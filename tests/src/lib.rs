@@ -126,7 +126,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--voters", &self.voters])
-            .env("RUNNEL_LOG", std::env::var("RUNNEL_LOG").unwrap_or_else(|_| "info".into()))
+            .env("RUNNEL_LOG", std::env::var("RUNNEL_LOG").unwrap_or_else(|_| "info,openraft=error".into()))
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

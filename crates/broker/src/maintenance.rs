@@ -136,6 +136,7 @@ impl Partition {
         else {
             return Ok(None);
         };
+        self.renew_lease().await;
         let write = self.raft.client_write(PartitionCommand::TrimLog { log_start: target });
         match tokio::time::timeout(TRIM_COMMIT_TIMEOUT, write).await {
             Ok(Ok(r)) => match r.data {

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::BasicNode;
 use parking_lot::{Mutex, RwLock};
@@ -12,11 +13,12 @@ use runnel_raft::log_store::LogStore;
 use runnel_raft::meta_sm::MetaView;
 use runnel_raft::network::{network_factory, Router};
 use runnel_raft::transport::{GroupRegistry, RaftHandler};
-use runnel_raft::{group_config, group_seed, start_raft, PartitionTypes, RaftTiming};
+use runnel_raft::{group_config, group_seed, start_raft, Pacing, PartitionTypes, RaftTiming};
 use runnel_storage::{Engine, GroupSyncer, WriteBatch};
 use runnel_types::{GroupId, NodeId, RunnelError};
 use tokio::sync::watch;
 
+use crate::leadership::Leaderships;
 use crate::partition::{Clock, Fence, Partition};
 use crate::partition_sm::PartitionStateMachine;
 
@@ -40,7 +42,7 @@ pub struct BrokerDeps {
 }
 
 pub struct Broker {
-    deps: BrokerDeps,
+    pub(crate) deps: BrokerDeps,
     by_group: RwLock<BTreeMap<GroupId, Arc<Partition>>>,
     by_name: RwLock<BTreeMap<(String, u32), Arc<Partition>>>,
     /// The latest committed metadata this broker has acted on.
@@ -48,10 +50,34 @@ pub struct Broker {
     /// Groups whose reassignment this node is driving right now (one driver per group).
     moving: Mutex<BTreeSet<GroupId>>,
     pub fence: Arc<Fence>,
+    /// Wakes the election driver for a sweep (replicas were just started).
+    pub(crate) sweep_now: tokio::sync::Notify,
+    /// Wakes the leadership tracker (replicas were started or stopped).
+    pub(crate) replicas_changed: tokio::sync::Notify,
+    /// The groups this node leads (see `leadership.rs`).
+    pub leaderships: Arc<Leaderships>,
 }
 
 /// How long a leader waits for a new replica to catch up before it retries the reassignment.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Partition replicas started at once when the metadata adds many (a topic of thousands).
+const START_PARALLELISM: usize = 32;
+
+/// Leadership transfers one pass of leader duties starts at most (balancing, fencing, retries):
+/// each costs an election; after a restart thousands may want to move back, a few at a time.
+const MAX_TRANSFERS_PER_PASS: usize = 32;
+
+/// A leader still transferring after this long stops claiming the group in its leader lists, so
+/// its followers elect (see `led_groups`).
+const TRANSFER_GIVE_UP_AFTER: Duration = Duration::from_secs(3);
+
+/// Leaderships a stopping node hands away per round (every 100 ms).
+const HANDOFF_BATCH: usize = 128;
+
+/// A leadership transfer not completed after this long is retried (see
+/// `Partition::stalled_transfer`).
+const TRANSFER_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Broker {
     pub fn new(deps: BrokerDeps) -> Arc<Self> {
@@ -62,6 +88,9 @@ impl Broker {
             view: RwLock::new(None),
             moving: Mutex::new(BTreeSet::new()),
             fence: Arc::new(Fence::default()),
+            sweep_now: tokio::sync::Notify::new(),
+            replicas_changed: tokio::sync::Notify::new(),
+            leaderships: Arc::new(Leaderships::default()),
         })
     }
 
@@ -73,20 +102,46 @@ impl Broker {
         self.by_name.read().get(&(topic.to_string(), partition)).cloned()
     }
 
+    pub fn by_group(&self, group: GroupId) -> Option<Arc<Partition>> {
+        self.by_group.read().get(&group).cloned()
+    }
+
     pub fn partitions(&self) -> Vec<Arc<Partition>> {
         self.by_group.read().values().cloned().collect()
     }
 
     /// For every partition this node currently leads: (group, term, committed voters when not in
-    /// a joint configuration).
+    /// a joint configuration). The voters are read only where the controller needs them, for
+    /// partitions being reassigned; elsewhere they are reported as `Some(empty)`.
     pub fn leader_reports(&self) -> Vec<(GroupId, u64, Option<BTreeSet<NodeId>>)> {
-        self.partitions()
-            .iter()
-            .filter_map(|p| {
-                let (leader, term, _) = p.leadership();
-                leader.then(|| (p.group, term, p.committed_voters()))
+        let by_group = self.by_group.read();
+        self.leaderships
+            .snapshot()
+            .into_iter()
+            .map(|(g, term)| {
+                let moving = by_group.get(&g).filter(|p| p.record.read().target_replicas.is_some());
+                (g, term, moving.map_or(Some(BTreeSet::new()), |p| p.committed_voters()))
             })
             .collect()
+    }
+
+    /// The groups this node leads and their terms (sent to peers in liveness pings). A group
+    /// stuck in a leadership transfer (its leader refuses writes and openraft cannot cancel the
+    /// transfer) is left out: its followers then see it unled and elect a new leader.
+    pub fn led_groups(&self) -> Vec<(GroupId, u64)> {
+        let by_group = self.by_group.read();
+        self.leaderships
+            .snapshot()
+            .into_iter()
+            .filter(|(g, _)| !by_group.get(g).is_some_and(|p| p.stuck_transfer(TRANSFER_GIVE_UP_AFTER)))
+            .collect()
+    }
+
+    /// The partitions this node leads (as the leadership tracker last saw).
+    pub fn led_partitions(&self) -> Vec<Arc<Partition>> {
+        let led = self.leaderships.snapshot();
+        let by_group = self.by_group.read();
+        led.iter().filter_map(|(g, _)| by_group.get(g).cloned()).collect()
     }
 
     /// Whether `node` is alive in the committed metadata (unknown nodes are not).
@@ -115,8 +170,10 @@ impl Broker {
         let wanted: BTreeMap<GroupId, (&TopicRecord, &PartitionRecord)> =
             view.state.partitions_on(self.deps.node_id).into_iter().map(|(t, p)| (p.group_id, (t, p))).collect();
         let running: Vec<GroupId> = self.by_group.read().keys().cloned().collect();
+        let mut stopped = 0usize;
         for g in running {
             if !wanted.contains_key(&g) {
+                stopped += 1;
                 // Data is deleted only when the partition itself is gone (its topic deleted; group
                 // ids are never reused). A replica moved off this node only stops: this node's
                 // copy of the metadata can lag the partition's own Raft group, and by the time it
@@ -127,19 +184,47 @@ impl Broker {
                 self.stop_partition(g, topic_deleted).await;
             }
         }
+        let mut to_start = Vec::new();
         for (g, (t, p)) in wanted {
             let running = self.by_group.read().get(&g).cloned();
             if let Some(part) = running {
-                *part.record.write() = p.clone();
+                if *part.record.read() != *p {
+                    *part.record.write() = p.clone();
+                }
                 if *part.config.read() != t.config {
                     tracing::info!(topic = %t.name, partition = p.partition, "topic configuration changed");
                     *part.config.write() = t.config.clone();
                 }
                 continue;
             }
-            if let Err(e) = self.start_partition(t, p).await {
-                tracing::error!(topic = %t.name, partition = p.partition, group = g, error = %e, "could not start partition replica");
-            }
+            to_start.push((t, p));
+        }
+        // A topic of thousands of partitions starts in bounded parallel batches: each start reads
+        // the replica's state and (first time) writes its initial membership, and running many at
+        // once lets one WAL sync cover many of them instead of one sync each.
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        futures::stream::iter(to_start)
+            .for_each_concurrent(START_PARALLELISM, |(t, p)| {
+                let started = &started;
+                async move {
+                    match self.start_partition(t, p).await {
+                        Ok(()) => {
+                            started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            tracing::error!(topic = %t.name, partition = p.partition, group = p.group_id, error = %e, "could not start partition replica")
+                        }
+                    }
+                }
+            })
+            .await;
+        let started = started.into_inner();
+        if started > 0 {
+            tracing::info!(started, running = self.by_group.read().len(), "partition replicas started");
+            self.sweep_now.notify_one();
+        }
+        if started + stopped > 0 {
+            self.replicas_changed.notify_one();
         }
     }
 
@@ -148,7 +233,8 @@ impl Broker {
         let err = |e: &dyn std::fmt::Display| RunnelError::internal(format!("{}/{}: {e}", t.name, p.partition));
         let log = LogStore::<PartitionTypes>::new(p.group_id, d.engine.clone(), d.syncer.clone());
         let sm = PartitionStateMachine::open(p.group_id, d.engine.clone()).map_err(|e| err(&e))?;
-        let cfg = group_config(&format!("{}-{}", t.name, p.partition), d.timing).map_err(|e| err(&e))?;
+        let cfg =
+            group_config(&format!("{}-{}", t.name, p.partition), d.timing, Pacing::Quiescent).map_err(|e| err(&e))?;
         let seed = group_seed(d.raft_seed, p.group_id);
         let raft = start_raft(seed, d.node_id, cfg, network_factory(&d.router, p.group_id), log.clone(), sm.clone())
             .await
@@ -167,10 +253,8 @@ impl Broker {
             if let Err(e) = raft.initialize(members).await {
                 tracing::debug!(group = p.group_id, error = %e, "initialize skipped");
             }
-            // The preferred leader campaigns at once instead of waiting out an election timeout.
-            if p.replicas.first() == Some(&d.node_id) {
-                let _ = raft.trigger().elect(true).await;
-            }
+            // The first election is the election driver's (elections.rs): the preferred replica
+            // campaigns on its next sweep, which the reconciler triggers once this batch started.
         }
         let part = Arc::new(Partition {
             topic: t.name.clone(),
@@ -187,10 +271,11 @@ impl Broker {
             router: d.router.clone(),
             fence: self.fence.clone(),
             planted_ack_before_commit: d.planted_ack_before_commit,
+            transfer: parking_lot::Mutex::new(None),
         });
         self.by_group.write().insert(p.group_id, part.clone());
         self.by_name.write().insert((t.name.clone(), p.partition), part);
-        tracing::info!(topic = %t.name, partition = p.partition, group = p.group_id, replicas = ?p.replicas, "partition replica started");
+        tracing::debug!(topic = %t.name, partition = p.partition, group = p.group_id, replicas = ?p.replicas, "partition replica started");
         Ok(())
     }
 
@@ -217,7 +302,7 @@ impl Broker {
                 tracing::error!(group, error = %e, "could not delete data of a removed replica");
             }
         }
-        tracing::info!(topic = %p.topic, partition = p.partition, group, "partition replica stopped");
+        tracing::debug!(topic = %p.topic, partition = p.partition, group, "partition replica stopped");
     }
 
     /// The leader's periodic duties for each partition it leads, every `every`:
@@ -231,15 +316,39 @@ impl Broker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for p in self.partitions() {
+            let mut transfers = MAX_TRANSFERS_PER_PASS;
+            let live = self.deps.router.liveness().clone();
+            for p in self.led_partitions() {
                 if !p.leadership().0 {
                     continue;
                 }
                 let record = p.record.read().clone();
+                if transfers == 0 && record.target_replicas.is_none() {
+                    continue;
+                }
+                if p.stalled_transfer(TRANSFER_RETRY_AFTER) {
+                    transfers = transfers.saturating_sub(1);
+                    // The target did not take over; this leader takes no writes meanwhile. Ask a
+                    // reachable, caught-up voter again (preferring the preferred replica).
+                    let live = self.deps.router.liveness();
+                    let voters = p.caught_up_voters();
+                    let to = record
+                        .replicas
+                        .iter()
+                        .chain(voters.iter())
+                        .find(|v| **v != self.deps.node_id && voters.contains(v) && live.is_reachable(**v))
+                        .cloned();
+                    if let Some(to) = to {
+                        tracing::info!(topic = %p.topic, partition = p.partition, to, "leadership transfer stalled: retrying");
+                        let _ = p.transfer_leadership(to).await;
+                    }
+                    continue;
+                }
                 if self.fence.is_fenced() {
+                    transfers = transfers.saturating_sub(1);
                     if let Some(to) = p.caught_up_voters().into_iter().find(|v| *v != self.deps.node_id) {
                         tracing::info!(topic = %p.topic, partition = p.partition, to, "fenced: handing leadership away");
-                        let _ = p.raft.trigger().transfer_leader(to).await;
+                        let _ = p.transfer_leadership(to).await;
                     }
                     continue;
                 }
@@ -255,12 +364,17 @@ impl Broker {
                     continue;
                 }
                 let Some(&preferred) = record.replicas.first() else { continue };
-                if preferred == self.deps.node_id || !self.is_alive(preferred) {
+                if preferred == self.deps.node_id
+                    || !self.is_alive(preferred)
+                    || !live.is_reachable(preferred)
+                    || p.transfer_pending(TRANSFER_RETRY_AFTER)
+                {
                     continue;
                 }
                 if p.caught_up_voters().contains(&preferred) {
+                    transfers = transfers.saturating_sub(1);
                     tracing::info!(topic = %p.topic, partition = p.partition, to = preferred, "moving leadership to the preferred replica");
-                    if let Err(e) = p.raft.trigger().transfer_leader(preferred).await {
+                    if let Err(e) = p.transfer_leadership(preferred).await {
                         tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "leader transfer failed");
                     }
                 }
@@ -292,6 +406,7 @@ impl Broker {
                 return;
             };
             tracing::info!(topic = %p.topic, partition = p.partition, node, "adding replica as learner");
+            p.renew_lease().await;
             match tokio::time::timeout(CATCH_UP_TIMEOUT, p.raft.add_learner(node, BasicNode { addr }, true)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
@@ -305,6 +420,7 @@ impl Broker {
             }
         }
         tracing::info!(topic = %p.topic, partition = p.partition, voters = ?want, "replacing voters");
+        p.renew_lease().await;
         if let Err(e) = p.raft.change_membership(want, false).await {
             tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "membership change failed; will retry");
         }
@@ -318,7 +434,8 @@ impl Broker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for p in self.partitions() {
+            // Only leaders propose trims.
+            for p in self.led_partitions() {
                 if let Err(e) = p.enforce_retention().await {
                     tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "retention check failed");
                 }
@@ -346,17 +463,23 @@ impl Broker {
     pub async fn hand_off_leaderships(&self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let led: Vec<Arc<Partition>> = self.partitions().into_iter().filter(|p| p.leadership().0).collect();
+            let led: Vec<Arc<Partition>> = self.led_partitions().into_iter().filter(|p| p.leadership().0).collect();
             if led.is_empty() || tokio::time::Instant::now() >= deadline {
                 if !led.is_empty() {
                     tracing::warn!(partitions = led.len(), "still leading partitions at shutdown");
                 }
                 return;
             }
-            for p in led {
-                let to = p.caught_up_voters().into_iter().find(|v| *v != self.deps.node_id && self.is_alive(*v));
+            // A bounded batch per round: thousands of simultaneous elections would time out on
+            // each other (see MAX_TRANSFERS_PER_PASS). Partitions already handed off drop out.
+            let live = self.deps.router.liveness().clone();
+            for p in led.into_iter().filter(|p| !p.transfer_pending(TRANSFER_RETRY_AFTER)).take(HANDOFF_BATCH) {
+                let to = p
+                    .caught_up_voters()
+                    .into_iter()
+                    .find(|v| *v != self.deps.node_id && self.is_alive(*v) && live.is_reachable(*v));
                 if let Some(to) = to {
-                    let _ = p.raft.trigger().transfer_leader(to).await;
+                    let _ = p.transfer_leadership(to).await;
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

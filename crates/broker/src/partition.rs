@@ -10,6 +10,7 @@ use parking_lot::RwLock;
 use runnel_meta::PartitionRecord;
 
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::type_config::TypeConfigExt;
 use openraft::{BasicNode, EntryPayload, Raft, ServerState};
 use runnel_proto::v1;
 use runnel_raft::log_store::LogStore;
@@ -50,6 +51,19 @@ pub struct Partition {
     pub fence: Arc<Fence>,
     /// TEST ONLY: see `BrokerDeps::planted_ack_before_commit`.
     pub planted_ack_before_commit: bool,
+    /// The last leadership transfer this node started as leader: (term, when). openraft's leader
+    /// stops taking writes once it starts a transfer and never resumes on its own; with quiescent
+    /// groups nothing else would elect if the target ignored it, so leader duties retry it.
+    pub(crate) transfer: parking_lot::Mutex<Option<PendingTransfer>>,
+}
+
+/// A leadership transfer this node started as leader.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PendingTransfer {
+    term: u64,
+    /// The first attempt in this term, and the latest retry.
+    first: tokio::time::Instant,
+    last: tokio::time::Instant,
 }
 
 /// Milliseconds since the Unix epoch, through a seam so simulations stay reproducible.
@@ -104,10 +118,31 @@ impl Partition {
     }
 
     pub fn ensure_leader(&self, epoch: Option<u64>) -> Result<u64, RunnelError> {
-        let (is_leader, term, leader) = self.leadership();
+        let (is_leader, term, leader, quorum) = {
+            let m = self.raft.metrics();
+            let m = m.borrow_watched();
+            let is_leader = m.state == ServerState::Leader;
+            // Quiescent groups have no heartbeats that would tell a leader it lost its followers:
+            // the node-level detector does. A leader cut off from a majority of its voters could
+            // neither commit a write nor know that a new leader has been elected meanwhile, so it
+            // serves nothing (docs/adr/0012).
+            let quorum =
+                is_leader && self.router.liveness().quorum_reachable(m.membership_config.membership().voter_ids());
+            (is_leader, m.current_term, m.current_leader, quorum)
+        };
         if !is_leader {
             let hint = self.leader_hint(leader);
             return Err(RunnelError::not_leader(&self.topic, self.partition, hint));
+        }
+        if !quorum {
+            return Err(RunnelError::new(
+                ErrorCode::LeaderNotAvailable,
+                format!(
+                    "{}/{}: node {} leads it but cannot reach a majority of its replicas; a new leader is being \
+                     elected where they are",
+                    self.topic, self.partition, self.node_id
+                ),
+            ));
         }
         if let Some(e) = epoch {
             if e != term {
@@ -247,6 +282,7 @@ impl Partition {
             Some(producer) => PartitionCommand::AppendIdempotent { batch: stored, producer },
             None => PartitionCommand::Append(stored),
         };
+        self.renew_lease().await;
         if wait && self.planted_ack_before_commit {
             // The planted bug: answer with the offset the batch would get if nothing else were in
             // flight, before it is committed (or even appended).
@@ -290,6 +326,18 @@ impl Partition {
                     format!("{}/{}: {reason}", self.topic, self.partition),
                 )),
             },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))
+                if f.reason == openraft::errors::ForwardReason::LeaseExpired =>
+            {
+                Err(RunnelError::new(
+                    ErrorCode::LeaderNotAvailable,
+                    format!(
+                        "{}/{}: node {} leads it but no majority of its replicas has acknowledged it lately; \
+                         the write was not taken",
+                        self.topic, self.partition, self.node_id
+                    ),
+                ))
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let hint = self.leader_hint(f.leader_id);
                 Err(RunnelError::not_leader(&self.topic, self.partition, hint))
@@ -491,6 +539,109 @@ impl Partition {
                     || m.replication.as_ref().and_then(|r| r.get(v).cloned().flatten()).map(|l| l.index) >= committed
             })
             .collect()
+    }
+
+    /// Makes sure this leader's lease is current before a write. openraft refuses writes from a
+    /// leader that no quorum has acknowledged within the lease (`ForwardReason::LeaseExpired`);
+    /// a quiescent group's leader sends no heartbeats, so after an idle spell its lease has run
+    /// out. One heartbeat round renews it: the first write after idleness pays one round trip to
+    /// the followers, the next ones nothing (every append acknowledgement renews it too). Found by
+    /// the simulator's many-idle-groups run (seed 1, 100 idle partitions): writes to a leader that
+    /// had been idle were refused forever as "leader not known".
+    pub async fn renew_lease(&self) {
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max);
+        let fresh = |m: &openraft::RaftMetrics<PartitionTypes>| {
+            m.state != ServerState::Leader
+                || m.membership_config.membership().voter_ids().count() <= 1
+                // With a margin: the write must reach the core while the lease still runs.
+                || m.last_quorum_acked.as_ref().is_some_and(|t| PartitionTypes::now() < **t + lease / 2)
+        };
+        let mut rx = self.raft.metrics();
+        if fresh(&rx.borrow_watched()) {
+            return;
+        }
+        if self.raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + lease * 2;
+        loop {
+            if fresh(&rx.borrow_watched()) {
+                return;
+            }
+            // Not renewed in time (followers unreachable): the write is refused with a clear error.
+            if !matches!(tokio::time::timeout_at(deadline, rx.changed()).await, Ok(Ok(()))) {
+                return;
+            }
+        }
+    }
+
+    /// Starts handing leadership to `to` (this node must lead). Recorded, so that a transfer the
+    /// target never completes is noticed and retried (see [`Self::stalled_transfer`]).
+    pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), RunnelError> {
+        let (is_leader, term, _) = self.leadership();
+        if is_leader {
+            let already = *self.transfer.lock();
+            let already = already.filter(|t| t.term == term);
+            if already.is_none() {
+                self.reach_follower(to).await;
+            }
+            let now = tokio::time::Instant::now();
+            *self.transfer.lock() = Some(PendingTransfer { term, first: already.map_or(now, |t| t.first), last: now });
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| RunnelError::internal(format!("{}/{}: {e}", self.topic, self.partition)))
+    }
+
+    /// Whether this node still leads, in the term it started a transfer in, `after` that transfer
+    /// began: the target did not take over (it lagged, or the request was lost), and this leader
+    /// refuses writes until some transfer succeeds.
+    pub fn stalled_transfer(&self, after: std::time::Duration) -> bool {
+        let (is_leader, term, _) = self.leadership();
+        let pending = *self.transfer.lock();
+        is_leader && pending.is_some_and(|t| t.term == term && t.last.elapsed() >= after)
+    }
+
+    /// Whether this node still leads in the term of a transfer whose first attempt began `after`
+    /// ago or more (retries included): leadership is stuck here.
+    pub fn stuck_transfer(&self, after: std::time::Duration) -> bool {
+        let (is_leader, term, _) = self.leadership();
+        let pending = *self.transfer.lock();
+        is_leader && pending.is_some_and(|t| t.term == term && t.first.elapsed() >= after)
+    }
+
+    /// Sends a heartbeat and waits (briefly) until `to` has answered one: the target of a
+    /// transfer ignores it unless it follows this leader's current term, and in a quiescent group a
+    /// follower that restarted has not heard from its leader since — nothing else would tell it.
+    /// (Once a transfer starts, openraft sends no more heartbeats.)
+    async fn reach_follower(&self, to: NodeId) {
+        let start = PartitionTypes::now();
+        if self.raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
+        let wait = Duration::from_millis(self.raft.config().election_timeout_max * 2);
+        let mut rx = self.raft.metrics();
+        let reached = |m: &openraft::RaftMetrics<PartitionTypes>| {
+            m.state != ServerState::Leader
+                || m.heartbeat.as_ref().and_then(|h| h.get(&to).cloned().flatten()).is_some_and(|t| *t >= start)
+        };
+        let _ = tokio::time::timeout(wait, async {
+            while !reached(&rx.borrow_watched()) {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Whether this node leads and started a transfer in this term less than `within` ago.
+    pub fn transfer_pending(&self, within: std::time::Duration) -> bool {
+        let (is_leader, term, _) = self.leadership();
+        let pending = *self.transfer.lock();
+        is_leader && pending.is_some_and(|t| t.term == term && t.last.elapsed() < within)
     }
 
     pub fn membership_nodes(

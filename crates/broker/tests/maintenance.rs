@@ -40,7 +40,11 @@ async fn start(engine: Arc<dyn Engine>, config: &[(&str, &str)], now: Arc<Atomic
         node_id: 1,
         engine: engine.clone(),
         syncer: Arc::new(GroupSyncer::start(engine)),
-        router: Router::new(1, runnel_proto::dial::tcp()),
+        router: Router::new(
+            1,
+            runnel_proto::dial::tcp(),
+            runnel_raft::liveness::NodeLiveness::new(1, 1, runnel_raft::liveness::LivenessConfig::new(100, 500)),
+        ),
         registry: GroupRegistry::default(),
         timing: RaftTiming { heartbeat_ms: 50, election_timeout_ms: 200 },
         raft_seed: 7,

@@ -136,7 +136,9 @@ impl Command {
     /// problems (their output is the point).
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Start(_) | Command::Dev(_) => "info",
+            // openraft warns once per failed RPC per group: with thousands of partitions, one
+            // unreachable peer would write a line per group per retry. Its errors still show.
+            Command::Start(_) | Command::Dev(_) => "info,openraft=error",
             Command::Node(admin::NodeArgs { command: admin::NodeCommand::Add(_) }) => "info",
             _ => "warn",
         }

@@ -191,7 +191,7 @@ impl LocalCluster {
                 cmd.env_remove(&k);
             }
         }
-        cmd.env("RUNNEL_LOG", std::env::var("RUNNEL_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env("RUNNEL_LOG", std::env::var("RUNNEL_LOG").unwrap_or_else(|_| "info,openraft=error".into()));
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().with_context(|| format!("starting node {} ({})", node.id, self.bin.display()))?;
         node.child = Some(child);

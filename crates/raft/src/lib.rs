@@ -3,6 +3,7 @@
 //! connection per peer, messages tagged with their group id), and the metadata state machine.
 
 pub mod codec;
+pub mod liveness;
 pub mod log_store;
 pub mod meta_sm;
 pub mod network;
@@ -73,12 +74,33 @@ pub struct RaftTiming {
     pub election_timeout_ms: u64,
 }
 
+/// How a group decides when to elect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pacing {
+    /// openraft's own timers: the leader heartbeats every `heartbeat_ms`, a follower that hears
+    /// nothing for an election timeout campaigns. The metadata group runs this way: one group, and
+    /// it must never depend on anything else to recover.
+    Timers,
+    /// No timers at all (docs/adr/0012): an idle group sends nothing and wakes nothing. Appends
+    /// and commit updates still flow as they happen; elections are started from outside, by the
+    /// node's election driver, when the node-level failure detector says the leader is gone.
+    Quiescent,
+}
+
 /// openraft configuration for one group.
 ///
 /// Snapshots are never built automatically and logs never purged: a partition's Raft log *is*
 /// its data (see docs/adr/0002), and retention will purge it explicitly.
-pub fn group_config(name: &str, timing: RaftTiming) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+pub fn group_config(
+    name: &str,
+    timing: RaftTiming,
+    pacing: Pacing,
+) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let timers = pacing == Pacing::Timers;
     let cfg = openraft::Config {
+        enable_tick: timers,
+        enable_heartbeat: timers,
+        enable_elect: timers,
         cluster_name: name.to_string(),
         heartbeat_interval: timing.heartbeat_ms,
         election_timeout_min: timing.election_timeout_ms,

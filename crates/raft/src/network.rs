@@ -19,8 +19,9 @@ use openraft::{BasicNode, OptionalSend, RaftTypeConfig};
 use openraft_multi::{GroupNetworkAdapter, GroupNetworkFactory, GroupRouter};
 use parking_lot::RwLock;
 use runnel_proto::dial::Dialer;
+use runnel_proto::internal::liveness_client::LivenessClient;
 use runnel_proto::internal::raft_transport_client::RaftTransportClient;
-use runnel_proto::internal::{RaftMessage, RaftRpcKind};
+use runnel_proto::internal::{PingReply, PingRequest, RaftMessage, RaftRpcKind};
 use runnel_types::limits::MAX_GRPC_MESSAGE_BYTES;
 use runnel_types::{GroupId, NodeId};
 use serde::de::DeserializeOwned;
@@ -28,6 +29,7 @@ use serde::Serialize;
 use tonic::transport::Channel;
 
 use crate::codec;
+use crate::liveness::NodeLiveness;
 
 /// Where each node is and an open channel to it. Cheap to clone; shared by all groups.
 #[derive(Clone)]
@@ -39,7 +41,28 @@ struct RouterInner {
     self_id: NodeId,
     dialer: Arc<dyn Dialer>,
     addrs: RwLock<HashMap<NodeId, String>>,
-    channels: RwLock<HashMap<NodeId, (String, Channel)>>,
+    channels: RwLock<HashMap<(NodeId, Lane), (String, Channel)>>,
+    liveness: Arc<NodeLiveness>,
+}
+
+/// Which connection to a peer a message takes. The metadata group and the liveness pings have a
+/// connection of their own, so that a burst of partition traffic (catch-up appends of megabytes)
+/// never queues them behind it: the controller's election timer and the failure detector must not
+/// be hostage to partition load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    Control,
+    Data,
+}
+
+impl Lane {
+    pub fn of(group: GroupId) -> Lane {
+        if group == runnel_types::META_GROUP_ID {
+            Lane::Control
+        } else {
+            Lane::Data
+        }
+    }
 }
 
 /// Failure of one RPC, as a plain error openraft can wrap.
@@ -55,6 +78,12 @@ enum CallError {
 }
 
 impl CallError {
+    fn message(self) -> String {
+        match self {
+            CallError::Unreachable(m) | CallError::Failed(m) => m,
+        }
+    }
+
     fn rpc<C: RaftTypeConfig>(self) -> RPCError<C> {
         match self {
             CallError::Unreachable(m) => RPCError::Unreachable(Unreachable::new(&NetError(m))),
@@ -70,15 +99,21 @@ impl CallError {
 }
 
 impl Router {
-    pub fn new(self_id: NodeId, dialer: Arc<dyn Dialer>) -> Self {
+    pub fn new(self_id: NodeId, dialer: Arc<dyn Dialer>, liveness: Arc<NodeLiveness>) -> Self {
         Self {
             inner: Arc::new(RouterInner {
                 self_id,
                 dialer,
                 addrs: RwLock::new(HashMap::new()),
                 channels: RwLock::new(HashMap::new()),
+                liveness,
             }),
         }
+    }
+
+    /// The node's failure detector (every successful call counts as hearing from the peer).
+    pub fn liveness(&self) -> &Arc<NodeLiveness> {
+        &self.inner.liveness
     }
 
     /// Records (or updates) a node's address. A changed address drops the old channel.
@@ -86,12 +121,14 @@ impl Router {
         let mut addrs = self.inner.addrs.write();
         if addrs.get(&node).map(String::as_str) != Some(addr) {
             addrs.insert(node, addr.to_string());
-            self.inner.channels.write().remove(&node);
+            self.inner.channels.write().retain(|(n, _), _| *n != node);
         }
+        drop(addrs);
+        self.inner.liveness.watch(node);
     }
 
-    fn evict(&self, node: NodeId) {
-        self.inner.channels.write().remove(&node);
+    fn evict(&self, node: NodeId, lane: Lane) {
+        self.inner.channels.write().remove(&(node, lane));
     }
 
     /// The dialer this node uses for every outgoing connection.
@@ -103,17 +140,33 @@ impl Router {
         self.inner.addrs.read().get(&node).cloned()
     }
 
-    fn channel(&self, node: NodeId) -> Result<Channel, CallError> {
+    fn channel(&self, node: NodeId, lane: Lane) -> Result<Channel, CallError> {
         let addr =
             self.addr(node).ok_or_else(|| CallError::Unreachable(format!("no address known for node {node}")))?;
-        if let Some((a, ch)) = self.inner.channels.read().get(&node) {
+        if let Some((a, ch)) = self.inner.channels.read().get(&(node, lane)) {
             if *a == addr {
                 return Ok(ch.clone());
             }
         }
         let ch = self.inner.dialer.channel(&addr).map_err(|e| CallError::Unreachable(format!("node {node}: {e}")))?;
-        self.inner.channels.write().insert(node, (addr, ch.clone()));
+        self.inner.channels.write().insert((node, lane), (addr, ch.clone()));
         Ok(ch)
+    }
+
+    /// One liveness ping to `target` on the control connection.
+    pub async fn ping(&self, target: NodeId, req: PingRequest, ttl: Duration) -> Result<PingReply, String> {
+        let ch = self.channel(target, Lane::Control).map_err(|e| e.message())?;
+        let mut client = LivenessClient::new(ch)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+        match tokio::time::timeout(ttl, client.ping(req)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(format!("node {target}: {status}")),
+            Err(_) => {
+                self.evict(target, Lane::Control);
+                Err(format!("node {target}: ping timed out after {ttl:?}"))
+            }
+        }
     }
 
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
@@ -124,7 +177,13 @@ impl Router {
         req: &Req,
         ttl: Duration,
     ) -> Result<Resp, CallError> {
-        let ch = self.channel(target)?;
+        let lane = Lane::of(group);
+        // Partition groups do not detect failures by RPC timeouts (the node-level detector does),
+        // so their calls get a generous deadline: under a burst (thousands of groups electing at
+        // once on two cores) short deadlines only cancel work already done, and a wave of
+        // cancelled HTTP/2 streams makes the server reset the whole shared connection.
+        let ttl = if lane == Lane::Data { ttl.max(DATA_RPC_MIN_TTL) } else { ttl };
+        let ch = self.channel(target, lane)?;
         let payload = codec::encode(req).map_err(|e| CallError::Failed(e.to_string()))?;
         let mut client = RaftTransportClient::new(ch)
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
@@ -139,7 +198,7 @@ impl Router {
         let reply = match tokio::time::timeout(ttl, fut).await {
             Err(_) => {
                 // The connection may be stuck (a peer that vanished mid-stream): start a new one.
-                self.evict(target);
+                self.evict(target, lane);
                 return Err(CallError::Unreachable(format!(
                     "node {target}: {kind:?} for group {group} timed out after {ttl:?}"
                 )));
@@ -154,12 +213,17 @@ impl Router {
             }
             Ok(Ok(r)) => r.into_inner(),
         };
+        // The peer's node answered: it is alive, whatever its group said.
+        self.inner.liveness.heard(target);
         if !reply.error.is_empty() {
             return Err(CallError::Failed(format!("node {target} group {group}: {}", reply.error)));
         }
         codec::decode(&reply.payload).map_err(|e| CallError::Failed(e.to_string()))
     }
 }
+
+/// The shortest deadline of a partition group's RPC (see `Router::call`).
+const DATA_RPC_MIN_TTL: Duration = Duration::from_secs(3);
 
 /// Bytes of entries one AppendEntries carries at most (well under the gRPC message limit, and small
 /// enough that one request does not hold a follower's apply loop for long).

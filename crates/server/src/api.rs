@@ -522,11 +522,7 @@ impl Runnel for Api {
                     ),
                 ));
             }
-            p.raft
-                .trigger()
-                .transfer_leader(r.to)
-                .await
-                .map_err(|e| RunnelError::internal(format!("{}/{}: {e}", r.topic, r.partition)))?;
+            p.transfer_leadership(r.to).await?;
             // Answer once the new leader has taken over (bounded).
             let mut rx = p.raft.metrics();
             let moved = tokio::time::timeout(Duration::from_secs(5), async {

@@ -36,10 +36,19 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// The metadata Raft group's voters as `id=host:port` (1, 3 or 5 of them).
     pub voters: Vec<String>,
-    /// Raft heartbeat interval for every group, milliseconds.
+    /// Raft heartbeat interval of the metadata group, milliseconds. Partition groups send no
+    /// heartbeats (they are quiescent; see `node_liveness_*`).
     pub raft_heartbeat_ms: u64,
-    /// Raft election timeout lower bound, milliseconds (the upper bound is 1.5 times this).
+    /// Raft election timeout lower bound, milliseconds (the upper bound is 1.5 times this). For
+    /// partition groups it is also the step between the campaigns of successive replicas.
     pub raft_election_timeout_ms: u64,
+    /// How often a node pings each other node (the failure detector that replaces per-partition
+    /// heartbeats), milliseconds.
+    pub node_liveness_interval_ms: u64,
+    /// A node not heard from for this long is unreachable: the partitions it led elect new
+    /// leaders, and a leader that cannot reach a majority of its replicas stops serving,
+    /// milliseconds.
+    pub node_liveness_timeout_ms: u64,
     /// How often a broker reports to the controller, milliseconds.
     pub broker_heartbeat_ms: u64,
     /// A broker the controller has not heard from for this long counts as not live, milliseconds.
@@ -68,6 +77,8 @@ impl Default for NodeConfig {
             voters: vec![],
             raft_heartbeat_ms: 50,
             raft_election_timeout_ms: 150,
+            node_liveness_interval_ms: 100,
+            node_liveness_timeout_ms: 500,
             broker_heartbeat_ms: 100,
             broker_session_timeout_ms: 6_000,
             broker_replacement_timeout_ms: 300_000,
@@ -80,7 +91,7 @@ impl Default for NodeConfig {
 }
 
 /// The keys a node reads from `RUNNEL_<KEY>` environment variables.
-const ENV_KEYS: [&str; 14] = [
+const ENV_KEYS: [&str; 16] = [
     "node_id",
     "listen",
     "advertise",
@@ -88,6 +99,8 @@ const ENV_KEYS: [&str; 14] = [
     "voters",
     "raft_heartbeat_ms",
     "raft_election_timeout_ms",
+    "node_liveness_interval_ms",
+    "node_liveness_timeout_ms",
     "broker_heartbeat_ms",
     "broker_session_timeout_ms",
     "broker_replacement_timeout_ms",
@@ -226,6 +239,29 @@ impl NodeConfig {
                 ),
             ));
         }
+        if self.node_liveness_interval_ms == 0 || self.node_liveness_interval_ms * 2 > self.node_liveness_timeout_ms {
+            return Err(invalid(
+                "node_liveness_interval_ms",
+                self.node_liveness_interval_ms,
+                &format!(
+                    "must be positive and at most half of node_liveness_timeout_ms ({})",
+                    self.node_liveness_timeout_ms
+                ),
+            ));
+        }
+        // A follower refuses to vote while its leader's lease (1.5x the election timeout since
+        // the leader's last message) runs: declaring the leader gone any sooner would only buy
+        // refused elections.
+        if self.node_liveness_timeout_ms < self.raft_election_timeout_ms * 3 / 2 {
+            return Err(invalid(
+                "node_liveness_timeout_ms",
+                self.node_liveness_timeout_ms,
+                &format!(
+                    "must be at least 1.5 times raft_election_timeout_ms ({}), the leader lease",
+                    self.raft_election_timeout_ms
+                ),
+            ));
+        }
         if self.broker_heartbeat_ms == 0 || self.broker_heartbeat_ms * 2 > self.broker_session_timeout_ms {
             return Err(invalid(
                 "broker_heartbeat_ms",
@@ -334,6 +370,20 @@ mod tests {
         cfg.cleaner_interval_ms = 0;
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("cleaner_interval_ms") && e.contains("'0'"), "{e}");
+    }
+
+    #[test]
+    fn liveness_timing_is_checked() {
+        let mut cfg = NodeConfig::dev(None, None);
+        cfg.node_liveness_interval_ms = 300;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("node_liveness_interval_ms") && e.contains("'300'"), "{e}");
+        cfg.node_liveness_interval_ms = 50;
+        cfg.node_liveness_timeout_ms = 200;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("node_liveness_timeout_ms") && e.contains("leader lease"), "{e}");
+        cfg.node_liveness_timeout_ms = 225;
+        cfg.validate().unwrap();
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct Controller {
     /// Producer ids reserved through the metadata log and not handed out yet: `next..end`.
     /// Reserved ids stay unique even if this node stops being controller, so the block is kept.
     producer_ids: tokio::sync::Mutex<(u64, u64)>,
+    /// The latest leader report of each broker not yet acted on, and whether a task is acting on
+    /// that broker's reports (one at a time, always the latest; see `heartbeat`).
+    reports: Mutex<HashMap<NodeId, (Option<BrokerHeartbeatRequest>, bool)>>,
 }
 
 /// Producer ids reserved per metadata write.
@@ -71,6 +74,7 @@ impl Controller {
             leader_since: Mutex::new(None),
             replacement_timeout,
             down_since: Mutex::new(HashMap::new()),
+            reports: Mutex::new(HashMap::new()),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
         })
     }
@@ -429,7 +433,7 @@ impl Controller {
         self.propose(MetaCommand::DeleteTopic { name: name.to_string() }).await.map(|_| ())
     }
 
-    async fn heartbeat(&self, req: BrokerHeartbeatRequest) -> Result<u64, RunnelError> {
+    async fn heartbeat(self: &Arc<Self>, req: BrokerHeartbeatRequest) -> Result<u64, RunnelError> {
         if !self.is_controller() {
             return Err(self.not_controller());
         }
@@ -473,6 +477,50 @@ impl Controller {
                 }
             });
         }
+        if req.leaders_unchanged {
+            return Ok(epoch);
+        }
+        // The heartbeat is answered now and the report acted on in the background: committing
+        // thousands of leader changes can take longer than a heartbeat may (a broker whose
+        // heartbeats time out fences itself). One task per broker, always on its latest report.
+        let broker = req.broker_id;
+        let spawn = {
+            let mut reports = self.reports.lock();
+            let slot = reports.entry(broker).or_insert((None, false));
+            slot.0 = Some(req);
+            !std::mem::replace(&mut slot.1, true)
+        };
+        if spawn {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    let next = {
+                        let mut reports = me.reports.lock();
+                        let slot = reports.entry(broker).or_insert((None, false));
+                        match slot.0.take() {
+                            Some(r) => r,
+                            None => {
+                                slot.1 = false;
+                                return;
+                            }
+                        }
+                    };
+                    if let Err(e) = me.act_on_leader_report(&next).await {
+                        tracing::debug!(broker, error = %e, "leader report not applied; the next report retries");
+                    }
+                }
+            });
+        }
+        Ok(epoch)
+    }
+
+    /// Commits what a broker's leader report changes: leaders and their epochs, and reassignments
+    /// whose target is now the committed voter set.
+    async fn act_on_leader_report(&self, req: &BrokerHeartbeatRequest) -> Result<(), RunnelError> {
+        if !self.is_controller() {
+            return Err(self.not_controller());
+        }
+        let view = self.sm.current();
         let reports: Vec<_> = req.leaders.iter().map(|l| (l.group_id, req.broker_id, l.term)).collect();
         let changes = view.state.leader_changes(&reports);
         if !changes.is_empty() {
@@ -490,7 +538,7 @@ impl Controller {
                 tracing::info!(group, replicas = ?target, "reassignment finished");
             }
         }
-        Ok(epoch)
+        Ok(())
     }
 }
 

@@ -12,14 +12,16 @@ use runnel_broker::{Broker, BrokerDeps};
 use runnel_proto::dial::Dialer;
 use runnel_proto::internal::controller_client::ControllerClient;
 use runnel_proto::internal::controller_server::ControllerServer;
+use runnel_proto::internal::liveness_server::LivenessServer;
 use runnel_proto::internal::raft_transport_server::RaftTransportServer;
 use runnel_proto::internal::{BrokerHeartbeatRequest, LeaderReport};
 use runnel_proto::v1::runnel_server::RunnelServer;
+use runnel_raft::liveness::{LivenessConfig, LivenessService, NodeLiveness};
 use runnel_raft::log_store::LogStore;
 use runnel_raft::meta_sm::MetaStateMachine;
 use runnel_raft::network::{network_factory, Router};
 use runnel_raft::transport::{GroupRegistry, RaftHandler, TransportService};
-use runnel_raft::{group_config, group_seed, start_raft, MetaTypes, RaftTiming};
+use runnel_raft::{group_config, group_seed, start_raft, MetaTypes, Pacing, RaftTiming};
 #[cfg(feature = "rocksdb")]
 use runnel_storage::RocksEngine;
 use runnel_storage::{Engine, GroupSyncer};
@@ -30,6 +32,10 @@ use crate::api::Api;
 use crate::controller::{Controller, ControllerService};
 use crate::coordinator::Coordinator;
 use crate::NodeConfig;
+
+/// A broker re-sends its whole leader list to the controller at least this often, even unchanged
+/// (a report the controller accepted but failed to act on is then acted on again).
+const FULL_REPORT_EVERY: Duration = Duration::from_secs(2);
 
 /// How long a stopping node waits for its leaderships to move before it stops anyway.
 const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(10);
@@ -89,7 +95,13 @@ where
     let timing = RaftTiming { heartbeat_ms: cfg.raft_heartbeat_ms, election_timeout_ms: cfg.raft_election_timeout_ms };
     let NodeEnv { engine, syncer, dialer, raft_seed, incarnation, planted_ack_before_commit, clock } = env;
 
-    let router = Router::new(node_id, dialer);
+    // The node-level failure detector that stands in for per-partition heartbeats (ADR 0012).
+    let liveness = NodeLiveness::new(
+        node_id,
+        incarnation,
+        LivenessConfig::new(cfg.node_liveness_interval_ms, cfg.node_liveness_timeout_ms),
+    );
+    let router = Router::new(node_id, dialer, liveness.clone());
     for (id, addr) in &voters {
         router.set_addr(*id, addr);
     }
@@ -102,7 +114,7 @@ where
     let meta_raft = start_raft(
         group_seed(raft_seed, META_GROUP_ID),
         node_id,
-        group_config("metadata", timing)?,
+        group_config("metadata", timing, Pacing::Timers)?,
         network_factory(&router, META_GROUP_ID),
         meta_log,
         meta_sm.clone(),
@@ -138,6 +150,13 @@ where
         Duration::from_millis(cfg.broker_replacement_timeout_ms),
     );
 
+    {
+        let broker = broker.clone();
+        liveness.set_leader_source(Arc::new(move || broker.led_groups()));
+    }
+    let pinger = tokio::spawn(liveness.clone().run(router.clone()));
+    let elections = tokio::spawn(broker.clone().run_election_driver());
+    let leadership_tracker = tokio::spawn(broker.clone().run_leadership_tracker());
     let reconciler = tokio::spawn(broker.clone().run_reconciler(meta_sm.subscribe()));
     let leader_duties = tokio::spawn(broker.clone().run_leader_duties(Duration::from_millis(500)));
     let controller_duties = tokio::spawn(controller.clone().run_duties(Duration::from_millis(500)));
@@ -199,11 +218,15 @@ where
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
         .add_service(ControllerServer::new(ControllerService(controller.clone())))
+        .add_service(LivenessServer::new(LivenessService(liveness.clone())))
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;
 
     tracing::info!(node_id, "shutting down");
     heartbeats.abort();
+    pinger.abort();
+    elections.abort();
+    leadership_tracker.abort();
     coordinator_duties.abort();
     leader_duties.abort();
     retention.abort();
@@ -265,6 +288,9 @@ async fn heartbeat_loop(hb: Heartbeat, broker: Arc<Broker>, controller: Arc<Cont
     let mut tick = tokio::time::interval(hb.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_accepted = tokio::time::Instant::now();
+    // Whom the last full leader list went to, the leadership version it described, and when it
+    // was accepted: an unchanged list is not sent again until FULL_REPORT_EVERY has passed.
+    let mut last_report: Option<(String, u64, tokio::time::Instant)> = None;
     loop {
         tick.tick().await;
         let fenced = last_accepted.elapsed() > hb.session;
@@ -292,10 +318,17 @@ async fn heartbeat_loop(hb: Heartbeat, broker: Arc<Broker>, controller: Arc<Cont
                 }
             }
         };
-        let req = BrokerHeartbeatRequest {
-            broker_id: hb.node_id,
-            addr: hb.advertise.clone(),
-            leaders: broker
+        // The leader list is built (O(leaderships)) only when the tracker's version moved, the
+        // controller changed, or the last full list is older than FULL_REPORT_EVERY; otherwise the
+        // heartbeat says "unchanged".
+        let version = broker.leaderships.version();
+        let unchanged = last_report
+            .as_ref()
+            .is_some_and(|(to, v, at)| *to == target && *v == version && at.elapsed() < FULL_REPORT_EVERY);
+        let leaders: Vec<LeaderReport> = if unchanged {
+            vec![]
+        } else {
+            broker
                 .leader_reports()
                 .into_iter()
                 .map(|(g, term, voters)| LeaderReport {
@@ -304,9 +337,15 @@ async fn heartbeat_loop(hb: Heartbeat, broker: Arc<Broker>, controller: Arc<Cont
                     joint: voters.is_none(),
                     voters: voters.map(|v| v.into_iter().collect()).unwrap_or_default(),
                 })
-                .collect(),
+                .collect()
+        };
+        let req = BrokerHeartbeatRequest {
+            broker_id: hb.node_id,
+            addr: hb.advertise.clone(),
+            leaders,
             incarnation: hb.incarnation,
             shutting_down: hb.shutting_down.load(Ordering::SeqCst),
+            leaders_unchanged: unchanged,
         };
         let mut c = match &client {
             Some((a, c)) if *a == target => c.clone(),
@@ -323,16 +362,28 @@ async fn heartbeat_loop(hb: Heartbeat, broker: Arc<Broker>, controller: Arc<Cont
             },
         };
         let call = async { c.broker_heartbeat(req).await.map_err(|e| e.to_string()) };
-        match tokio::time::timeout(hb.every * 4, call).await {
-            Ok(Ok(r)) if !r.get_ref().accepted => tracing::debug!(error = %r.get_ref().error, "heartbeat not accepted"),
-            Ok(Ok(_)) => last_accepted = tokio::time::Instant::now(),
+        // A third of the session: a controller slowed by load still gets to accept heartbeats
+        // before the broker would fence itself.
+        match tokio::time::timeout((hb.every * 4).max(hb.session / 3), call).await {
+            Ok(Ok(r)) if !r.get_ref().accepted => {
+                tracing::debug!(error = %r.get_ref().error, "heartbeat not accepted");
+                last_report = None;
+            }
+            Ok(Ok(_)) => {
+                last_accepted = tokio::time::Instant::now();
+                if !unchanged {
+                    last_report = Some((target.clone(), version, last_accepted));
+                }
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%target, error = %e, "heartbeat failed");
                 client = None;
+                last_report = None;
             }
             Err(_) => {
                 tracing::debug!(%target, "heartbeat timed out");
                 client = None;
+                last_report = None;
             }
         }
     }

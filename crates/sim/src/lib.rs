@@ -100,6 +100,9 @@ pub struct SimOptions {
     pub seed: u64,
     pub nodes: usize,
     pub partitions: u32,
+    /// Partitions of a second topic that stays idle through the safety phase (quiescent groups
+    /// under the same faults); each takes one write in the liveness phase.
+    pub idle_partitions: u32,
     pub producers: usize,
     /// Simulated length of the safety phase.
     pub safety_ms: u64,
@@ -160,10 +163,14 @@ impl SimOptions {
             operations.push((t, op));
             t += ops_rng.random_range(1_000..5_000);
         }
+        // Its own stream too: a third of the seeds run with a topic of many idle groups.
+        let mut idle_rng = SmallRng::seed_from_u64(seed ^ 0x1d1e_9a57);
+        let idle_partitions = if idle_rng.random_bool(0.33) { idle_rng.random_range(8..=40) } else { 0 };
         SimOptions {
             seed,
             nodes,
             partitions,
+            idle_partitions,
             producers,
             safety_ms,
             faults,
@@ -190,8 +197,15 @@ impl fmt::Display for SimOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "seed={} nodes={} partitions={} producers={} safety={}ms fsync={}ms planted={:?} faults=[",
-            self.seed, self.nodes, self.partitions, self.producers, self.safety_ms, self.fsync_ms, self.planted
+            "seed={} nodes={} partitions={} idle_partitions={} producers={} safety={}ms fsync={}ms planted={:?} faults=[",
+            self.seed,
+            self.nodes,
+            self.partitions,
+            self.idle_partitions,
+            self.producers,
+            self.safety_ms,
+            self.fsync_ms,
+            self.planted
         )?;
         for (i, (at, dur, fault)) in self.faults.iter().enumerate() {
             if i > 0 {
@@ -347,6 +361,7 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
         seed,
         bootstrap: (0..options.nodes).map(|i| format!("{}:{PORT}", host(i))).collect(),
         partitions: options.partitions,
+        idle_partitions: options.idle_partitions,
         producers: options.producers,
         safety: Duration::from_millis(options.safety_ms),
         recorder: recorder.clone(),

@@ -19,6 +19,9 @@ struct Args {
     /// Plant a known bug (the checker must catch it): ack-before-commit or skip-fsync.
     #[arg(long)]
     plant: Option<String>,
+    /// Partitions of the idle topic, instead of what the seed picks (a many-group run).
+    #[arg(long)]
+    idle_partitions: Option<u32>,
     /// Write the history as JSON Lines here (with --seed).
     #[arg(long)]
     history: Option<std::path::PathBuf>,
@@ -51,6 +54,9 @@ fn main() -> ExitCode {
     for seed in &seeds {
         let mut options = SimOptions::from_seed(*seed);
         options.planted = planted;
+        if let Some(n) = args.idle_partitions {
+            options.idle_partitions = n;
+        }
         if seeds.len() == 1 {
             println!("options: {options}");
         }

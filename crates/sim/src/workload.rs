@@ -17,6 +17,10 @@ use tokio::time::Instant;
 use crate::TurmoilDialer;
 
 const TOPIC: &str = "sim";
+/// A topic of many partitions nobody writes to during the safety phase: their Raft groups are
+/// quiescent (no heartbeats, no timers) and must still follow every fault, elect when their
+/// leader's node is lost, and take a write once the faults heal.
+const IDLE_TOPIC: &str = "sim-idle";
 /// Bound on the liveness phase: after the heal, the cluster must serve a full read of every
 /// partition within this much simulated time.
 const LIVENESS_BOUND: Duration = Duration::from_secs(60);
@@ -25,6 +29,8 @@ pub struct Workload {
     pub seed: u64,
     pub bootstrap: Vec<String>,
     pub partitions: u32,
+    /// Partitions of `IDLE_TOPIC` (0: not created).
+    pub idle_partitions: u32,
     pub producers: usize,
     pub safety: Duration,
     pub recorder: Recorder,
@@ -87,6 +93,17 @@ impl Workload {
                 Err(e) => return Err(format!("could not create the topic: {e}")),
             }
         }
+        while self.idle_partitions > 0 {
+            match client.create_topic(IDLE_TOPIC, self.idle_partitions, 3, Default::default()).await {
+                Ok(_) => break,
+                Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => break,
+                Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                    tracing::debug!(error = %e, "create idle topic");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(format!("could not create the idle topic: {e}")),
+            }
+        }
         let safety_end = start + self.safety;
         let watcher = tokio::spawn(watch_cluster(client.clone(), self.view.clone(), safety_end));
         let operator = tokio::spawn(operate(client.clone(), self.operations.clone(), start, safety_end));
@@ -112,7 +129,22 @@ impl Workload {
         // Liveness: the driver heals every fault at the end of the safety phase.
         let deadline = Instant::now() + LIVENESS_BOUND;
         for partition in 0..self.partitions {
-            final_read(&client, &self.recorder, partition, start, deadline).await;
+            final_read(&client, &self.recorder, TOPIC, partition, start, deadline).await;
+        }
+        // Every idle group, quiescent through the faults, must elect and commit a write too.
+        for partition in 0..self.idle_partitions {
+            let value = format!("idle-{partition}");
+            let process = 1_000 + partition as u64;
+            while Instant::now() < deadline {
+                if produce_once(&client, &self.recorder, process, IDLE_TOPIC, partition, vec![value.clone()], start)
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            final_read(&client, &self.recorder, IDLE_TOPIC, partition, start, deadline).await;
         }
         Ok(())
     }
@@ -185,46 +217,62 @@ async fn produce_loop(
         let count = rng.random_range(1..=3);
         let values: Vec<String> = (0..count).map(|i| format!("p{process}-{n}-{i}")).collect();
         n += 1;
-        let records = values
-            .iter()
-            .map(|v| Record {
-                key: Bytes::new(),
-                value: Bytes::from(v.clone()),
-                headers: vec![],
-                timestamp_ms: 0,
-                offset_delta: None,
-            })
-            .collect();
-        rec.record(process, ms(start), Event::ProduceInvoke { topic: TOPIC.into(), partition, values: values.clone() });
-        match client.produce_detailed(TOPIC, partition, records, Acks::All).await {
-            Ok(acked) => {
-                rec.record(
-                    process,
-                    ms(start),
-                    Event::ProduceOk {
-                        topic: TOPIC.into(),
-                        partition,
-                        values,
-                        base_offset: acked.base_offset,
-                        leader_epoch: Some(acked.leader_epoch),
-                        leader: Some(acked.leader),
-                    },
-                );
-            }
-            Err(e) => {
-                rec.record(
-                    process,
-                    ms(start),
-                    Event::ProduceFail {
-                        topic: TOPIC.into(),
-                        partition,
-                        values,
-                        definite: definitely_not_written(&e),
-                        error: e.to_string(),
-                    },
-                );
-                tokio::time::sleep(Duration::from_millis(rng.random_range(10..100))).await;
-            }
+        if produce_once(&client, &rec, process, TOPIC, partition, values, start).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(10..100))).await;
+        }
+    }
+}
+
+/// One acks=all produce of `values` (one record each), recorded: invocation, then success or failure.
+async fn produce_once(
+    client: &Client,
+    rec: &Recorder,
+    process: u64,
+    topic: &str,
+    partition: u32,
+    values: Vec<String>,
+    start: Instant,
+) -> Result<(), ()> {
+    let records = values
+        .iter()
+        .map(|v| Record {
+            key: Bytes::new(),
+            value: Bytes::from(v.clone()),
+            headers: vec![],
+            timestamp_ms: 0,
+            offset_delta: None,
+        })
+        .collect();
+    rec.record(process, ms(start), Event::ProduceInvoke { topic: topic.into(), partition, values: values.clone() });
+    match client.produce_detailed(topic, partition, records, Acks::All).await {
+        Ok(acked) => {
+            rec.record(
+                process,
+                ms(start),
+                Event::ProduceOk {
+                    topic: topic.into(),
+                    partition,
+                    values,
+                    base_offset: acked.base_offset,
+                    leader_epoch: Some(acked.leader_epoch),
+                    leader: Some(acked.leader),
+                },
+            );
+            Ok(())
+        }
+        Err(e) => {
+            rec.record(
+                process,
+                ms(start),
+                Event::ProduceFail {
+                    topic: topic.into(),
+                    partition,
+                    values,
+                    definite: definitely_not_written(&e),
+                    error: e.to_string(),
+                },
+            );
+            Err(())
         }
     }
 }
@@ -266,10 +314,10 @@ async fn consume_loop(client: Client, rec: Recorder, process: u64, partition: u3
 }
 
 /// Reads the whole partition, retrying until `deadline` (the liveness bound).
-async fn final_read(client: &Client, rec: &Recorder, partition: u32, start: Instant, deadline: Instant) {
+async fn final_read(client: &Client, rec: &Recorder, topic: &str, partition: u32, start: Instant, deadline: Instant) {
     let mut last_error = String::from("no attempt");
     'attempt: while Instant::now() < deadline {
-        let hw = match client.list_offsets(TOPIC, partition, runnel_client::OffsetSpec::Latest).await {
+        let hw = match client.list_offsets(topic, partition, runnel_client::OffsetSpec::Latest).await {
             Ok(hw) => hw,
             Err(e) => {
                 last_error = e.to_string();
@@ -283,7 +331,7 @@ async fn final_read(client: &Client, rec: &Recorder, partition: u32, start: Inst
         // read: the last fetch's high watermark, not the first one's, bounds what we saw.
         let mut seen_hw = hw;
         while offset < hw {
-            match client.fetch(TOPIC, partition, offset, 1 << 20, 0).await {
+            match client.fetch(topic, partition, offset, 1 << 20, 0).await {
                 Ok(r) if !r.records.is_empty() => {
                     seen_hw = seen_hw.max(r.high_watermark);
                     offset = r.records.last().map(|c| c.offset + 1).unwrap_or(offset);
@@ -302,8 +350,8 @@ async fn final_read(client: &Client, rec: &Recorder, partition: u32, start: Inst
                 }
             }
         }
-        rec.record(0, ms(start), Event::FinalRead { topic: TOPIC.into(), partition, records, high_watermark: seen_hw });
+        rec.record(0, ms(start), Event::FinalRead { topic: topic.into(), partition, records, high_watermark: seen_hw });
         return;
     }
-    rec.record(0, ms(start), Event::FinalReadFailed { topic: TOPIC.into(), partition, error: last_error });
+    rec.record(0, ms(start), Event::FinalReadFailed { topic: topic.into(), partition, error: last_error });
 }

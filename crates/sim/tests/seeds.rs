@@ -4,7 +4,13 @@
 use runnel_sim::{run, Fault, Operation, PlantedBug, SimOptions};
 
 /// Seeds that once found bugs (kept as regressions) and a spread of others.
-const FIXED: &[u64] = &[1, 2, 3, 102, 119, 4242, 5014, 65_537, 202_235, 401_201, 1_000_003, 774_838_544];
+/// Seeds run with 100 idle partitions (`many_idle_groups_follow_every_fault`).
+const MANY_GROUPS: &[u64] = &[1, 3, 5014, 401_201];
+
+/// 900_006 and 900_031: quiescent idle groups stuck behind a leadership transfer whose target
+/// never heard the leader's term (ADR 0012).
+const FIXED: &[u64] =
+    &[1, 2, 3, 102, 119, 4242, 5014, 65_537, 202_235, 401_201, 1_000_003, 774_838_544, 900_006, 900_031];
 
 fn run_seeds(seeds: &[u64]) {
     let mut failures = Vec::new();
@@ -50,6 +56,30 @@ fn random_seeds_b_have_no_violations() {
     run_seeds(&random_seeds(0xb));
 }
 
+/// Many quiescent groups beside the written ones (docs/adr/0012): a topic of 100 partitions nobody
+/// writes to during the faults; afterwards every one of them must elect, take a write and read it
+/// back. Seeds with crashes, isolation of the leader and of the controller, and splits.
+#[test]
+fn many_idle_groups_follow_every_fault() {
+    let mut failures = Vec::new();
+    for seed in MANY_GROUPS {
+        let mut o = SimOptions::from_seed(*seed);
+        o.idle_partitions = 100;
+        match run(o.clone()) {
+            Ok(out) if out.ok() => {}
+            Ok(out) => failures.push(format!("{o}\n{}\nreproduce: {} --idle-partitions 100", out.report, o.repro())),
+            Err(e) => failures.push(format!("{o}\n{e}\nreproduce: {} --idle-partitions 100", o.repro())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} seeds failed:\n{}",
+        failures.len(),
+        MANY_GROUPS.len(),
+        failures.join("\n\n")
+    );
+}
+
 #[test]
 fn a_seed_replays_the_same_history() {
     for seed in [5u64, 77] {
@@ -84,6 +114,7 @@ fn regression_5014_restarted_leader_does_not_reuse_log_ids() {
         seed: 5014,
         nodes: 3,
         partitions: 2,
+        idle_partitions: 0,
         producers: 4,
         safety_ms: 15_779,
         faults: vec![
@@ -114,6 +145,7 @@ fn regression_401201_replica_deletion_is_atomic_and_durable() {
         seed: 401201,
         nodes: 5,
         partitions: 2,
+        idle_partitions: 0,
         producers: 2,
         safety_ms: 14_533,
         faults: vec![
@@ -147,6 +179,7 @@ fn regression_774838544_a_moved_replica_never_deletes_a_members_log() {
         seed: 774_838_544,
         nodes: 5,
         partitions: 2,
+        idle_partitions: 0,
         producers: 2,
         safety_ms: 9_000,
         faults: vec![(1_957, 2_953, Fault::IsolateLeader), (5_852, 2_165, Fault::CrashMajority)],

@@ -1,0 +1,240 @@
+//! The election driver: starts elections in this node's quiescent partition groups
+//! (docs/adr/0012-quiescent-partition-groups.md).
+//!
+//! Partition groups run with openraft's timers off, so no follower campaigns on its own. This
+//! driver decides, per group where this node is a voter, when one must:
+//! - the known leader's node is gone (the node-level detector has not heard from it for its
+//!   timeout), or it is alive but its last two leader lists no longer name the group;
+//! - or the group has no leader at all (just created, or an election that failed).
+//!
+//! Who campaigns first: the surviving voters in the partition's preference order (the metadata's
+//! replica list, then any other voter) — the first right away, the next one election timeout
+//! later if there is still no leader, and so on; each retries after all of them have had a turn.
+//! So two followers rarely split the vote, and leadership tends to stay on preferred replicas.
+//! Every campaign starts with a pre-vote: a false suspicion never raises a group's term while its
+//! leader can still reach a majority.
+//!
+//! Cost: one look at every group on a full sweep (when a peer is lost or restarts, and every
+//! `SWEEP_EVERY`), and a fast loop over only the groups that need an election. An idle group that
+//! has a live leader costs one metrics read per sweep, nothing else.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::ServerState;
+use runnel_raft::liveness::ListClaim;
+use runnel_types::{GroupId, NodeId};
+use tokio::time::Instant;
+
+use crate::manager::Broker;
+use crate::partition::Partition;
+
+/// A full sweep over every group at least this often (it also checks the leader lists).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Campaigns this node starts per pass at most. Each costs a few RPCs and a synced write on every
+/// voter; when a node with thousands of leaderships dies, the rest wait for the next pass (a
+/// few tens of milliseconds) rather than flooding the network and the peers' cores at once —
+/// a flood whose timeouts would look like more dead peers and feed itself.
+const MAX_CAMPAIGNS_PER_PASS: usize = 64;
+
+/// How long each surviving voter, in preference order, has to win before the next one campaigns
+/// too. The first campaigns at once; the others are only a fallback (the first one's log was
+/// behind, or it failed meanwhile). Two candidates at once split the vote and both start over —
+/// under a burst of thousands of elections an election can take far longer than one election
+/// timeout, so the turns are generous.
+const RANK_TURN: Duration = Duration::from_secs(1);
+
+/// The same for a group that never had a leader (just created): replicas of a new topic start at
+/// different moments on different nodes, and a non-preferred winner would only be moved back.
+const NEW_GROUP_TURN: Duration = Duration::from_secs(2);
+
+/// What the driver remembers about one group that needed an election.
+struct Seen {
+    leader: Option<NodeId>,
+    term: u64,
+    /// When this node first saw `(leader, term)`: leader lists older than that say nothing.
+    since: Instant,
+    /// When this node first found the group without a usable leader.
+    leaderless_since: Option<Instant>,
+    last_campaign: Option<Instant>,
+    /// Campaigns since the group last had a usable leader: each doubles the wait before the next.
+    attempts: u32,
+}
+
+impl Broker {
+    /// Runs the election driver until the task is dropped.
+    pub async fn run_election_driver(self: Arc<Self>) {
+        let live = self.deps.router.liveness().clone();
+        let mut changes = live.subscribe();
+        let step = Duration::from_millis((self.deps.timing.election_timeout_ms / 3).max(10));
+        let mut seen: HashMap<GroupId, Seen> = HashMap::new();
+        let mut pending: BTreeSet<GroupId> = BTreeSet::new();
+        let mut next_sweep = Instant::now();
+        loop {
+            let full = tokio::select! {
+                _ = tokio::time::sleep_until(next_sweep) => true,
+                _ = self.sweep_now.notified() => true,
+                r = changes.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    true
+                }
+                _ = tokio::time::sleep(step), if !pending.is_empty() => false,
+            };
+            let now = Instant::now();
+            let mut budget = MAX_CAMPAIGNS_PER_PASS;
+            if full {
+                next_sweep = now + SWEEP_EVERY;
+                let parts = self.partitions();
+                let running: BTreeSet<GroupId> = parts.iter().map(|p| p.group).collect();
+                seen.retain(|g, _| running.contains(g));
+                pending.retain(|g| running.contains(g));
+                for p in parts {
+                    self.drive(&p, now, &mut seen, &mut pending, &mut budget).await;
+                }
+            } else {
+                for g in pending.clone() {
+                    match self.by_group(g) {
+                        Some(p) => self.drive(&p, now, &mut seen, &mut pending, &mut budget).await,
+                        None => {
+                            pending.remove(&g);
+                            seen.remove(&g);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn drive(
+        &self,
+        p: &Arc<Partition>,
+        now: Instant,
+        seen: &mut HashMap<GroupId, Seen>,
+        pending: &mut BTreeSet<GroupId>,
+        budget: &mut usize,
+    ) {
+        let me = self.deps.node_id;
+        let live = self.deps.router.liveness();
+        let (state, term, leader, never_led) = {
+            let m = p.raft.metrics();
+            let m = m.borrow_watched();
+            if m.state == ServerState::Leader || !m.membership_config.membership().voter_ids().any(|v| v == me) {
+                drop(m);
+                seen.remove(&p.group);
+                pending.remove(&p.group);
+                return;
+            }
+            // A new group's log holds only its initial membership (index 0) until a first
+            // leader commits its blank entry.
+            (m.state, m.current_term, m.current_leader, m.last_log_index.unwrap_or(0) == 0)
+        };
+        let s = seen.entry(p.group).or_insert(Seen {
+            leader,
+            term,
+            since: now,
+            leaderless_since: None,
+            last_campaign: None,
+            attempts: 0,
+        });
+        if (s.leader, s.term) != (leader, term) {
+            // A higher term without a leader means some voter is campaigning (possibly this one):
+            // give it a full turn before campaigning here, as Raft resets its election timer on
+            // granting a vote — otherwise voters that noticed the loss at different moments keep
+            // splitting the vote.
+            if term > s.term && leader.is_none() {
+                s.last_campaign = Some(now);
+            }
+            s.leader = leader;
+            s.term = term;
+            s.since = now;
+        }
+        let healthy = match leader {
+            Some(l) => !live.is_gone(l) && !live.stopped_leading(l, p.group, term, s.since),
+            None => false,
+        };
+        if healthy {
+            s.leaderless_since = None;
+            s.attempts = 0;
+            pending.remove(&p.group);
+            return;
+        }
+        // Only groups that need an election get this far, and they are few.
+        let voters: Vec<NodeId> = {
+            let m = p.raft.metrics();
+            let m = m.borrow_watched();
+            m.membership_config.membership().voter_ids().collect()
+        };
+        pending.insert(p.group);
+        if leader.is_none() {
+            // This node does not know a leader — it just started, or the group is new. An idle
+            // leader sends nothing, so the peers' leader lists tell: campaign only once every
+            // reachable voter has sent a list since this node started watching it and none of
+            // them leads the group (else this node would take leadership from a healthy leader).
+            let mut known = true;
+            for v in voters.iter().filter(|v| **v != me && live.is_reachable(**v)) {
+                match live.list_claim(*v, p.group) {
+                    ListClaim::Leads(t) if t >= term => {
+                        tracing::debug!(topic = %p.topic, partition = p.partition, claimed_by = v, term = t, "no leader known here, but a peer leads it");
+                        s.leaderless_since = None;
+                        pending.remove(&p.group);
+                        return;
+                    }
+                    ListClaim::NoList => known = false,
+                    _ => {}
+                }
+            }
+            if !known {
+                tracing::debug!(topic = %p.topic, partition = p.partition, "no leader known; waiting for every reachable voter's leader list");
+                return;
+            }
+        }
+        let leaderless_since = *s.leaderless_since.get_or_insert(now);
+        // Surviving voters in preference order; this node's place in it decides when it campaigns.
+        let preferred = p.record.read().replicas.clone();
+        let mut order: Vec<NodeId> = preferred.iter().filter(|v| voters.contains(v)).cloned().collect();
+        let mut rest: Vec<NodeId> = voters.iter().filter(|v| !order.contains(v)).cloned().collect();
+        rest.sort_unstable();
+        order.extend(rest);
+        order.retain(|v| *v == me || (Some(*v) != leader && !live.is_gone(*v)));
+        let Some(rank) = order.iter().position(|v| *v == me) else { return };
+        let election_ms = self.deps.timing.election_timeout_ms;
+        let step = if never_led { NEW_GROUP_TURN } else { RANK_TURN };
+        let turn = step * rank as u32;
+        // After a failed campaign every voter has had its turn before this one retries, and each
+        // further failure doubles the wait (up to 8x), spread by group so retries do not align.
+        let retry = step * order.len() as u32 * (1u32 << s.attempts.min(3))
+            + Duration::from_millis((p.group.wrapping_mul(31) ^ me.wrapping_mul(1009)) % (election_ms.max(1) * 2));
+        let due = now.saturating_duration_since(leaderless_since) >= turn
+            && s.last_campaign.is_none_or(|t| now.saturating_duration_since(t) >= retry);
+        if due && *budget == 0 {
+            return;
+        }
+        if !due || !live.quorum_reachable(voters.iter().cloned()) {
+            tracing::debug!(topic = %p.topic, partition = p.partition, ?leader, term, rank, due, ?order, "no usable leader; not campaigning now");
+            return;
+        }
+        s.last_campaign = Some(now);
+        s.attempts = s.attempts.saturating_add(1);
+        *budget -= 1;
+        tracing::info!(
+            topic = %p.topic,
+            partition = p.partition,
+            term,
+            ?leader,
+            ?state,
+            rank,
+            "partition has no usable leader: campaigning"
+        );
+        // A pre-vote first, so a false suspicion never raises the term of a group whose leader a
+        // majority still follows — except in a group that never had a leader, where there is
+        // nobody to disturb and the extra round would only slow a new topic down.
+        if let Err(e) = p.raft.trigger().elect(!never_led).await {
+            tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "could not start an election");
+        }
+    }
+}
