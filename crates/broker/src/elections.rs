@@ -38,7 +38,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// voter; when a node with thousands of leaderships dies, the rest wait for the next pass (a
 /// few tens of milliseconds) rather than flooding the network and the peers' cores at once —
 /// a flood whose timeouts would look like more dead peers and feed itself.
-const MAX_CAMPAIGNS_PER_PASS: usize = 64;
+const MAX_CAMPAIGNS_PER_PASS: usize = 48;
 
 /// How long each surviving voter, in preference order, has to win before the next one campaigns
 /// too. The first campaigns at once; the others are only a fallback (the first one's log was
@@ -120,10 +120,11 @@ impl Broker {
     ) {
         let me = self.deps.node_id;
         let live = self.deps.router.liveness();
+        // The common case — a known leader on a node that answers — costs one metrics read; the
+        // voter set is looked at only for the groups that may need an election.
         let (state, term, leader, never_led) = {
-            let m = p.raft.metrics();
-            let m = m.borrow_watched();
-            if m.state == ServerState::Leader || !m.membership_config.membership().voter_ids().any(|v| v == me) {
+            let m = p.metrics_rx.borrow_watched();
+            if m.state == ServerState::Leader {
                 drop(m);
                 seen.remove(&p.group);
                 pending.remove(&p.group);
@@ -165,10 +166,15 @@ impl Broker {
         }
         // Only groups that need an election get this far, and they are few.
         let voters: Vec<NodeId> = {
-            let m = p.raft.metrics();
-            let m = m.borrow_watched();
+            let m = p.metrics_rx.borrow_watched();
             m.membership_config.membership().voter_ids().collect()
         };
+        if !voters.contains(&me) {
+            // A learner (or a replica being removed) never campaigns.
+            s.leaderless_since = None;
+            pending.remove(&p.group);
+            return;
+        }
         pending.insert(p.group);
         if leader.is_none() {
             // This node does not know a leader — it just started, or the group is new. An idle
@@ -204,11 +210,25 @@ impl Broker {
         let Some(rank) = order.iter().position(|v| *v == me) else { return };
         let election_ms = self.deps.timing.election_timeout_ms;
         let step = if never_led { NEW_GROUP_TURN } else { RANK_TURN };
+        // A new group is the preferred replica's to lead while it is up (a winner elsewhere would
+        // only be moved back: a transfer each, thousands for a big topic): the others wait three
+        // turns each — long enough for the preferred one's retries under a burst of new groups,
+        // and still a way out if it cannot win (a voter holding an entry it lacks).
+        let preferred_up = order.first().is_some_and(|first| live.is_reachable(*first));
+        let step = if never_led && preferred_up { step * 3 } else { step };
         let turn = step * rank as u32;
         // After a failed campaign every voter has had its turn before this one retries, and each
         // further failure doubles the wait (up to 8x), spread by group so retries do not align.
-        let retry = step * order.len() as u32 * (1u32 << s.attempts.min(3))
+        let retry = if never_led {
+            // Only the preferred replica campaigns (above): it retries on its own, soon.
+            Duration::from_secs(1) * (1u32 << s.attempts.min(2))
+        } else {
+            step * order.len() as u32 * (1u32 << s.attempts.min(3))
+        }
             + Duration::from_millis((p.group.wrapping_mul(31) ^ me.wrapping_mul(1009)) % (election_ms.max(1) * 2));
+        // An election of this node's still running (a candidate hears back slowly when thousands
+        // of groups elect at once): starting another would only abort it.
+        let retry = if state == ServerState::Candidate { retry * 3 } else { retry };
         let due = now.saturating_duration_since(leaderless_since) >= turn
             && s.last_campaign.is_none_or(|t| now.saturating_duration_since(t) >= retry);
         if due && *budget == 0 {
@@ -220,6 +240,18 @@ impl Broker {
         }
         s.last_campaign = Some(now);
         s.attempts = s.attempts.saturating_add(1);
+        if s.attempts >= 4 {
+            let m = p.metrics_rx.borrow_watched();
+            tracing::warn!(
+                topic = %p.topic,
+                partition = p.partition,
+                attempts = s.attempts,
+                vote = %m.vote,
+                last_log = ?m.last_log_index,
+                committed = ?m.local_committed,
+                "campaigning again: the previous campaigns did not produce a leader"
+            );
+        }
         *budget -= 1;
         tracing::info!(
             topic = %p.topic,
@@ -230,10 +262,12 @@ impl Broker {
             rank,
             "partition has no usable leader: campaigning"
         );
-        // A pre-vote first, so a false suspicion never raises the term of a group whose leader a
-        // majority still follows — except in a group that never had a leader, where there is
-        // nobody to disturb and the extra round would only slow a new topic down.
-        if let Err(e) = p.raft.trigger().elect(!never_led).await {
+        // A pre-vote first, so a false suspicion (a leader list that lags) never raises the term
+        // of a group whose leader a majority still follows. Not when there is nobody to disturb —
+        // a group that never had a leader, or whose leader's node is unreachable (it could not
+        // keep a majority either) — where the extra round would only slow failover down.
+        let leader_gone = leader.is_some_and(|l| live.is_gone(l));
+        if let Err(e) = p.raft.trigger().elect(!(never_led || leader_gone)).await {
             tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "could not start an election");
         }
     }

@@ -256,6 +256,7 @@ impl Broker {
             // The first election is the election driver's (elections.rs): the preferred replica
             // campaigns on its next sweep, which the reconciler triggers once this batch started.
         }
+        let metrics_rx = raft.metrics();
         let part = Arc::new(Partition {
             topic: t.name.clone(),
             partition: p.partition,
@@ -272,6 +273,7 @@ impl Broker {
             fence: self.fence.clone(),
             planted_ack_before_commit: d.planted_ack_before_commit,
             transfer: parking_lot::Mutex::new(None),
+            metrics_rx,
         });
         self.by_group.write().insert(p.group_id, part.clone());
         self.by_name.write().insert((t.name.clone(), p.partition), part);
@@ -393,8 +395,7 @@ impl Broker {
             return;
         }
         let members: BTreeSet<NodeId> = {
-            let m = p.raft.metrics();
-            let m = m.borrow_watched();
+            let m = p.metrics_rx.borrow_watched();
             m.membership_config.membership().nodes().map(|(id, _)| *id).collect()
         };
         for &node in target {

@@ -55,6 +55,9 @@ pub struct Partition {
     /// stops taking writes once it starts a transfer and never resumes on its own; with quiescent
     /// groups nothing else would elect if the target ignored it, so leader duties retry it.
     pub(crate) transfer: parking_lot::Mutex<Option<PendingTransfer>>,
+    /// The group's metrics channel, subscribed once: `Raft::metrics()` hands out a new receiver
+    /// per call, and periodic duties over thousands of groups spent most of their time there.
+    pub(crate) metrics_rx: openraft::type_config::alias::WatchReceiverOf<PartitionTypes, openraft::RaftMetrics<PartitionTypes>>,
 }
 
 /// A leadership transfer this node started as leader.
@@ -112,15 +115,13 @@ pub struct FetchOutcome {
 impl Partition {
     /// (is leader, term, current leader id) from openraft's view.
     pub fn leadership(&self) -> (bool, u64, Option<NodeId>) {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
+        let m = self.metrics_rx.borrow_watched();
         (m.state == ServerState::Leader, m.current_term, m.current_leader)
     }
 
     pub fn ensure_leader(&self, epoch: Option<u64>) -> Result<u64, RunnelError> {
         let (is_leader, term, leader, quorum) = {
-            let m = self.raft.metrics();
-            let m = m.borrow_watched();
+            let m = self.metrics_rx.borrow_watched();
             let is_leader = m.state == ServerState::Leader;
             // Quiescent groups have no heartbeats that would tell a leader it lost its followers:
             // the node-level detector does. A leader cut off from a majority of its voters could
@@ -163,7 +164,7 @@ impl Partition {
     /// and a read would appear to go backwards.
     pub async fn ensure_readable(&self, epoch: Option<u64>) -> Result<u64, RunnelError> {
         let term = self.ensure_leader(epoch)?;
-        let mut rx = self.raft.metrics();
+        let mut rx = self.metrics_rx.clone();
         let ready = |m: &openraft::RaftMetrics<PartitionTypes>| {
             m.state != ServerState::Leader
                 || m.current_term != term
@@ -510,8 +511,7 @@ impl Partition {
 
     /// The group's committed voters, or None while it is in a joint (changing) configuration.
     pub fn committed_voters(&self) -> Option<BTreeSet<NodeId>> {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
+        let m = self.metrics_rx.borrow_watched();
         let joint = m.committed_membership_config.membership().get_joint_config();
         match joint.as_slice() {
             [only] => Some(only.clone()),
@@ -525,8 +525,7 @@ impl Partition {
     /// point, as Kafka's ISR is; openraft's leader transfer then waits for the target to reach the
     /// leader's last entry before it campaigns.
     pub fn caught_up_voters(&self) -> Vec<NodeId> {
-        let m = self.raft.metrics();
-        let m = m.borrow_watched();
+        let m = self.metrics_rx.borrow_watched();
         if m.state != ServerState::Leader {
             return Vec::new();
         }
@@ -556,7 +555,7 @@ impl Partition {
                 // With a margin: the write must reach the core while the lease still runs.
                 || m.last_quorum_acked.as_ref().is_some_and(|t| PartitionTypes::now() < **t + lease / 2)
         };
-        let mut rx = self.raft.metrics();
+        let mut rx = self.metrics_rx.clone();
         if fresh(&rx.borrow_watched()) {
             return;
         }
@@ -599,16 +598,18 @@ impl Partition {
     /// began: the target did not take over (it lagged, or the request was lost), and this leader
     /// refuses writes until some transfer succeeds.
     pub fn stalled_transfer(&self, after: std::time::Duration) -> bool {
+        let Some(pending) = *self.transfer.lock() else { return false };
         let (is_leader, term, _) = self.leadership();
-        let pending = *self.transfer.lock();
+        let pending = Some(pending);
         is_leader && pending.is_some_and(|t| t.term == term && t.last.elapsed() >= after)
     }
 
     /// Whether this node still leads in the term of a transfer whose first attempt began `after`
     /// ago or more (retries included): leadership is stuck here.
     pub fn stuck_transfer(&self, after: std::time::Duration) -> bool {
+        let Some(pending) = *self.transfer.lock() else { return false };
         let (is_leader, term, _) = self.leadership();
-        let pending = *self.transfer.lock();
+        let pending = Some(pending);
         is_leader && pending.is_some_and(|t| t.term == term && t.first.elapsed() >= after)
     }
 
@@ -622,7 +623,7 @@ impl Partition {
             return;
         }
         let wait = Duration::from_millis(self.raft.config().election_timeout_max * 2);
-        let mut rx = self.raft.metrics();
+        let mut rx = self.metrics_rx.clone();
         let reached = |m: &openraft::RaftMetrics<PartitionTypes>| {
             m.state != ServerState::Leader
                 || m.heartbeat.as_ref().and_then(|h| h.get(&to).cloned().flatten()).is_some_and(|t| *t >= start)
@@ -639,8 +640,9 @@ impl Partition {
 
     /// Whether this node leads and started a transfer in this term less than `within` ago.
     pub fn transfer_pending(&self, within: std::time::Duration) -> bool {
+        let Some(pending) = *self.transfer.lock() else { return false };
         let (is_leader, term, _) = self.leadership();
-        let pending = *self.transfer.lock();
+        let pending = Some(pending);
         is_leader && pending.is_some_and(|t| t.term == term && t.last.elapsed() < within)
     }
 

@@ -124,6 +124,10 @@ pub struct StepReport {
     /// First create call → every partition has a live leader in the metadata and ClusterHealth
     /// says healthy; `None` when the step created nothing.
     pub created_ms: Option<f64>,
+    /// First create call → no partition's leader or leader epoch changed in the metadata for
+    /// `STILL_FOR` (balancing to preferred replicas done); the CPU sample starts then. `None`
+    /// when the step created nothing.
+    pub settled_ms: Option<f64>,
     /// The CPU sample's actual length, seconds.
     pub idle_secs: f64,
     /// Sum over the nodes, in percent of one core.
@@ -304,6 +308,7 @@ pub fn render_text(r: &PartitionsReport) -> String {
                 s.partitions.to_string(),
                 s.replicas.to_string(),
                 fmt_opt(s.created_ms, 0),
+                fmt_opt(s.settled_ms, 0),
                 format!("{:.1}", s.cpu_percent),
                 per_node(s, |n| n.cpu_percent),
                 format!("{:.0}", s.rss_mib),
@@ -323,6 +328,7 @@ pub fn render_text(r: &PartitionsReport) -> String {
                 "PARTITIONS",
                 "REPLICAS",
                 "CREATED_MS",
+                "SETTLED_MS",
                 "CPU%",
                 &cpu_nodes,
                 "RSS_MIB",
@@ -511,6 +517,33 @@ fn leaderless(m: &MetadataResponse, expected: u64) -> Option<String> {
         }
     }
     example.map(|e| format!("node {}'s metadata: {missing} partition(s) without a live leader, e.g. {e}", m.node_id))
+}
+
+/// How long the metadata's leaders must stay unchanged to count as settled.
+const STILL_FOR: Duration = Duration::from_secs(5);
+/// Longest wait for that.
+const STILL_WITHIN: Duration = Duration::from_secs(180);
+
+/// Waits until no partition's (leader, epoch) changed in the metadata for [`STILL_FOR`] (at most
+/// [`STILL_WITHIN`]); returns the time since `from`.
+async fn wait_leaders_still(cluster: &LocalCluster, from: Instant) -> Duration {
+    let started = Instant::now();
+    let mut last: Option<Vec<(Option<u64>, u64)>> = None;
+    let mut still_since = Instant::now();
+    while started.elapsed() < STILL_WITHIN {
+        if let Some(m) = any_metadata(cluster).await {
+            let now: Vec<(Option<u64>, u64)> =
+                m.topics.iter().flat_map(|t| t.partitions.iter().map(|p| (p.leader, p.leader_epoch))).collect();
+            if last.as_ref() != Some(&now) {
+                last = Some(now);
+                still_since = Instant::now();
+            } else if still_since.elapsed() >= STILL_FOR {
+                return still_since.duration_since(from);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    from.elapsed()
 }
 
 /// Waits until [`unsettled`] finds nothing, failing at `deadline` with what was still missing.
@@ -735,6 +768,9 @@ async fn run_steps(
             b.idle_secs
         ));
         tokio::time::sleep(SETTLE).await;
+        // "Idle" means nothing moves: leaders balanced back to preferred replicas (a few dozen
+        // transfers per second per node) would otherwise be sampled as idle cost.
+        let settled = if sizes.is_empty() { None } else { Some(wait_leaders_still(cluster, created_from).await) };
         let (nodes, elapsed) = sample_idle(cluster, Duration::from_secs(b.idle_secs)).await?;
         let cpu: f64 = nodes.iter().map(|n| n.cpu_percent).sum();
         let rss_mib: f64 = nodes.iter().map(|n| n.rss_mib).sum();
@@ -751,6 +787,7 @@ async fn run_steps(
             replicas,
             topics_created: sizes.len() as u32,
             created_ms: (!sizes.is_empty()).then(|| ms(created)),
+            settled_ms: settled.map(ms),
             idle_secs: elapsed.as_secs_f64(),
             cpu_percent: cpu,
             rss_mib,
@@ -958,6 +995,7 @@ mod tests {
             replicas: u64::from(partitions) * 3,
             topics_created: u32::from(created_ms.is_some()),
             created_ms,
+            settled_ms: created_ms,
             idle_secs: 20.0,
             cpu_percent: 3.0,
             rss_mib: 300.0,
@@ -998,9 +1036,9 @@ mod tests {
             .take(3)
             .map(|l| l.split_whitespace().collect())
             .collect();
-        assert_eq!(rows[0][4], "CPU%_NODE_1/2/3", "{text}");
-        assert_eq!(rows[1], ["0", "0", "-", "3.0", "1.0/1.0/1.0", "300", "100.0/100.0/100.0", "-", "2/10", "200"]);
-        assert_eq!(rows[2][..4], ["1000", "3000", "4321", "3.0"], "{text}");
+        assert_eq!(rows[0][5], "CPU%_NODE_1/2/3", "{text}");
+        assert_eq!(rows[1], ["0", "0", "-", "-", "3.0", "1.0/1.0/1.0", "300", "100.0/100.0/100.0", "-", "2/10", "200"]);
+        assert_eq!(rows[2][..5], ["1000", "3000", "4321", "4321", "3.0"], "{text}");
         assert!(text.contains("kill -9 node 2 (controller: 1): it led 333 partitions; 333 got a new leader"), "{text}");
         assert!(text.contains("per partition: p50 700 ms"), "{text}");
         assert!(text.contains("restart -> healthy: 2500 ms"), "{text}");

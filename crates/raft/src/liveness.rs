@@ -3,8 +3,9 @@
 //! Partition groups run without Raft heartbeats or election timers: an idle group sends nothing
 //! and wakes no timer. What decides that a group's leader is gone is this detector, one per node:
 //! every `interval` it pings each peer (one small RPC per node pair, on the priority connection it
-//! shares with the metadata group), and any successful Raft call to a peer counts as hearing from
-//! it too, so data traffic keeps a busy peer alive even when a ping is slow. A peer not heard from
+//! shares with the metadata group), and any successful Raft call to a peer — and any request
+//! arriving from it (ping or Raft message; over TCP that needs both directions working) — counts
+//! as hearing from it too, so data traffic keeps a busy peer alive even when a ping is slow. A peer not heard from
 //! for `timeout` is *unreachable*. Every few pings the ping also carries the partition groups the
 //! sender leads, so that a follower notices a leader whose node is alive but which no longer leads
 //! its group (it stepped down, stopped the replica, or restarted within the timeout).
@@ -343,6 +344,7 @@ impl NodeLiveness {
     fn on_ping(&self, req: PingRequest) -> PingReply {
         let peer = req.from_node;
         if peer != self.self_id {
+            self.heard(peer);
             self.record_incarnation(peer, req.incarnation);
             if req.has_leaders {
                 let groups = req.leader_groups.into_iter().zip(req.leader_terms).collect();

@@ -83,12 +83,16 @@ impl GroupRegistry {
 /// The `RaftTransport` gRPC service.
 pub struct TransportService {
     pub registry: GroupRegistry,
+    /// Every message from a peer proves it is alive (see `liveness`): under load its requests
+    /// keep arriving even when a ping is slow.
+    pub liveness: std::sync::Arc<crate::liveness::NodeLiveness>,
 }
 
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
     async fn call(&self, req: tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let m = req.into_inner();
+        self.liveness.heard(m.from_node);
         let kind = RaftRpcKind::try_from(m.kind)
             .map_err(|_| tonic::Status::invalid_argument(format!("unknown raft rpc kind {}", m.kind)))?;
         let Some(h) = self.registry.get(m.group_id) else {

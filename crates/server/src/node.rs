@@ -213,7 +213,7 @@ where
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
         .add_service(
-            RaftTransportServer::new(TransportService { registry: registry.clone() })
+            RaftTransportServer::new(TransportService { registry: registry.clone(), liveness: liveness.clone() })
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
