@@ -219,13 +219,13 @@ impl Broker {
         let turn = step * rank as u32;
         // After a failed campaign every voter has had its turn before this one retries, and each
         // further failure doubles the wait (up to 8x), spread by group so retries do not align.
-        let retry = if never_led {
-            // Only the preferred replica campaigns (above): it retries on its own, soon.
-            Duration::from_secs(1) * (1u32 << s.attempts.min(2))
-        } else {
-            step * order.len() as u32 * (1u32 << s.attempts.min(3))
-        }
-            + Duration::from_millis((p.group.wrapping_mul(31) ^ me.wrapping_mul(1009)) % (election_ms.max(1) * 2));
+        let retry =
+            if never_led {
+                // Only the preferred replica campaigns (above): it retries on its own, soon.
+                Duration::from_secs(1) * (1u32 << s.attempts.min(2))
+            } else {
+                step * order.len() as u32 * (1u32 << s.attempts.min(3))
+            } + Duration::from_millis((p.group.wrapping_mul(31) ^ me.wrapping_mul(1009)) % (election_ms.max(1) * 2));
         // An election of this node's still running (a candidate hears back slowly when thousands
         // of groups elect at once): starting another would only abort it.
         let retry = if state == ServerState::Candidate { retry * 3 } else { retry };
@@ -262,12 +262,14 @@ impl Broker {
             rank,
             "partition has no usable leader: campaigning"
         );
-        // A pre-vote first, so a false suspicion (a leader list that lags) never raises the term
-        // of a group whose leader a majority still follows. Not when there is nobody to disturb —
-        // a group that never had a leader, or whose leader's node is unreachable (it could not
-        // keep a majority either) — where the extra round would only slow failover down.
+        // A pre-vote first, so neither a false suspicion (a leader list that lags) nor a voter
+        // whose log is behind (it cannot win) raises the group's term and so disrupts the
+        // elections of those that can: found by `bench partitions` — a new group's preferred
+        // replica had missed the first leader's entry and, campaigning without pre-votes, kept
+        // out-bidding the two voters that could win, for minutes. Skipped only when the known
+        // leader's node is unreachable, where it would only slow failover down.
         let leader_gone = leader.is_some_and(|l| live.is_gone(l));
-        if let Err(e) = p.raft.trigger().elect(!(never_led || leader_gone)).await {
+        if let Err(e) = p.raft.trigger().elect(!leader_gone).await {
             tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "could not start an election");
         }
     }

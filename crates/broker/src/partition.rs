@@ -57,7 +57,8 @@ pub struct Partition {
     pub(crate) transfer: parking_lot::Mutex<Option<PendingTransfer>>,
     /// The group's metrics channel, subscribed once: `Raft::metrics()` hands out a new receiver
     /// per call, and periodic duties over thousands of groups spent most of their time there.
-    pub(crate) metrics_rx: openraft::type_config::alias::WatchReceiverOf<PartitionTypes, openraft::RaftMetrics<PartitionTypes>>,
+    pub(crate) metrics_rx:
+        openraft::type_config::alias::WatchReceiverOf<PartitionTypes, openraft::RaftMetrics<PartitionTypes>>,
 }
 
 /// A leadership transfer this node started as leader.

@@ -887,6 +887,26 @@ async fn kill_phase(
         fmt_percentiles(failover.as_ref()),
         pending.len()
     ));
+    if !pending.is_empty() {
+        // Name a few, with what the metadata says now, for whoever investigates.
+        let now = any_metadata(cluster).await;
+        for ((topic, partition), epoch) in pending.iter().take(5) {
+            let current = now.as_ref().and_then(|m| {
+                m.topics
+                    .iter()
+                    .find(|t| t.name == *topic)?
+                    .partitions
+                    .iter()
+                    .find(|p| p.partition == *partition)
+                    .cloned()
+            });
+            eprintln!(
+                "not moved: {topic}/{partition} (led by node {node} at epoch {epoch}); metadata now: leader {:?} epoch {:?}",
+                current.as_ref().and_then(|p| p.leader),
+                current.as_ref().map(|p| p.leader_epoch)
+            );
+        }
+    }
     *report = Some(KillReport {
         node,
         controller: Some(controller),
