@@ -57,6 +57,9 @@ async fn broker_with_topic(
     });
     let (tx, rx) = watch::channel(Arc::new(MetaView { state, applied_index: 2 }));
     tokio::spawn(broker.clone().run_reconciler(rx));
+    // As a node does: partition groups elect only when the election driver says so (ADR 0012).
+    tokio::spawn(broker.clone().run_election_driver());
+    tokio::spawn(broker.clone().run_leadership_tracker());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(p) = broker.partition("t", 0) {
