@@ -316,7 +316,7 @@ impl NodeLiveness {
             }
             self.check_transitions();
             // The first ping after start carries the list too, so a quick restart is noticed.
-            let with_leaders = round % self.cfg.leaders_every_pings == 0;
+            let with_leaders = round.is_multiple_of(self.cfg.leaders_every_pings);
             round = round.wrapping_add(1);
             let req = Arc::new(self.ping_request(with_leaders));
             for peer in self.peers() {
