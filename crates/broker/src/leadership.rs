@@ -40,14 +40,6 @@ impl Leaderships {
         self.led.read().iter().map(|(g, t)| (*g, *t)).collect()
     }
 
-    pub fn len(&self) -> usize {
-        self.led.read().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.led.read().is_empty()
-    }
-
     fn set(&self, group: GroupId, led_at: Option<u64>) {
         let mut led = self.led.write();
         let changed = match led_at {

@@ -76,7 +76,7 @@ const TRANSFER_GIVE_UP_AFTER: Duration = Duration::from_secs(3);
 const HANDOFF_BATCH: usize = 128;
 
 /// A leadership transfer not completed after this long is retried (see
-/// `Partition::stalled_transfer`).
+/// `Partition::transfer_age`).
 const TRANSFER_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Broker {
@@ -133,7 +133,9 @@ impl Broker {
         self.leaderships
             .snapshot()
             .into_iter()
-            .filter(|(g, _)| !by_group.get(g).is_some_and(|p| p.stuck_transfer(TRANSFER_GIVE_UP_AFTER)))
+            .filter(|(g, _)| {
+                by_group.get(g).is_none_or(|p| p.transfer_age().is_none_or(|(first, _)| first < TRANSFER_GIVE_UP_AFTER))
+            })
             .collect()
     }
 
@@ -328,7 +330,7 @@ impl Broker {
                 if transfers == 0 && record.target_replicas.is_none() {
                     continue;
                 }
-                if p.stalled_transfer(TRANSFER_RETRY_AFTER) {
+                if p.transfer_age().is_some_and(|(_, last)| last >= TRANSFER_RETRY_AFTER) {
                     transfers = transfers.saturating_sub(1);
                     // The target did not take over; this leader takes no writes meanwhile. Ask a
                     // reachable, caught-up voter again (preferring the preferred replica).
@@ -369,7 +371,7 @@ impl Broker {
                 if preferred == self.deps.node_id
                     || !self.is_alive(preferred)
                     || !live.is_reachable(preferred)
-                    || p.transfer_pending(TRANSFER_RETRY_AFTER)
+                    || p.transfer_age().is_some_and(|(_, last)| last < TRANSFER_RETRY_AFTER)
                 {
                     continue;
                 }
@@ -474,7 +476,11 @@ impl Broker {
             // A bounded batch per round: thousands of simultaneous elections would time out on
             // each other (see MAX_TRANSFERS_PER_PASS). Partitions already handed off drop out.
             let live = self.deps.router.liveness().clone();
-            for p in led.into_iter().filter(|p| !p.transfer_pending(TRANSFER_RETRY_AFTER)).take(HANDOFF_BATCH) {
+            for p in led
+                .into_iter()
+                .filter(|p| p.transfer_age().is_none_or(|(_, last)| last >= TRANSFER_RETRY_AFTER))
+                .take(HANDOFF_BATCH)
+            {
                 let to = p
                     .caught_up_voters()
                     .into_iter()

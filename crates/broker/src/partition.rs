@@ -576,7 +576,7 @@ impl Partition {
     }
 
     /// Starts handing leadership to `to` (this node must lead). Recorded, so that a transfer the
-    /// target never completes is noticed and retried (see [`Self::stalled_transfer`]).
+    /// target never completes is noticed and retried (see [`Self::transfer_age`]).
     pub async fn transfer_leadership(&self, to: NodeId) -> Result<(), RunnelError> {
         let (is_leader, term, _) = self.leadership();
         if is_leader {
@@ -595,23 +595,14 @@ impl Partition {
             .map_err(|e| RunnelError::internal(format!("{}/{}: {e}", self.topic, self.partition)))
     }
 
-    /// Whether this node still leads, in the term it started a transfer in, `after` that transfer
-    /// began: the target did not take over (it lagged, or the request was lost), and this leader
-    /// refuses writes until some transfer succeeds.
-    pub fn stalled_transfer(&self, after: std::time::Duration) -> bool {
-        let Some(pending) = *self.transfer.lock() else { return false };
+    /// How long ago this node, still leading in the same term, started handing leadership away
+    /// (first attempt, latest retry); `None` when it started none in this term (or no longer
+    /// leads). A transfer the target never completes leaves openraft's leader refusing writes, so
+    /// leader duties retry it and, later, give the group up (see `manager.rs`).
+    pub fn transfer_age(&self) -> Option<(Duration, Duration)> {
+        let pending = (*self.transfer.lock())?;
         let (is_leader, term, _) = self.leadership();
-        let pending = Some(pending);
-        is_leader && pending.is_some_and(|t| t.term == term && t.last.elapsed() >= after)
-    }
-
-    /// Whether this node still leads in the term of a transfer whose first attempt began `after`
-    /// ago or more (retries included): leadership is stuck here.
-    pub fn stuck_transfer(&self, after: std::time::Duration) -> bool {
-        let Some(pending) = *self.transfer.lock() else { return false };
-        let (is_leader, term, _) = self.leadership();
-        let pending = Some(pending);
-        is_leader && pending.is_some_and(|t| t.term == term && t.first.elapsed() >= after)
+        (is_leader && pending.term == term).then(|| (pending.first.elapsed(), pending.last.elapsed()))
     }
 
     /// Sends a heartbeat and waits (briefly) until `to` has answered one: the target of a
@@ -637,14 +628,6 @@ impl Partition {
             }
         })
         .await;
-    }
-
-    /// Whether this node leads and started a transfer in this term less than `within` ago.
-    pub fn transfer_pending(&self, within: std::time::Duration) -> bool {
-        let Some(pending) = *self.transfer.lock() else { return false };
-        let (is_leader, term, _) = self.leadership();
-        let pending = Some(pending);
-        is_leader && pending.is_some_and(|t| t.term == term && t.last.elapsed() < within)
     }
 
     pub fn membership_nodes(

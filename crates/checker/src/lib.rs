@@ -1,5 +1,5 @@
 //! Records histories of client operations against a Runnel cluster and judges them against the
-//! invariants of DESIGN.md §4 (numbered the same way in docs/INVARIANTS.md).
+//! invariants numbered in docs/INVARIANTS.md.
 //!
 //! The deterministic simulation records through a [`Recorder`]; chaos tests on real nodes write
 //! the same [`Entry`] values as JSON Lines ([`write_jsonl`] / [`read_jsonl`]) and judge them later.

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The kind of a violation. Each kind belongs to exactly one invariant of DESIGN.md §4
+/// The kind of a violation. Each kind belongs to exactly one invariant of docs/INVARIANTS.md
 /// ([`ViolationKind::invariant`]); 0 means the history itself is inconsistent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ViolationKind {
@@ -58,7 +58,7 @@ pub enum ViolationKind {
 }
 
 impl ViolationKind {
-    /// The DESIGN.md §4 invariant this kind violates (0: malformed history).
+    /// The docs/INVARIANTS.md invariant this kind violates (0: malformed history).
     pub fn invariant(self) -> u8 {
         use ViolationKind::*;
         match self {
@@ -86,7 +86,7 @@ impl fmt::Display for ViolationKind {
 /// One broken invariant, with enough detail to find it in the history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
-    /// The DESIGN.md §4 invariant number (0: malformed history).
+    /// The docs/INVARIANTS.md invariant number (0: malformed history).
     pub invariant: u8,
     pub kind: ViolationKind,
     /// Names the topic/partition, offset, value, process and history indexes (`#n`) involved.

@@ -106,14 +106,6 @@ impl NodeLiveness {
         })
     }
 
-    pub fn config(&self) -> LivenessConfig {
-        self.cfg
-    }
-
-    pub fn self_id(&self) -> NodeId {
-        self.self_id
-    }
-
     /// Where the leader lists this node sends come from (the broker's running groups).
     pub fn set_leader_source(&self, source: LeaderSource) {
         *self.leaders.write() = Some(source);
@@ -135,11 +127,6 @@ impl NodeLiveness {
         }
         let now = Instant::now();
         self.peers.write().entry(peer).or_insert_with(|| Peer::new(now));
-    }
-
-    /// Stops watching a peer that left the cluster.
-    pub fn forget(&self, peer: NodeId) {
-        self.peers.write().remove(&peer);
     }
 
     pub fn peers(&self) -> Vec<NodeId> {

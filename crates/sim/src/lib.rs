@@ -8,7 +8,7 @@
 //!
 //! A run has two phases. Safety: faults on, load on. Liveness: faults healed, every partition must
 //! become readable and every acknowledged write must be in the final read. `runnel-checker` judges
-//! the history against DESIGN.md's invariants.
+//! the history against the invariants of docs/INVARIANTS.md.
 
 mod net;
 mod workload;

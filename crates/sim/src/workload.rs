@@ -82,27 +82,9 @@ impl Workload {
                 Err(e) => return Err(format!("cluster never answered: {e}")),
             }
         };
-        loop {
-            match client.create_topic(TOPIC, self.partitions, 3, Default::default()).await {
-                Ok(_) => break,
-                Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => break,
-                Err(e) if start.elapsed() < Duration::from_secs(30) => {
-                    tracing::debug!(error = %e, "create topic");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(format!("could not create the topic: {e}")),
-            }
-        }
-        while self.idle_partitions > 0 {
-            match client.create_topic(IDLE_TOPIC, self.idle_partitions, 3, Default::default()).await {
-                Ok(_) => break,
-                Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => break,
-                Err(e) if start.elapsed() < Duration::from_secs(30) => {
-                    tracing::debug!(error = %e, "create idle topic");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(format!("could not create the idle topic: {e}")),
-            }
+        create_topic(&client, TOPIC, self.partitions, start).await?;
+        if self.idle_partitions > 0 {
+            create_topic(&client, IDLE_TOPIC, self.idle_partitions, start).await?;
         }
         let safety_end = start + self.safety;
         let watcher = tokio::spawn(watch_cluster(client.clone(), self.view.clone(), safety_end));
@@ -147,6 +129,22 @@ impl Workload {
             final_read(&client, &self.recorder, IDLE_TOPIC, partition, start, deadline).await;
         }
         Ok(())
+    }
+}
+
+/// Creates `name` (RF 3), retrying while the cluster comes up (at most 30 s after `start`); a
+/// topic that already exists was created by an earlier attempt whose answer was lost.
+async fn create_topic(client: &Client, name: &str, partitions: u32, start: Instant) -> Result<(), String> {
+    loop {
+        match client.create_topic(name, partitions, 3, Default::default()).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => return Ok(()),
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                tracing::debug!(topic = name, error = %e, "create topic");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(format!("could not create the topic '{name}': {e}")),
+        }
     }
 }
 
