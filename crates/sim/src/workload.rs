@@ -114,11 +114,16 @@ impl Workload {
             final_read(&client, &self.recorder, TOPIC, partition, start, deadline).await;
         }
         // Every idle group, quiescent through the faults, must elect and commit a write too.
+        // Each attempt sends a new value, like every other producer here: an attempt that timed
+        // out may still have been written, and resending its value would plant a duplicate the
+        // checker rightly reports (seed 174445186).
         for partition in 0..self.idle_partitions {
-            let value = format!("idle-{partition}");
             let process = 1_000 + partition as u64;
+            let mut attempt = 0u32;
             while Instant::now() < deadline {
-                if produce_once(&client, &self.recorder, process, IDLE_TOPIC, partition, vec![value.clone()], start)
+                let value = format!("idle-{partition}-{attempt}");
+                attempt += 1;
+                if produce_once(&client, &self.recorder, process, IDLE_TOPIC, partition, vec![value], start)
                     .await
                     .is_ok()
                 {

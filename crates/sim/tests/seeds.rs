@@ -8,9 +8,10 @@ use runnel_sim::{run, Fault, Operation, PlantedBug, SimOptions};
 const MANY_GROUPS: &[u64] = &[1, 3, 5014, 401_201];
 
 /// 900_006 and 900_031: quiescent idle groups stuck behind a leadership transfer whose target
-/// never heard the leader's term (ADR 0012).
+/// never heard the leader's term (ADR 0012). 174_445_186: the workload itself resent an idle
+/// partition's value after a timed-out (but written) attempt; the checker caught the duplicate.
 const FIXED: &[u64] =
-    &[1, 2, 3, 102, 119, 4242, 5014, 65_537, 202_235, 401_201, 1_000_003, 774_838_544, 900_006, 900_031];
+    &[1, 2, 3, 102, 119, 4242, 5014, 65_537, 202_235, 401_201, 1_000_003, 774_838_544, 900_006, 900_031, 174_445_186];
 
 fn run_seeds(seeds: &[u64]) {
     let mut failures = Vec::new();
