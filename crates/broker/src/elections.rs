@@ -51,6 +51,10 @@ const RANK_TURN: Duration = Duration::from_secs(1);
 /// different moments on different nodes, and a non-preferred winner would only be moved back.
 const NEW_GROUP_TURN: Duration = Duration::from_secs(2);
 
+/// A group still without a usable leader after this long is reported (with why this node does not
+/// campaign for it), once per `STUCK_AFTER`: an operator sees which partitions are stuck and why.
+const STUCK_AFTER: Duration = Duration::from_secs(10);
+
 /// What the driver remembers about one group that needed an election.
 struct Seen {
     leader: Option<NodeId>,
@@ -62,6 +66,34 @@ struct Seen {
     last_campaign: Option<Instant>,
     /// Campaigns since the group last had a usable leader: each doubles the wait before the next.
     attempts: u32,
+    /// When the group was last found without a usable leader after having one (or at first
+    /// sight), and when that was last reported: see `STUCK_AFTER`.
+    unled_since: Option<Instant>,
+    reported: Option<Instant>,
+}
+
+impl Seen {
+    /// Warns when the group has been without a usable leader for `STUCK_AFTER`, at most once per
+    /// `STUCK_AFTER`, saying why this node is not campaigning.
+    fn report_stuck(&mut self, p: &Partition, now: Instant, why: &str) {
+        let Some(since) = self.unled_since else { return };
+        if now.saturating_duration_since(since) < STUCK_AFTER
+            || self.reported.is_some_and(|t| now.saturating_duration_since(t) < STUCK_AFTER)
+        {
+            return;
+        }
+        self.reported = Some(now);
+        tracing::warn!(
+            topic = %p.topic,
+            partition = p.partition,
+            leader = ?self.leader,
+            term = self.term,
+            attempts = self.attempts,
+            unled_ms = now.saturating_duration_since(since).as_millis() as u64,
+            why,
+            "partition still has no usable leader"
+        );
+    }
 }
 
 impl Broker {
@@ -141,6 +173,8 @@ impl Broker {
             leaderless_since: None,
             last_campaign: None,
             attempts: 0,
+            unled_since: None,
+            reported: None,
         });
         if (s.leader, s.term) != (leader, term) {
             // A higher term without a leader means some voter is campaigning (possibly this one):
@@ -160,10 +194,13 @@ impl Broker {
         };
         if healthy {
             s.leaderless_since = None;
+            s.unled_since = None;
+            s.reported = None;
             s.attempts = 0;
             pending.remove(&p.group);
             return;
         }
+        s.unled_since.get_or_insert(now);
         // Only groups that need an election get this far, and they are few.
         let voters: Vec<NodeId> = {
             let m = p.metrics_rx.borrow_watched();
@@ -172,6 +209,7 @@ impl Broker {
         if !voters.contains(&me) {
             // A learner (or a replica being removed) never campaigns.
             s.leaderless_since = None;
+            s.unled_since = None;
             pending.remove(&p.group);
             return;
         }
@@ -186,6 +224,7 @@ impl Broker {
                 match live.list_claim(*v, p.group) {
                     ListClaim::Leads(t) if t >= term => {
                         tracing::debug!(topic = %p.topic, partition = p.partition, claimed_by = v, term = t, "no leader known here, but a peer leads it");
+                        s.report_stuck(p, now, "no leader known here, but a peer's leader list claims it");
                         s.leaderless_since = None;
                         pending.remove(&p.group);
                         return;
@@ -196,6 +235,7 @@ impl Broker {
             }
             if !known {
                 tracing::debug!(topic = %p.topic, partition = p.partition, "no leader known; waiting for every reachable voter's leader list");
+                s.report_stuck(p, now, "no leader known; waiting for a reachable voter's leader list");
                 return;
             }
         }
@@ -207,7 +247,10 @@ impl Broker {
         rest.sort_unstable();
         order.extend(rest);
         order.retain(|v| *v == me || (Some(*v) != leader && !live.is_gone(*v)));
-        let Some(rank) = order.iter().position(|v| *v == me) else { return };
+        let Some(rank) = order.iter().position(|v| *v == me) else {
+            s.report_stuck(p, now, "this node is not in the campaign order");
+            return;
+        };
         let election_ms = self.deps.timing.election_timeout_ms;
         let step = if never_led { NEW_GROUP_TURN } else { RANK_TURN };
         // A new group is the preferred replica's to lead while it is up (a winner elsewhere would
@@ -232,10 +275,12 @@ impl Broker {
         let due = now.saturating_duration_since(leaderless_since) >= turn
             && s.last_campaign.is_none_or(|t| now.saturating_duration_since(t) >= retry);
         if due && *budget == 0 {
+            s.report_stuck(p, now, "campaign budget of this pass spent");
             return;
         }
         if !due || !live.quorum_reachable(voters.iter().cloned()) {
-            tracing::debug!(topic = %p.topic, partition = p.partition, ?leader, term, rank, due, ?order, "no usable leader; not campaigning now");
+            tracing::trace!(topic = %p.topic, partition = p.partition, ?leader, term, rank, due, ?order, "no usable leader; not campaigning now");
+            s.report_stuck(p, now, if due { "no quorum of voters reachable" } else { "not this node's turn yet" });
             return;
         }
         s.last_campaign = Some(now);

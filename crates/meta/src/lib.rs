@@ -5,7 +5,7 @@
 //! the decisions that need the controller's local view (which brokers are live) are made before a
 //! command is proposed, and `apply` re-checks everything that must hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use runnel_types::topic::{validate_topic_name, TopicConfig};
 use runnel_types::{ErrorCode, GroupId, NodeId, RunnelError, META_GROUP_ID};
@@ -104,6 +104,26 @@ pub struct TopicRecord {
     pub topic_id: u64,
     pub config: TopicConfig,
     pub partitions: Vec<PartitionRecord>,
+}
+
+impl TopicRecord {
+    /// Where `group` is in `partitions`, if this topic has it. A topic's groups are allocated
+    /// consecutively at creation, so this is arithmetic plus a check (O(1) per topic instead of a
+    /// scan of its partitions), with a scan as the fallback should that ever not hold.
+    pub fn index_of_group(&self, group: GroupId) -> Option<usize> {
+        let first = self.partitions.first()?.group_id;
+        let last = self.partitions.last()?.group_id;
+        if last.checked_sub(first) == Some(self.partitions.len() as u64 - 1) {
+            if !(first..=last).contains(&group) {
+                return None;
+            }
+            let i = (group - first) as usize;
+            if self.partitions.get(i).is_some_and(|p| p.group_id == group) {
+                return Some(i);
+            }
+        }
+        self.partitions.iter().position(|p| p.group_id == group)
+    }
 }
 
 /// Most producer ids one `AllocateProducerIds` may reserve.
@@ -305,13 +325,22 @@ impl ClusterState {
                 }
             }
             MetaCommand::ReportLeaders { reports } => {
+                // One pass over the partitions, not one search per report: after a node dies a
+                // single report names thousands of groups (found by profiling `bench partitions`:
+                // a search per report made every metadata replica quadratic in partitions).
+                let mut by_group: HashMap<GroupId, (NodeId, u64)> = HashMap::with_capacity(reports.len());
                 for (group, leader, term) in reports {
-                    if let Some(p) = self.partition_by_group_mut(*group) {
-                        // Epochs only increase: a late report from an older term changes nothing.
-                        if *term > p.leader_epoch || (*term == p.leader_epoch && p.leader.is_none()) {
-                            p.leader = Some(*leader);
-                            p.leader_epoch = *term;
-                        }
+                    let e = by_group.entry(*group).or_insert((*leader, *term));
+                    if *term > e.1 {
+                        *e = (*leader, *term);
+                    }
+                }
+                for p in self.topics.values_mut().flat_map(|t| t.partitions.iter_mut()) {
+                    let Some((leader, term)) = by_group.get(&p.group_id) else { continue };
+                    // Epochs only increase: a late report from an older term changes nothing.
+                    if *term > p.leader_epoch || (*term == p.leader_epoch && p.leader.is_none()) {
+                        p.leader = Some(*leader);
+                        p.leader_epoch = *term;
                     }
                 }
                 MetaResponse::Done
@@ -426,7 +455,7 @@ impl ClusterState {
     }
 
     pub fn partition_by_group(&self, group: GroupId) -> Option<&PartitionRecord> {
-        self.topics.values().flat_map(|t| t.partitions.iter()).find(|p| p.group_id == group)
+        self.topics.values().find_map(|t| t.partitions.get(t.index_of_group(group)?))
     }
 
     /// Brokers that may receive new replicas.
@@ -435,7 +464,10 @@ impl ClusterState {
     }
 
     fn partition_by_group_mut(&mut self, group: GroupId) -> Option<&mut PartitionRecord> {
-        self.topics.values_mut().flat_map(|t| t.partitions.iter_mut()).find(|p| p.group_id == group)
+        self.topics.values_mut().find_map(|t| {
+            let i = t.index_of_group(group)?;
+            t.partitions.get_mut(i)
+        })
     }
 
     /// (topic, partition record) for every partition with a replica on `node`, counting the
@@ -633,6 +665,44 @@ mod tests {
         assert_eq!((p.leader, p.leader_epoch), (Some(2), 5));
         assert!(s.leader_changes(&[(1, 2, 5)]).is_empty());
         assert_eq!(s.leader_changes(&[(1, 3, 6)]), vec![(1, 3, 6)]);
+    }
+
+    #[test]
+    fn groups_are_found_in_every_topic_and_one_report_updates_many() {
+        let mut s = with_brokers(3);
+        for (name, n) in [("a", 3u32), ("b", 1), ("c", 4)] {
+            s.apply(&MetaCommand::CreateTopic {
+                name: name.into(),
+                config: TopicConfig::default(),
+                assignments: (0..n).map(|_| vec![1, 2, 3]).collect(),
+            });
+        }
+        // Groups 1..=3 are a's, 4 is b's, 5..=8 are c's.
+        let all: Vec<(String, u32, GroupId)> = s
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.name.clone(), p.partition, p.group_id)))
+            .collect();
+        assert_eq!(all.len(), 8);
+        for (topic, partition, group) in &all {
+            let p = s.partition_by_group(*group).expect("every group is found");
+            assert_eq!((p.partition, p.group_id), (*partition, *group), "group {group} of {topic}");
+        }
+        assert!(s.partition_by_group(0).is_none() && s.partition_by_group(9).is_none());
+        // One report naming groups of every topic (one of them twice, and one unknown).
+        let reports = vec![(1, 2, 3), (4, 3, 2), (8, 1, 7), (8, 2, 6), (42, 1, 1)];
+        s.apply(&MetaCommand::ReportLeaders { reports });
+        let led = |g: GroupId| s.partition_by_group(g).map(|p| (p.leader, p.leader_epoch));
+        assert_eq!(led(1), Some((Some(2), 3)));
+        assert_eq!(led(4), Some((Some(3), 2)));
+        assert_eq!(led(8), Some((Some(1), 7)), "the higher term of two reports wins");
+        assert_eq!(led(2), Some((None, 0)), "groups not reported are untouched");
+        // A topic whose groups are not consecutive (not made by CreateTopic today) is still searched.
+        if let Some(t) = s.topics.get_mut("c") {
+            t.partitions.swap(0, 3);
+        }
+        assert_eq!(s.partition_by_group(5).map(|p| p.group_id), Some(5));
+        assert_eq!(s.topics["c"].index_of_group(8), Some(0));
     }
 
     fn one_partition(replicas: Vec<NodeId>, brokers: u64) -> ClusterState {

@@ -528,7 +528,8 @@ impl Controller {
         }
         // A reassignment is finished once its leader reports the target as the committed voters.
         let view = self.sm.current();
-        for l in req.leaders.iter().filter(|l| !l.joint) {
+        // Leaders report voters only for partitions being reassigned (the rest as empty).
+        for l in req.leaders.iter().filter(|l| !l.joint && !l.voters.is_empty()) {
             let Some(p) = view.state.partition_by_group(l.group_id) else { continue };
             let Some(target) = &p.target_replicas else { continue };
             let voters: BTreeSet<NodeId> = l.voters.iter().cloned().collect();

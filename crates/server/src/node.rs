@@ -33,6 +33,9 @@ use crate::controller::{Controller, ControllerService};
 use crate::coordinator::Coordinator;
 use crate::NodeConfig;
 
+/// See the server builder in [`serve`].
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
+
 /// A broker re-sends its whole leader list to the controller at least this often, even unchanged
 /// (a report the controller accepted but failed to act on is then acted on again).
 const FULL_REPORT_EVERY: Duration = Duration::from_secs(2);
@@ -207,6 +210,14 @@ where
     tracing::info!(node_id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "runnel node ready");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        // h2 closes a whole connection once more than this many streams were reset by the peer
+        // before the server got to them (its guard against "rapid reset" floods; default 20).
+        // Between nodes, one connection carries every partition group's Raft traffic: when a
+        // burst of elections keeps the server busy and callers give up on some requests, the
+        // default turned a few late answers into every group on that connection failing at once
+        // (seen as "remotely-reset pending-accept streams reached limit" in `bench partitions`).
+        // Still bounded, so a flood of resets cannot grow memory without limit.
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
         .add_service(
             RunnelServer::new(api)
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
