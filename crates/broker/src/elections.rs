@@ -40,6 +40,19 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// a flood whose timeouts would look like more dead peers and feed itself.
 const MAX_CAMPAIGNS_PER_PASS: usize = 48;
 
+/// Campaigns of this node at most in flight at once: started within `CAMPAIGN_IN_FLIGHT_FOR` and
+/// their group still without a usable leader. The per-pass limit alone is not enough: when
+/// elections complete more slowly than passes start them (thousands of new groups on two cores),
+/// in-flight campaigns pile up, their RPCs time out, the timeouts look like failed campaigns and
+/// are retried — a congestion collapse seen in `bench partitions` at 10,000 partitions (and with
+/// it a metadata commit starved past its 10 s deadline). Bounding what is in flight makes the
+/// driver go as fast as elections actually finish.
+const MAX_CAMPAIGNS_IN_FLIGHT: usize = 128;
+
+/// How long a started campaign counts as in flight (unless its group gets a leader sooner): the
+/// partition RPC deadline, after which its requests have been answered or given up.
+const CAMPAIGN_IN_FLIGHT_FOR: Duration = Duration::from_secs(3);
+
 /// How long each surviving voter, in preference order, has to win before the next one campaigns
 /// too. The first campaigns at once; the others are only a fallback (the first one's log was
 /// behind, or it failed meanwhile). Two candidates at once split the vote and both start over —
@@ -64,6 +77,9 @@ struct Seen {
     /// When this node first found the group without a usable leader.
     leaderless_since: Option<Instant>,
     last_campaign: Option<Instant>,
+    /// When this node itself last started a campaign for the group (`last_campaign` also moves
+    /// when another voter is seen campaigning): what counts as in flight here.
+    own_campaign: Option<Instant>,
     /// Campaigns since the group last had a usable leader: each doubles the wait before the next.
     attempts: u32,
     /// When the group was last found without a usable leader after having one (or at first
@@ -118,7 +134,15 @@ impl Broker {
                 _ = tokio::time::sleep(step), if !pending.is_empty() => false,
             };
             let now = Instant::now();
-            let mut budget = MAX_CAMPAIGNS_PER_PASS;
+            let in_flight = pending
+                .iter()
+                .filter(|g| {
+                    seen.get(g)
+                        .and_then(|s| s.own_campaign)
+                        .is_some_and(|t| now.saturating_duration_since(t) < CAMPAIGN_IN_FLIGHT_FOR)
+                })
+                .count();
+            let mut budget = MAX_CAMPAIGNS_PER_PASS.min(MAX_CAMPAIGNS_IN_FLIGHT.saturating_sub(in_flight));
             if full {
                 next_sweep = now + SWEEP_EVERY;
                 let parts = self.partitions();
@@ -172,6 +196,7 @@ impl Broker {
             since: now,
             leaderless_since: None,
             last_campaign: None,
+            own_campaign: None,
             attempts: 0,
             unled_since: None,
             reported: None,
@@ -275,7 +300,7 @@ impl Broker {
         let due = now.saturating_duration_since(leaderless_since) >= turn
             && s.last_campaign.is_none_or(|t| now.saturating_duration_since(t) >= retry);
         if due && *budget == 0 {
-            s.report_stuck(p, now, "campaign budget of this pass spent");
+            s.report_stuck(p, now, "too many of this node's campaigns in flight");
             return;
         }
         if !due || !live.quorum_reachable(voters.iter().cloned()) {
@@ -284,6 +309,7 @@ impl Broker {
             return;
         }
         s.last_campaign = Some(now);
+        s.own_campaign = Some(now);
         s.attempts = s.attempts.saturating_add(1);
         if s.attempts >= 4 {
             let m = p.metrics_rx.borrow_watched();
@@ -314,8 +340,39 @@ impl Broker {
         // out-bidding the two voters that could win, for minutes. Skipped only when the known
         // leader's node is unreachable, where it would only slow failover down.
         let leader_gone = leader.is_some_and(|l| live.is_gone(l));
-        if let Err(e) = p.raft.trigger().elect(!leader_gone).await {
-            tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "could not start an election");
+        self.request_election(p, !leader_gone);
+    }
+
+    /// Hands the election command to the group's Raft instance without waiting on it here: one
+    /// group whose instance does not take commands must not hold up every other group's failover
+    /// (found by `bench partitions` at 10,000 partitions: both survivors' drivers stopped on the
+    /// same group, and five partitions the killed node led were never re-led). A group whose
+    /// instance has not accepted the previous command gets no second one; one that takes longer
+    /// than `ELECT_ACCEPT_WARN` is reported by name.
+    fn request_election(&self, p: &Arc<Partition>, pre_vote: bool) {
+        if !self.elections_requested.lock().insert(p.group) {
+            tracing::warn!(topic = %p.topic, partition = p.partition, "the previous election command is still not accepted by this group's Raft instance");
+            return;
         }
+        let (p, requested) = (p.clone(), self.elections_requested.clone());
+        tokio::spawn(async move {
+            let trigger = p.raft.trigger();
+            let elect = trigger.elect(pre_vote);
+            tokio::pin!(elect);
+            let result = match tokio::time::timeout(ELECT_ACCEPT_WARN, &mut elect).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!(topic = %p.topic, partition = p.partition, group = p.group, waited_ms = ELECT_ACCEPT_WARN.as_millis() as u64, "this group's Raft instance is not accepting commands; still waiting");
+                    elect.await
+                }
+            };
+            requested.lock().remove(&p.group);
+            if let Err(e) = result {
+                tracing::warn!(topic = %p.topic, partition = p.partition, error = %e, "could not start an election");
+            }
+        });
     }
 }
+
+/// See [`Broker::request_election`].
+const ELECT_ACCEPT_WARN: Duration = Duration::from_secs(5);

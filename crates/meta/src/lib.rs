@@ -82,6 +82,12 @@ pub struct PartitionRecord {
 
 impl PartitionRecord {
     /// Brokers that host a replica now: the replica set plus any reassignment target.
+    /// Whether `node` hosts a replica now (see [`Self::hosts`]), without allocating: asked for
+    /// every partition on every metadata change.
+    pub fn is_hosted_on(&self, node: NodeId) -> bool {
+        self.replicas.contains(&node) || self.target_replicas.as_ref().is_some_and(|t| t.contains(&node))
+    }
+
     pub fn hosts(&self) -> Vec<NodeId> {
         let mut all = self.replicas.clone();
         for r in self.target_replicas.iter().flatten() {
@@ -476,7 +482,7 @@ impl ClusterState {
         self.topics
             .values()
             .flat_map(|t| t.partitions.iter().map(move |p| (t, p)))
-            .filter(|(_, p)| p.hosts().contains(&node))
+            .filter(|(_, p)| p.is_hosted_on(node))
             .collect()
     }
 

@@ -260,16 +260,24 @@ impl NodeLiveness {
     }
 
     fn record_leaders(&self, peer: NodeId, groups: HashMap<GroupId, u64>) {
-        {
+        let first = {
             let mut peers = self.peers.write();
             let now = Instant::now();
             let p = peers.entry(peer).or_insert_with(|| Peer::new(now));
+            let first = p.lists.is_empty();
             p.lists.push_back(LeaderList { received: now, groups });
             while p.lists.len() > 2 {
                 p.lists.pop_front();
             }
+            first
+        };
+        // Only a peer's first list (since it was watched or restarted) wakes the election driver
+        // at once: groups waiting for every voter's list can then elect. Later lists are read by
+        // its regular sweep; announcing each of them made it sweep every group several times a
+        // second (a fifth of a node's CPU at 10,000 partitions, measured with perf).
+        if first {
+            self.announce();
         }
-        self.announce();
     }
 
     fn ping_request(&self, with_leaders: bool) -> PingRequest {
