@@ -214,6 +214,10 @@ impl Broker {
             s.since = now;
         }
         let healthy = match leader {
+            // Leaders returned above: this node named as leader while not leading (a stale view
+            // after stepping down) is no leader at all. The liveness checks below never apply to
+            // this node itself, so without this such a group would count as led forever.
+            Some(l) if l == me => false,
             Some(l) => !live.is_gone(l) && !live.stopped_leading(l, p.group, term, s.since),
             None => false,
         };
