@@ -64,6 +64,10 @@ const RANK_TURN: Duration = Duration::from_secs(1);
 /// different moments on different nodes, and a non-preferred winner would only be moved back.
 const NEW_GROUP_TURN: Duration = Duration::from_secs(2);
 
+/// A group's Raft instance that has not taken an election command after this long is reported
+/// by name (see [`Broker::request_election`]).
+const ELECT_ACCEPT_WARN: Duration = Duration::from_secs(5);
+
 /// A group still without a usable leader after this long is reported (with why this node does not
 /// campaign for it), once per `STUCK_AFTER`: an operator sees which partitions are stuck and why.
 const STUCK_AFTER: Duration = Duration::from_secs(10);
@@ -377,6 +381,3 @@ impl Broker {
         });
     }
 }
-
-/// See [`Broker::request_election`].
-const ELECT_ACCEPT_WARN: Duration = Duration::from_secs(5);

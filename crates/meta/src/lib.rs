@@ -81,13 +81,13 @@ pub struct PartitionRecord {
 }
 
 impl PartitionRecord {
-    /// Brokers that host a replica now: the replica set plus any reassignment target.
     /// Whether `node` hosts a replica now (see [`Self::hosts`]), without allocating: asked for
     /// every partition on every metadata change.
     pub fn is_hosted_on(&self, node: NodeId) -> bool {
         self.replicas.contains(&node) || self.target_replicas.as_ref().is_some_and(|t| t.contains(&node))
     }
 
+    /// Brokers that host a replica now: the replica set plus any reassignment target.
     pub fn hosts(&self) -> Vec<NodeId> {
         let mut all = self.replicas.clone();
         for r in self.target_replicas.iter().flatten() {
