@@ -77,6 +77,12 @@ impl Cluster {
 
     /// `n` nodes of which the first `voters` vote in the metadata group, with extra environment.
     pub fn start_with(n: usize, voters: usize, env: &[(&str, &str)]) -> Cluster {
+        Self::start_with_data_dirs(n, voters, env, &[])
+    }
+
+    /// As [`Cluster::start_with`], node `i` keeping its data in `data_dirs[i]` where given (e.g. on
+    /// a filesystem of a chosen size) instead of under the cluster's temporary directory.
+    pub fn start_with_data_dirs(n: usize, voters: usize, env: &[(&str, &str)], data_dirs: &[PathBuf]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("runnel-it-").tempdir().expect("tempdir");
         let mut c = Cluster {
             nodes: Vec::new(),
@@ -84,8 +90,11 @@ impl Cluster {
             env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             dir,
         };
-        for _ in 0..n {
+        for i in 0..n {
             c.push_node();
+            if let Some(d) = data_dirs.get(i) {
+                c.nodes[i].data_dir = d.clone();
+            }
         }
         c.voters = c.nodes[..voters].iter().map(|n| format!("{}={}", n.id, n.addr)).collect::<Vec<_>>().join(",");
         for i in 0..n {

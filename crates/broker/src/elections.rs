@@ -239,6 +239,12 @@ impl Broker {
             let m = p.metrics_rx.borrow_watched();
             m.membership_config.membership().voter_ids().collect()
         };
+        if self.deps.repair.is_repairing(p.group) {
+            // It may have lost entries it acknowledged: it waits for a leader (docs/adr/0015).
+            s.report_stuck(p, now, "this replica is repairing after its node lost writes; it does not campaign");
+            pending.remove(&p.group);
+            return;
+        }
         if !voters.contains(&me) {
             // A learner (or a replica being removed) never campaigns.
             s.leaderless_since = None;

@@ -12,9 +12,10 @@ use runnel_meta::{PartitionRecord, TopicRecord};
 use runnel_raft::log_store::LogStore;
 use runnel_raft::meta_sm::MetaView;
 use runnel_raft::network::{network_factory, Router};
-use runnel_raft::transport::{GroupRegistry, RaftHandler};
+use runnel_raft::repair::Repair;
+use runnel_raft::transport::{follow_repair, GroupRegistry, RaftHandler};
 use runnel_raft::{group_config, group_seed, start_raft, Pacing, PartitionTypes, RaftTiming};
-use runnel_storage::{Engine, GroupSyncer, WriteBatch};
+use runnel_storage::{DiskSpace, Engine, GroupSyncer, WriteBatch};
 use runnel_types::{GroupId, NodeId, RunnelError};
 use tokio::sync::watch;
 
@@ -28,6 +29,10 @@ pub struct BrokerDeps {
     pub node_id: NodeId,
     pub engine: Arc<dyn Engine>,
     pub syncer: Arc<GroupSyncer>,
+    /// Free space on the data directory (docs/adr/0014).
+    pub space: Arc<DiskSpace>,
+    /// Which replicas repair after this node lost writes (docs/adr/0015).
+    pub repair: Arc<Repair>,
     pub router: Router,
     pub registry: GroupRegistry,
     pub timing: RaftTiming,
@@ -255,12 +260,23 @@ impl Broker {
         let raft = start_raft(seed, d.node_id, cfg, network_factory(&d.router, p.group_id), log.clone(), sm.clone())
             .await
             .map_err(|e| err(&e))?;
-        d.registry.insert(p.group_id, Arc::new(RaftHandler { raft: raft.clone() }));
+        d.registry.insert(
+            p.group_id,
+            Arc::new(RaftHandler {
+                raft: raft.clone(),
+                group: p.group_id,
+                repair: d.repair.clone(),
+                space: Some(d.space.clone()),
+            }),
+        );
+        follow_repair(&raft, p.group_id, &d.repair);
         let fresh = !raft.is_initialized().await.map_err(|e| err(&e))?;
         // Only the replicas the partition was created with initialize its group. A replica added by
         // a reassignment (partition epoch above 1) starts empty and waits to be added as a learner
         // by the leader: initializing it would invent a second, conflicting first membership.
-        if fresh && p.partition_epoch == 1 && p.replicas.contains(&d.node_id) {
+        // Nor does a replica that is repairing: if it looks new, it may have lost everything, and
+        // its leader sends it the group's log and membership.
+        if fresh && p.partition_epoch == 1 && p.replicas.contains(&d.node_id) && !d.repair.is_repairing(p.group_id) {
             // Every replica initializes with the same committed membership; openraft accepts
             // identical initial configs from several nodes.
             let router = d.router.clone();
@@ -287,6 +303,7 @@ impl Broker {
             node_id: d.node_id,
             router: d.router.clone(),
             fence: self.fence.clone(),
+            space: d.space.clone(),
             planted_ack_before_commit: d.planted_ack_before_commit,
             transfer: parking_lot::Mutex::new(None),
             metrics_rx,

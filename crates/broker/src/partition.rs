@@ -17,7 +17,7 @@ use runnel_raft::log_store::LogStore;
 use runnel_raft::network::Router;
 use runnel_raft::{codec, PartitionCommand, PartitionResponse, PartitionTypes, ProducerStamp, StoredBatch};
 use runnel_storage::keys::group_key;
-use runnel_storage::{Engine, Keyspace};
+use runnel_storage::{DiskSpace, Engine, Keyspace};
 use runnel_types::limits::{DEFAULT_FETCH_BYTES, MAX_BATCH_BYTES, MAX_FETCH_BYTES, MAX_FETCH_WAIT_MS};
 use runnel_types::topic::TopicConfig;
 use runnel_types::{ErrorCode, GroupId, NodeId, RunnelError};
@@ -49,6 +49,8 @@ pub struct Partition {
     pub router: Router,
     /// Set while this broker cannot reach the controller: it then refuses writes as leader.
     pub fence: Arc<Fence>,
+    /// Free space on the data directory: below its watermark produce is refused (docs/adr/0014).
+    pub space: Arc<DiskSpace>,
     /// TEST ONLY: see `BrokerDeps::planted_ack_before_commit`.
     pub planted_ack_before_commit: bool,
     /// The last leadership transfer this node started as leader: (term, when). openraft's leader
@@ -211,6 +213,12 @@ impl Partition {
                     "{}/{}: broker {} is fenced (it has lost contact with the controller) and takes no writes",
                     self.topic, self.partition, self.node_id
                 ),
+            ));
+        }
+        if let Err(low) = self.space.check_new_data() {
+            return Err(RunnelError::new(
+                ErrorCode::Storage,
+                format!("{}/{}: node {} is low on disk space: {low}", self.topic, self.partition, self.node_id),
             ));
         }
         if batch.records.len() > MAX_BATCH_BYTES {

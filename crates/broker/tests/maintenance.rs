@@ -36,10 +36,13 @@ fn configs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 
 async fn start(engine: Arc<dyn Engine>, config: &[(&str, &str)], now: Arc<AtomicI64>) -> Fixture {
     let clock = now.clone();
+    let repair = runnel_raft::repair::Repair::none(1, engine.clone());
     let deps = BrokerDeps {
         node_id: 1,
         engine: engine.clone(),
         syncer: Arc::new(GroupSyncer::start(engine)),
+        space: Arc::new(runnel_storage::DiskSpace::unlimited()),
+        repair,
         router: Router::new(
             1,
             runnel_proto::dial::tcp(),

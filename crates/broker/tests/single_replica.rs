@@ -32,10 +32,13 @@ async fn broker_with_topic(
     engine: Arc<dyn Engine>,
     max_record_bytes: u64,
 ) -> (Arc<Broker>, watch::Sender<Arc<MetaView>>) {
+    let repair = runnel_raft::repair::Repair::none(1, engine.clone());
     let deps = BrokerDeps {
         node_id: 1,
         engine: engine.clone(),
         syncer: Arc::new(GroupSyncer::start(engine)),
+        space: Arc::new(runnel_storage::DiskSpace::unlimited()),
+        repair,
         router: Router::new(
             1,
             runnel_proto::dial::tcp(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use runnel_client::{Client, ClientConfig, ErrorCode, RetryPolicy};
 use runnel_proto::v1::runnel_client::RunnelClient;
-use runnel_proto::v1::{ClusterHealthRequest, MetadataRequest, MetadataResponse};
+use runnel_proto::v1::{ClusterHealthRequest, DescribeReplicasRequest, MetadataRequest, MetadataResponse};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -905,6 +905,40 @@ async fn kill_phase(
                 current.as_ref().and_then(|p| p.leader),
                 current.as_ref().map(|p| p.leader_epoch)
             );
+        }
+        // And what each surviving replica's Raft says about them: the metadata only mirrors
+        // what leaders report, the replicas tell why no election happened.
+        for (i, n) in cluster.nodes.iter().enumerate() {
+            if !cluster.is_running(i) {
+                continue;
+            }
+            let mut c = n.rpc.clone();
+            let Ok(Ok(resp)) = tokio::time::timeout(RPC_TIMEOUT, c.describe_replicas(DescribeReplicasRequest {})).await
+            else {
+                eprintln!("node {}: no answer to DescribeReplicas", n.id);
+                continue;
+            };
+            for r in resp
+                .into_inner()
+                .replicas
+                .iter()
+                .filter(|r| pending.contains_key(&(r.topic.clone(), r.partition)))
+                .take(5)
+            {
+                eprintln!(
+                    "node {}: {}/{} group {} role {} term {} leader {:?} last log {} committed {} replicas {:?}",
+                    n.id,
+                    r.topic,
+                    r.partition,
+                    r.group_id,
+                    r.role,
+                    r.term,
+                    r.leader,
+                    r.last_log_index,
+                    r.committed_index,
+                    r.replicas
+                );
+            }
         }
     }
     *report = Some(KillReport {

@@ -8,6 +8,7 @@ pub mod log_store;
 pub mod meta_sm;
 pub mod network;
 pub mod partition_types;
+pub mod repair;
 pub mod transport;
 
 use std::sync::Arc;
@@ -20,11 +21,20 @@ use runnel_meta::{MetaCommand, MetaResponse};
 /// a simulation seeds it from its one u64 seed; production seeds it at random.
 pub type RaftRuntime = openraft::rt::deterministic_rng::DeterministicRng<openraft_rt_tokio::TokioRuntime>;
 
+/// Standard Raft leader ids: at most one leader per term, so a term *is* a leader epoch (docs/adr/0013).
+/// openraft's default (`leader_id_adv`) orders leader ids by (term, node id) and lets a second
+/// candidate win the same term with a higher node id; the metadata, produce answers and clients
+/// all name a leader by its term alone, and with two leaders in one term the metadata kept the
+/// first forever (found by `many_partitions`: partitions of a killed node never re-led in the
+/// metadata although the survivors had elected a leader long before).
+pub type StdLeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>;
+
 openraft::declare_raft_types!(
     /// The metadata group: commands change the cluster state the controller manages.
     pub MetaTypes:
         D = MetaCommand,
         R = MetaResponse,
+        LeaderId = StdLeaderId,
         AsyncRuntime = RaftRuntime,
 );
 
@@ -33,6 +43,7 @@ openraft::declare_raft_types!(
     pub PartitionTypes:
         D = PartitionCommand,
         R = PartitionResponse,
+        LeaderId = StdLeaderId,
         AsyncRuntime = RaftRuntime,
 );
 
@@ -117,7 +128,49 @@ pub fn group_config(
         // then hand out those log ids again for different entries, which followers holding the
         // originals cannot detect. Found by the simulator (seed 5014; docs/adr/0005).
         enable_leader_restore: Some(false),
+        // A follower whose log comes back shorter (a damaged WAL dropped its tail) is caught up
+        // again instead of panicking the leader; it may not vote until then (repair.rs,
+        // docs/adr/0015).
+        allow_log_reversion: Some(true),
         ..Default::default()
     };
     Ok(Arc::new(cfg.validate()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Ordering;
+
+    use openraft::vote::{RaftLeaderId, RaftVote};
+
+    use super::{MetaTypes, PartitionTypes};
+
+    /// One leader per term (docs/adr/0013): a candidate that asks for a term in which a voter has
+    /// already seen another leader committed must be refused, whatever the node ids. With
+    /// openraft's default leader ids, node 3 asking for term 2 outranked node 2's committed term 2,
+    /// and two leaders of one term left the metadata naming the first one forever.
+    #[test]
+    fn a_second_candidate_cannot_win_a_term_that_has_a_leader() {
+        fn check<C: openraft::RaftTypeConfig<NodeId = u64, Term = u64>>(types: &str) {
+            let vote = |term: u64, node: u64, committed: bool| {
+                C::Vote::from_leader_id(C::LeaderId::new(term, node), committed)
+            };
+            let leader = vote(2, 2, true);
+            for candidate in [1u64, 3] {
+                let asks = vote(2, candidate, false);
+                assert_ne!(
+                    RaftVote::partial_cmp(&asks, &leader),
+                    Some(Ordering::Greater),
+                    "{types}: term 2 is led by node 2; node {candidate} must not win it"
+                );
+            }
+            assert_eq!(
+                RaftVote::partial_cmp(&vote(3, 1, false), &leader),
+                Some(Ordering::Greater),
+                "{types}: a later term wins"
+            );
+        }
+        check::<PartitionTypes>("partition groups");
+        check::<MetaTypes>("the metadata group");
+    }
 }

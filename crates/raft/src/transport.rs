@@ -8,16 +8,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use openraft::alias::{SnapshotMetaOf, VoteOf};
+use openraft::raft::AppendEntriesRequest;
 use openraft::storage::RaftStateMachine;
 use openraft::{Raft, RaftTypeConfig, Snapshot};
 use parking_lot::RwLock;
 use runnel_proto::internal::raft_transport_server::RaftTransport;
 use runnel_proto::internal::{RaftMessage, RaftReply, RaftRpcKind};
+use runnel_storage::DiskSpace;
 use runnel_types::GroupId;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec;
+use crate::repair::Repair;
 
 type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -29,6 +32,13 @@ pub trait GroupHandler: Send + Sync + 'static {
 /// Wraps a running openraft instance.
 pub struct RaftHandler<C: RaftTypeConfig, SM: RaftStateMachine<C>> {
     pub raft: Raft<C, SM>,
+    pub group: GroupId,
+    /// While this replica repairs it refuses votes and leadership transfers (repair.rs).
+    pub repair: Arc<Repair>,
+    /// When set, replicated entries are refused while the disk is below its replication
+    /// watermark (docs/adr/0014); the leader retries them. The metadata group has none: its few
+    /// small entries live in the space kept free below that watermark.
+    pub space: Option<Arc<DiskSpace>>,
 }
 
 fn dec<T: DeserializeOwned>(b: &[u8]) -> Result<T, String> {
@@ -48,8 +58,26 @@ where
 {
     fn handle(&self, kind: RaftRpcKind, payload: Bytes) -> BoxFut<'_, Result<Vec<u8>, String>> {
         Box::pin(async move {
+            let repairing = self.repair.is_repairing(self.group);
             match kind {
-                RaftRpcKind::AppendEntries => enc(self.raft.append_entries(dec(&payload)?).await),
+                RaftRpcKind::Vote | RaftRpcKind::PreVote | RaftRpcKind::TransferLeader if repairing => {
+                    return Err(self.repair.refusal(self.group));
+                }
+                _ => {}
+            }
+            match kind {
+                RaftRpcKind::AppendEntries => {
+                    let req: AppendEntriesRequest<C> = dec(&payload)?;
+                    if !req.entries.is_empty() {
+                        if let Some(Err(low)) = self.space.as_ref().map(|s| s.check_replicated_data()) {
+                            return Err(format!("not storing replicated entries: {low}"));
+                        }
+                    }
+                    if repairing {
+                        self.repair.heard_leader_commit(self.group, req.leader_commit.as_ref().map_or(0, |c| c.index));
+                    }
+                    enc(self.raft.append_entries(req).await)
+                }
                 RaftRpcKind::Vote => enc(self.raft.vote(dec(&payload)?).await),
                 RaftRpcKind::PreVote => enc(self.raft.pre_vote(dec(&payload)?).await),
                 RaftRpcKind::TransferLeader => enc(self.raft.handle_transfer_leader(dec(&payload)?).await),
@@ -60,6 +88,30 @@ where
             }
         })
     }
+}
+
+/// While `group`'s replica here is repairing, follows its commit index and tells `repair`, which
+/// ends the repair once it has reached what the leader had committed (repair.rs).
+pub fn follow_repair<C, SM>(raft: &Raft<C, SM>, group: GroupId, repair: &Arc<Repair>)
+where
+    C: RaftTypeConfig,
+    SM: RaftStateMachine<C>,
+{
+    if !repair.is_repairing(group) {
+        return;
+    }
+    let mut metrics = raft.metrics();
+    let repair = repair.clone();
+    tokio::spawn(async move {
+        use openraft::type_config::async_runtime::WatchReceiver;
+        loop {
+            let committed = metrics.borrow_watched().local_committed.as_ref().map(|c| c.index);
+            repair.committed(group, committed);
+            if !repair.is_repairing(group) || metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// Groups running on this node, by id.

@@ -65,6 +65,11 @@ pub struct NodeConfig {
     pub retention_check_interval_ms: u64,
     /// How often the cleaner compacts the replicas of compacted topics on this node, milliseconds.
     pub cleaner_interval_ms: u64,
+    /// Free space the data directory's filesystem must keep, bytes: below it produce requests are
+    /// refused (with an error naming this), below half of it replicas stop storing replicated
+    /// entries; both resume by themselves when space returns. 0: 5 % of the filesystem, at most
+    /// 5 GiB.
+    pub min_free_bytes: u64,
 }
 
 impl Default for NodeConfig {
@@ -86,12 +91,13 @@ impl Default for NodeConfig {
             offsets_topic_replication_factor: 3,
             retention_check_interval_ms: 5_000,
             cleaner_interval_ms: 30_000,
+            min_free_bytes: 0,
         }
     }
 }
 
 /// The keys a node reads from `RUNNEL_<KEY>` environment variables.
-const ENV_KEYS: [&str; 16] = [
+const ENV_KEYS: [&str; 17] = [
     "node_id",
     "listen",
     "advertise",
@@ -108,6 +114,7 @@ const ENV_KEYS: [&str; 16] = [
     "offsets_topic_replication_factor",
     "retention_check_interval_ms",
     "cleaner_interval_ms",
+    "min_free_bytes",
 ];
 
 /// Command-line overrides; every field is optional so unset flags do not mask the file or env.

@@ -4,6 +4,7 @@ pub mod api;
 pub mod config;
 pub mod controller;
 pub mod coordinator;
+pub mod data_format;
 mod node;
 
 pub use config::{ConfigError, NodeConfig, NodeFlags};

@@ -20,11 +20,12 @@ use runnel_raft::liveness::{LivenessConfig, LivenessService, NodeLiveness};
 use runnel_raft::log_store::LogStore;
 use runnel_raft::meta_sm::MetaStateMachine;
 use runnel_raft::network::{network_factory, Router};
-use runnel_raft::transport::{GroupRegistry, RaftHandler, TransportService};
+use runnel_raft::repair::Repair;
+use runnel_raft::transport::{follow_repair, GroupRegistry, RaftHandler, TransportService};
 use runnel_raft::{group_config, group_seed, start_raft, MetaTypes, Pacing, RaftTiming};
+use runnel_storage::{DiskSpace, Engine, GroupSyncer};
 #[cfg(feature = "rocksdb")]
-use runnel_storage::RocksEngine;
-use runnel_storage::{Engine, GroupSyncer};
+use runnel_storage::{RocksEngine, StorageError, WalRecovery};
 use runnel_types::limits::MAX_GRPC_MESSAGE_BYTES;
 use runnel_types::{NodeId, META_GROUP_ID};
 
@@ -49,6 +50,10 @@ const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(10);
 pub struct NodeEnv {
     pub engine: Arc<dyn Engine>,
     pub syncer: Arc<GroupSyncer>,
+    /// Free space on the data directory ([`DiskSpace::unlimited`] in the simulator).
+    pub space: Arc<DiskSpace>,
+    /// Which replicas repair after this node lost writes (docs/adr/0015).
+    pub repair: Arc<Repair>,
     pub dialer: Arc<dyn Dialer>,
     pub raft_seed: u64,
     /// Random per process start: a new one tells the controller this broker restarted.
@@ -65,12 +70,41 @@ pub struct NodeEnv {
 pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     cfg.validate()?;
     let db_dir = cfg.data_dir.join("db");
-    let engine: Arc<dyn Engine> = Arc::new(
-        RocksEngine::open(&db_dir).with_context(|| format!("opening the data directory {}", db_dir.display()))?,
-    );
+    crate::data_format::check_or_mark(&cfg.data_dir, &db_dir)?;
+    let engine: Arc<dyn Engine> = Arc::new(match RocksEngine::open(&db_dir) {
+        Ok(e) => e,
+        Err(StorageError::WalCorrupt(why)) => {
+            // Writes this node synced (and may have acknowledged) are unreadable. Record that
+            // durably first, then drop what follows the damage: every replica here repairs from
+            // the others before it votes again (docs/adr/0015).
+            let epoch = Repair::mark_lost_writes(&cfg.data_dir, &why)
+                .with_context(|| format!("recording in {} that writes were lost", cfg.data_dir.display()))?;
+            tracing::error!(
+                error = %why,
+                repair_epoch = epoch,
+                "the write-ahead log is damaged: writes after the damage are lost on this node. Its replicas \
+                 take no part in elections until each has caught up with a leader. (A replica with no other \
+                 replica to repair from stays unavailable; to accept the loss instead, stop the node and \
+                 delete the REPAIR file in its data directory.)"
+            );
+            RocksEngine::open_with(&db_dir, WalRecovery::DropAfterCorruption)
+                .with_context(|| format!("opening {} after dropping the damaged WAL", db_dir.display()))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening the data directory {}", db_dir.display())),
+    });
+    let repair = Repair::load(cfg.node_id, &cfg.data_dir, engine.clone())
+        .with_context(|| format!("reading the repair state in {}", cfg.data_dir.display()))?;
+    if let Some(epoch) = repair.epoch() {
+        tracing::warn!(
+            repair_epoch = epoch,
+            "this node lost writes once; replicas not yet repaired wait for a leader before voting"
+        );
+    }
     let env = NodeEnv {
         syncer: Arc::new(GroupSyncer::start(engine.clone())),
         engine,
+        space: Arc::new(DiskSpace::new(&cfg.data_dir, cfg.min_free_bytes)),
+        repair,
         dialer: runnel_proto::dial::tcp(),
         raft_seed: rand::random(),
         incarnation: rand::random(),
@@ -96,7 +130,8 @@ where
     let node_id = cfg.node_id;
     let advertise = cfg.advertise_addr();
     let timing = RaftTiming { heartbeat_ms: cfg.raft_heartbeat_ms, election_timeout_ms: cfg.raft_election_timeout_ms };
-    let NodeEnv { engine, syncer, dialer, raft_seed, incarnation, planted_ack_before_commit, clock } = env;
+    let NodeEnv { engine, syncer, space, repair, dialer, raft_seed, incarnation, planted_ack_before_commit, clock } =
+        env;
 
     // The node-level failure detector that stands in for per-partition heartbeats (ADR 0012).
     let liveness = NodeLiveness::new(
@@ -123,7 +158,20 @@ where
         meta_sm.clone(),
     )
     .await?;
-    registry.insert(META_GROUP_ID, Arc::new(RaftHandler { raft: meta_raft.clone() }));
+    registry.insert(
+        META_GROUP_ID,
+        Arc::new(RaftHandler { raft: meta_raft.clone(), group: META_GROUP_ID, repair: repair.clone(), space: None }),
+    );
+    follow_repair(&meta_raft, META_GROUP_ID, &repair);
+    if repair.is_repairing(META_GROUP_ID) {
+        // Its own timer would make it campaign; it may not until it has caught up (ADR 0015).
+        meta_raft.runtime_config().elect(false);
+        let (raft, repair) = (meta_raft.clone(), repair.clone());
+        tokio::spawn(async move {
+            repair.wait_repaired(META_GROUP_ID).await;
+            raft.runtime_config().elect(true);
+        });
+    }
     if voters.contains_key(&node_id) && !meta_raft.is_initialized().await? {
         let members: BTreeMap<NodeId, BasicNode> =
             voters.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
@@ -137,6 +185,8 @@ where
         node_id,
         engine: engine.clone(),
         syncer: syncer.clone(),
+        space,
+        repair,
         router: router.clone(),
         registry: registry.clone(),
         timing,

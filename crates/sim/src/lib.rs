@@ -335,9 +335,12 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
                     _ => engine,
                 };
                 let mix = seed ^ (cfg.node_id << 48) ^ (n << 32);
+                let repair = runnel_raft::repair::Repair::none(cfg.node_id, engine.clone());
                 let env = NodeEnv {
                     syncer: Arc::new(GroupSyncer::spawn_task(engine.clone(), Duration::from_millis(options.fsync_ms))),
                     engine,
+                    space: Arc::new(runnel_storage::DiskSpace::unlimited()),
+                    repair,
                     dialer: Arc::new(TurmoilDialer),
                     raft_seed: mix,
                     incarnation: mix.rotate_left(17) ^ 0x1ca7,

@@ -15,12 +15,14 @@ pub mod keys;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+mod space;
 mod syncer;
 
 pub use engine::{Engine, Keyspace, WriteBatch, WriteOp};
 pub use memory::MemEngine;
 #[cfg(feature = "rocksdb")]
-pub use rocks::RocksEngine;
+pub use rocks::{RocksEngine, WalRecovery};
+pub use space::{DiskSpace, SpaceLow};
 pub use syncer::{GroupSyncer, SyncCallback, SyncStats};
 
 /// Storage failures. I/O errors are treated as fatal by callers: the node stops serving the
@@ -33,6 +35,10 @@ pub enum StorageError {
     Corrupt { keyspace: Keyspace, key: String, why: String },
     #[error("storage is shut down")]
     Closed,
+    /// The write-ahead log is damaged before its end: writes that were synced (and so may have
+    /// been acknowledged) cannot be read back.
+    #[error("the write-ahead log is corrupt: {0}")]
+    WalCorrupt(String),
 }
 
 impl From<StorageError> for std::io::Error {
