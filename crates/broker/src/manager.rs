@@ -64,7 +64,16 @@ pub struct Broker {
     /// Groups whose Raft instance has not yet accepted this node's last election command (see
     /// `elections.rs`): at most one outstanding per group.
     pub(crate) elections_requested: Arc<Mutex<BTreeSet<GroupId>>>,
+    /// Held while replicas are started or stopped (the reconciler, the restarter): one Raft
+    /// instance per group, never two.
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Wakes the reconciler for a pass without a metadata change (a replica failed to restart).
+    reconcile_now: tokio::sync::Notify,
 }
+
+/// How often replicas whose Raft instance stopped on an error are looked for and restarted (see
+/// [`Broker::run_replica_restarter`]).
+const RESTART_FAILED_EVERY: Duration = Duration::from_secs(2);
 
 /// Reconciler passes are at least this far apart (see [`Broker::run_reconciler`]).
 const RECONCILE_EVERY: Duration = Duration::from_millis(100);
@@ -103,6 +112,8 @@ impl Broker {
             replicas_changed: tokio::sync::Notify::new(),
             leaderships: Arc::new(Leaderships::default()),
             elections_requested: Arc::new(Mutex::new(BTreeSet::new())),
+            lifecycle: tokio::sync::Mutex::new(()),
+            reconcile_now: tokio::sync::Notify::new(),
         })
     }
 
@@ -172,16 +183,26 @@ impl Broker {
     pub async fn run_reconciler(self: Arc<Self>, mut meta: watch::Receiver<Arc<MetaView>>) {
         loop {
             let view = meta.borrow_and_update().clone();
-            self.reconcile(&view).await;
+            let all_running = self.reconcile(&view).await;
             let next = tokio::time::Instant::now() + RECONCILE_EVERY;
-            if meta.changed().await.is_err() {
-                return;
+            tokio::select! {
+                r = meta.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+                _ = self.reconcile_now.notified() => {}
+                // A replica did not start (its storage failing, e.g. a full disk RocksDB has not
+                // recovered from yet): try again soon, metadata change or not.
+                _ = tokio::time::sleep(RESTART_FAILED_EVERY), if !all_running => {}
             }
             tokio::time::sleep_until(next).await;
         }
     }
 
-    async fn reconcile(&self, view: &Arc<MetaView>) {
+    /// One pass; false when a replica that should run could not be started.
+    async fn reconcile(&self, view: &Arc<MetaView>) -> bool {
+        let _lifecycle = self.lifecycle.lock().await;
         *self.view.write() = Some(view.clone());
         for b in view.state.brokers.values() {
             if b.id != self.deps.node_id {
@@ -224,6 +245,7 @@ impl Broker {
         // the replica's state and (first time) writes its initial membership, and running many at
         // once lets one WAL sync cover many of them instead of one sync each.
         let started = std::sync::atomic::AtomicUsize::new(0);
+        let wanted_starts = to_start.len();
         futures::stream::iter(to_start)
             .for_each_concurrent(START_PARALLELISM, |(t, p)| {
                 let started = &started;
@@ -247,6 +269,7 @@ impl Broker {
         if started + stopped > 0 {
             self.replicas_changed.notify_one();
         }
+        started == wanted_starts
     }
 
     async fn start_partition(&self, t: &TopicRecord, p: &PartitionRecord) -> Result<(), RunnelError> {
@@ -312,6 +335,58 @@ impl Broker {
         self.by_name.write().insert((t.name.clone(), p.partition), part);
         tracing::debug!(topic = %t.name, partition = p.partition, group = p.group_id, replicas = ?p.replicas, "partition replica started");
         Ok(())
+    }
+
+    /// Restarts replicas whose Raft instance stopped on an error, until the task is dropped.
+    ///
+    /// openraft stops a group for good on a storage error — a write that hit a full disk before
+    /// the watermarks (docs/adr/0014) could refuse it, e.g. because something else filled the disk
+    /// between two measurements. RocksDB clears such an error by itself once space returns; a new
+    /// instance then reads the group's state back from disk, exactly as after a process restart
+    /// (nothing a crash could not lose is lost). Found by hand: the partition otherwise stayed
+    /// leaderless until the process was restarted.
+    pub async fn run_replica_restarter(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(RESTART_FAILED_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let failed: Vec<(Arc<Partition>, String)> = self
+                .partitions()
+                .into_iter()
+                .filter_map(|p| {
+                    let why = p.metrics_rx.borrow_watched().running_state.as_ref().err().map(|e| e.to_string());
+                    why.map(|w| (p, w))
+                })
+                .collect();
+            if failed.is_empty() {
+                continue;
+            }
+            if let Err(low) = self.deps.space.check_replicated_data() {
+                tracing::warn!(replicas = failed.len(), %low, "replicas stopped on an error wait for disk space before they restart");
+                continue;
+            }
+            let _lifecycle = self.lifecycle.lock().await;
+            let Some(view) = self.view.read().clone() else { continue };
+            for (p, why) in failed {
+                if !self.by_group(p.group).is_some_and(|running| Arc::ptr_eq(&running, &p)) {
+                    continue; // stopped or replaced meanwhile
+                }
+                tracing::warn!(topic = %p.topic, partition = p.partition, error = %why, "partition replica's Raft stopped on an error; restarting it");
+                self.stop_partition(p.group, false).await;
+                let Some((t, rec)) =
+                    view.state.partitions_on(self.deps.node_id).into_iter().find(|(_, r)| r.group_id == p.group)
+                else {
+                    continue;
+                };
+                if let Err(e) = self.start_partition(t, rec).await {
+                    // The reconciler notices the missing replica and retries (see run_reconciler).
+                    tracing::error!(topic = %t.name, partition = rec.partition, error = %e, "could not restart partition replica; retrying");
+                    self.reconcile_now.notify_one();
+                }
+            }
+            self.replicas_changed.notify_one();
+            self.sweep_now.notify_one();
+        }
     }
 
     async fn stop_partition(&self, group: GroupId, delete_data: bool) {

@@ -125,6 +125,17 @@ impl Partition {
     pub fn ensure_leader(&self, epoch: Option<u64>) -> Result<u64, RunnelError> {
         let (is_leader, term, leader, quorum) = {
             let m = self.metrics_rx.borrow_watched();
+            if let Err(fatal) = &m.running_state {
+                // Its Raft instance stopped on an error (a write that hit a full disk): say so
+                // rather than "no leader known"; the broker restarts it (Broker::run_replica_restarter).
+                return Err(RunnelError::new(
+                    ErrorCode::Storage,
+                    format!(
+                        "{}/{}: node {}'s replica stopped on an error and is being restarted: {fatal}",
+                        self.topic, self.partition, self.node_id
+                    ),
+                ));
+            }
             let is_leader = m.state == ServerState::Leader;
             // Quiescent groups have no heartbeats that would tell a leader it lost its followers:
             // the node-level detector does. A leader cut off from a majority of its voters could

@@ -211,6 +211,7 @@ where
     let elections = tokio::spawn(broker.clone().run_election_driver());
     let leadership_tracker = tokio::spawn(broker.clone().run_leadership_tracker());
     let reconciler = tokio::spawn(broker.clone().run_reconciler(meta_sm.subscribe()));
+    let restarter = tokio::spawn(broker.clone().run_replica_restarter());
     let leader_duties = tokio::spawn(broker.clone().run_leader_duties(Duration::from_millis(500)));
     let controller_duties = tokio::spawn(controller.clone().run_duties(Duration::from_millis(500)));
     let retention = tokio::spawn(broker.clone().run_retention(Duration::from_millis(cfg.retention_check_interval_ms)));
@@ -293,6 +294,7 @@ where
     retention.abort();
     cleaner.abort();
     controller_duties.abort();
+    restarter.abort();
     reconciler.abort();
     broker.shutdown().await;
     let _ = meta_raft.shutdown().await;
