@@ -53,6 +53,10 @@ const MAX_CAMPAIGNS_IN_FLIGHT: usize = 128;
 /// partition RPC deadline, after which its requests have been answered or given up.
 const CAMPAIGN_IN_FLIGHT_FOR: Duration = Duration::from_secs(3);
 
+/// At most this many turns' worth of waiting per rank when a burst of elections stretches the
+/// turns (see `drive`).
+const MAX_TURN_STRETCH: u32 = 8;
+
 /// How long each surviving voter, in preference order, has to win before the next one campaigns
 /// too. The first campaigns at once; the others are only a fallback (the first one's log was
 /// behind, or it failed meanwhile). Two candidates at once split the vote and both start over —
@@ -298,19 +302,30 @@ impl Broker {
         // and still a way out if it cannot win (a voter holding an entry it lacks).
         let preferred_up = order.first().is_some_and(|first| live.is_reachable(*first));
         let step = if never_led && preferred_up { step * 3 } else { step };
-        let turn = step * rank as u32;
+        // Under a burst (a node that led thousands of groups died) the first voter works through
+        // its campaigns a few at a time (MAX_CAMPAIGNS_*): the others' turns stretch with the
+        // backlog, or they would campaign for the same groups at the same moment and split the
+        // vote — one leader per term, so both lose (docs/adr/0013; measured: p99 failover of
+        // 1,667 partitions went from ~2 s to 17 s before the turns stretched).
+        let backlog = 1 + (pending.len() / MAX_CAMPAIGNS_IN_FLIGHT) as u32;
+        let turn = step * rank as u32 * backlog.min(MAX_TURN_STRETCH);
         // After a failed campaign every voter has had its turn before this one retries, and each
-        // further failure doubles the wait (up to 8x), spread by group so retries do not align.
-        let retry =
-            if never_led {
-                // Only the preferred replica campaigns (above): it retries on its own, soon.
-                Duration::from_secs(1) * (1u32 << s.attempts.min(2))
-            } else {
-                step * order.len() as u32 * (1u32 << s.attempts.min(3))
-            } + Duration::from_millis((p.group.wrapping_mul(31) ^ me.wrapping_mul(1009)) % (election_ms.max(1) * 2));
-        // An election of this node's still running (a candidate hears back slowly when thousands
-        // of groups elect at once): starting another would only abort it.
-        let retry = if state == ServerState::Candidate { retry * 3 } else { retry };
+        // further failure doubles the wait (up to 8x).
+        let base = if never_led {
+            // Only the preferred replica campaigns (above): it retries on its own, soon.
+            Duration::from_secs(1) * (1u32 << s.attempts.min(2))
+        } else {
+            step * order.len() as u32 * (1u32 << s.attempts.saturating_sub(1).min(3))
+        };
+        // An election of this node's may still be running (a candidate hears back slowly when
+        // thousands of groups elect at once): starting another before its requests are over
+        // would only abort it.
+        let base = if state == ServerState::Candidate { base.max(CAMPAIGN_IN_FLIGHT_FOR) } else { base };
+        // Retries keep the preference order, a turn apart, spread by group: two voters whose
+        // campaigns split the vote do not split it again.
+        let retry = base
+            + step * rank as u32
+            + Duration::from_millis((p.group.wrapping_mul(31) ^ me.wrapping_mul(1009)) % (election_ms.max(1) * 2));
         let due = now.saturating_duration_since(leaderless_since) >= turn
             && s.last_campaign.is_none_or(|t| now.saturating_duration_since(t) >= retry);
         if due && *budget == 0 {
