@@ -153,7 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             runnel_server::run_node(cfg).await
         }
         Command::Dev(args) => {
-            let cfg = NodeConfig::dev(args.listen, args.data_dir);
+            let cfg = NodeConfig::load_dev(args.listen, args.data_dir).context("loading the node configuration")?;
             tracing::info!(listen = %cfg.listen, data_dir = %cfg.data_dir.display(), "starting a single-node development cluster");
             runnel_server::run_node(cfg).await
         }

@@ -154,6 +154,31 @@ impl NodeConfig {
         Self::load_from(flags, Env::prefixed("RUNNEL_").only(&ENV_KEYS))
     }
 
+    /// The single-node embedded default (`runnel dev`): defaults < `RUNNEL_*` env < the given
+    /// listen address and data directory; the node is always its own only voter.
+    pub fn load_dev(listen: Option<SocketAddr>, data_dir: Option<PathBuf>) -> Result<NodeConfig, ConfigError> {
+        Self::load_dev_from(listen, data_dir, Env::prefixed("RUNNEL_").only(&ENV_KEYS))
+    }
+
+    fn load_dev_from(
+        listen: Option<SocketAddr>,
+        data_dir: Option<PathBuf>,
+        env: Env,
+    ) -> Result<NodeConfig, ConfigError> {
+        let fig = Figment::from(Serialized::defaults(NodeConfig::default()))
+            .merge(env.map(|k| k.as_str().to_ascii_lowercase().into()).filter(|k| k != "voters"));
+        let mut cfg: NodeConfig = fig.extract().map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        if let Some(l) = listen {
+            cfg.listen = l;
+        }
+        if let Some(d) = data_dir {
+            cfg.data_dir = d;
+        }
+        cfg.voters = vec![format!("{}={}", cfg.node_id, cfg.advertise_addr())];
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
     fn load_from(flags: &NodeFlags, env: Env) -> Result<NodeConfig, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(NodeConfig::default()));
         if let Some(path) = &flags.config {
@@ -172,19 +197,6 @@ impl NodeConfig {
         let cfg: NodeConfig = fig.extract().map_err(|e| ConfigError::Figment(Box::new(e)))?;
         cfg.validate()?;
         Ok(cfg)
-    }
-
-    /// The single-node embedded default: this node is its own only voter.
-    pub fn dev(listen: Option<SocketAddr>, data_dir: Option<PathBuf>) -> NodeConfig {
-        let mut cfg = NodeConfig::default();
-        if let Some(l) = listen {
-            cfg.listen = l;
-        }
-        if let Some(d) = data_dir {
-            cfg.data_dir = d;
-        }
-        cfg.voters = vec![format!("{}={}", cfg.node_id, cfg.advertise_addr())];
-        cfg
     }
 
     pub fn advertise_addr(&self) -> String {
@@ -370,7 +382,7 @@ mod tests {
 
     #[test]
     fn maintenance_intervals_are_checked() {
-        let mut cfg = NodeConfig::dev(None, None);
+        let mut cfg = NodeConfig::load_dev_from(None, None, no_env()).unwrap();
         cfg.retention_check_interval_ms = 200;
         cfg.cleaner_interval_ms = 300;
         cfg.validate().unwrap();
@@ -381,7 +393,7 @@ mod tests {
 
     #[test]
     fn liveness_timing_is_checked() {
-        let mut cfg = NodeConfig::dev(None, None);
+        let mut cfg = NodeConfig::load_dev_from(None, None, no_env()).unwrap();
         cfg.node_liveness_interval_ms = 300;
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("node_liveness_interval_ms") && e.contains("'300'"), "{e}");
@@ -395,8 +407,29 @@ mod tests {
 
     #[test]
     fn dev_is_its_own_voter() {
-        let cfg = NodeConfig::dev(None, None);
-        cfg.validate().unwrap();
+        let cfg = NodeConfig::load_dev_from(None, None, no_env()).unwrap();
         assert_eq!(cfg.voter_map().unwrap().get(&1).map(String::as_str), Some("127.0.0.1:9292"));
+    }
+
+    /// `runnel dev` reads RUNNEL_* settings like `runnel start` (it used to ignore them), its
+    /// flags win, and it stays its own only voter.
+    #[test]
+    fn dev_reads_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RUNNEL_MIN_FREE_BYTES", "12345");
+            jail.set_env("RUNNEL_DATA_DIR", "/tmp/from-env");
+            jail.set_env("RUNNEL_VOTERS", "7=10.0.0.7:1");
+            let env = Env::prefixed("RUNNEL_").only(&ENV_KEYS);
+            let cfg = NodeConfig::load_dev_from(Some("127.0.0.1:9400".parse().unwrap()), None, env.clone()).unwrap();
+            assert_eq!(cfg.min_free_bytes, 12345);
+            assert_eq!(cfg.data_dir, PathBuf::from("/tmp/from-env"));
+            assert_eq!(cfg.voters, vec!["1=127.0.0.1:9400".to_string()]);
+            let flagged = NodeConfig::load_dev_from(None, Some("/tmp/flag".into()), env.clone()).unwrap();
+            assert_eq!(flagged.data_dir, PathBuf::from("/tmp/flag"));
+            jail.set_env("RUNNEL_MIN_FREE_BYTES", "lots");
+            let e = NodeConfig::load_dev_from(None, None, env).unwrap_err().to_string();
+            assert!(e.contains("min_free_bytes") || e.contains("lots"), "{e}");
+            Ok(())
+        });
     }
 }
