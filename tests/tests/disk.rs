@@ -166,11 +166,14 @@ async fn a_damaged_wal_is_detected_and_the_replica_repairs_from_the_leader() {
     // A follower, killed so its WAL is left as it is (not the leader: the point is that the
     // leader survives the damaged follower's return).
     let victim = cluster.nodes.iter().map(|n| n.id).find(|id| *id != leader).expect("a follower");
-    let before = Cluster::replicas_on(&cluster.nodes[cluster.index_of(victim)].addr)
-        .await
-        .and_then(|rs| rs.into_iter().find(|r| r.topic == "wal"))
-        .expect("the victim's replica");
-    assert!(before.last_log_index >= 600, "{before:?}");
+    // Its WAL must hold the records (acks=all needs only a majority: it may trail a little).
+    let victim_addr = cluster.nodes[cluster.index_of(victim)].addr.clone();
+    let n = acked.len() as u64;
+    wait_for(READY, "the follower applied every acknowledged record", || async {
+        let r = Cluster::replicas_on(&victim_addr).await?.into_iter().find(|r| r.topic == "wal")?;
+        (r.high_watermark >= n).then_some(())
+    })
+    .await;
     cluster.kill9(victim);
 
     let node = &cluster.nodes[cluster.index_of(victim)];
@@ -202,7 +205,6 @@ async fn a_damaged_wal_is_detected_and_the_replica_repairs_from_the_leader() {
     assert!(cluster.nodes[cluster.index_of(leader)].is_running());
 
     // The damaged replica repairs from the leader: it catches up with every acknowledged entry.
-    let victim_addr = cluster.nodes[cluster.index_of(victim)].addr.clone();
     let last = acked.last().map(|(o, _)| *o).unwrap_or(0);
     wait_for(READY, "the damaged replica caught up with the leader", || async {
         let r = Cluster::replicas_on(&victim_addr).await?.into_iter().find(|r| r.topic == "wal")?;
