@@ -69,6 +69,9 @@ pub struct Broker {
     lifecycle: tokio::sync::Mutex<()>,
     /// Wakes the reconciler for a pass without a metadata change (a replica failed to restart).
     reconcile_now: tokio::sync::Notify,
+    /// The metadata channel the reconciler follows; partitions read their topic's configuration
+    /// from it (see `Partition::current_config`).
+    meta: RwLock<Option<watch::Receiver<Arc<MetaView>>>>,
 }
 
 /// How often replicas whose Raft instance stopped on an error are looked for and restarted (see
@@ -114,6 +117,7 @@ impl Broker {
             elections_requested: Arc::new(Mutex::new(BTreeSet::new())),
             lifecycle: tokio::sync::Mutex::new(()),
             reconcile_now: tokio::sync::Notify::new(),
+            meta: RwLock::new(None),
         })
     }
 
@@ -181,6 +185,7 @@ impl Broker {
     /// latest view (profiled at 10,000 partitions: back-to-back passes took a quarter of a node's
     /// CPU while leaders settled).
     pub async fn run_reconciler(self: Arc<Self>, mut meta: watch::Receiver<Arc<MetaView>>) {
+        *self.meta.write() = Some(meta.clone());
         loop {
             let view = meta.borrow_and_update().clone();
             let all_running = self.reconcile(&view).await;
@@ -328,6 +333,7 @@ impl Broker {
             fence: self.fence.clone(),
             space: d.space.clone(),
             planted_ack_before_commit: d.planted_ack_before_commit,
+            meta: self.meta.read().clone(),
             transfer: parking_lot::Mutex::new(None),
             metrics_rx,
         });

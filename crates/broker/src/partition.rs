@@ -53,6 +53,12 @@ pub struct Partition {
     pub space: Arc<DiskSpace>,
     /// TEST ONLY: see `BrokerDeps::planted_ack_before_commit`.
     pub planted_ack_before_commit: bool,
+    /// The node's latest applied metadata, when known: produce checks records against the topic
+    /// configuration there, so a configuration change is in effect on this node as soon as its
+    /// metadata replica applied it (`config` is updated only by the next reconciler pass; a
+    /// produce in between was checked against the old configuration — found by the CLI test of
+    /// `cleanup.policy=compact`).
+    pub(crate) meta: Option<tokio::sync::watch::Receiver<Arc<runnel_raft::meta_sm::MetaView>>>,
     /// The last leadership transfer this node started as leader: (term, when). openraft's leader
     /// stops taking writes once it starts a transfer and never resumes on its own; with quiescent
     /// groups nothing else would elect if the target ignored it, so leader duties retry it.
@@ -120,6 +126,13 @@ impl Partition {
     pub fn leadership(&self) -> (bool, u64, Option<NodeId>) {
         let m = self.metrics_rx.borrow_watched();
         (m.state == ServerState::Leader, m.current_term, m.current_leader)
+    }
+
+    /// The topic's configuration as this node's metadata has it now (see `meta`).
+    pub fn current_config(&self) -> TopicConfig {
+        let latest =
+            self.meta.as_ref().and_then(|m| m.borrow().state.topics.get(&self.topic).map(|t| t.config.clone()));
+        latest.unwrap_or_else(|| self.config.read().clone())
     }
 
     pub fn ensure_leader(&self, epoch: Option<u64>) -> Result<u64, RunnelError> {
@@ -255,7 +268,7 @@ impl Partition {
             t if t <= 0 => (self.clock)(),
             t => t,
         };
-        let config = self.config.read().clone();
+        let config = self.current_config();
         for (i, r) in records.iter().enumerate() {
             let size = runnel_proto::record_size(r);
             if size > config.max_record_bytes {
