@@ -306,6 +306,15 @@ pub async fn read_all(
     read_from(client, topic, partition, 0).await
 }
 
+/// Every record of a partition as (offset, value as text), from offset 0 to its high watermark.
+pub async fn offsets_and_values(client: &runnel_client::Client, topic: &str, partition: u32) -> Vec<(u64, String)> {
+    read_all(client, topic, partition)
+        .await
+        .iter()
+        .map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned()))
+        .collect()
+}
+
 /// Reads a partition from `offset` up to its high watermark (following the fetch's next offset,
 /// so batches compaction emptied are stepped over).
 pub async fn read_from(

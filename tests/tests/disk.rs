@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use runnel_client::{Client, ErrorCode};
 use runnel_proto::v1::Acks;
-use runnel_tests::{read_all, record, wait_for, Cluster};
+use runnel_tests::{offsets_and_values, record, wait_for, Cluster};
 
 const MIB: u64 = 1024 * 1024;
 /// The filesystem, and the node's `min_free_bytes` on it.
@@ -110,11 +110,7 @@ async fn a_full_disk_refuses_produce_by_name_and_writes_resume_when_space_return
     assert!(msg.contains("disk space") && msg.contains("min_free_bytes") && msg.contains("MiB free"), "{msg}");
 
     // Reads still work and hold exactly what was acknowledged.
-    let log: Vec<(u64, String)> = read_all(&client, "full", 0)
-        .await
-        .iter()
-        .map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned()))
-        .collect();
+    let log: Vec<(u64, String)> = offsets_and_values(&client, "full", 0).await;
     assert_eq!(log, acked, "while the disk is full");
 
     // Space returns; the same node takes writes again without a restart.
@@ -125,11 +121,7 @@ async fn a_full_disk_refuses_produce_by_name_and_writes_resume_when_space_return
     .await;
     acked.push((at, "after".into()));
     assert!(cluster.nodes[0].is_running(), "the node kept running throughout");
-    let log: Vec<(u64, String)> = read_all(&client, "full", 0)
-        .await
-        .iter()
-        .map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned()))
-        .collect();
+    let log: Vec<(u64, String)> = offsets_and_values(&client, "full", 0).await;
     assert_eq!(log, acked, "after space returned");
 }
 
@@ -218,11 +210,7 @@ async fn a_damaged_wal_is_detected_and_the_replica_repairs_from_the_leader() {
     })
     .await;
 
-    let log: Vec<(u64, String)> = read_all(&client, "wal", 0)
-        .await
-        .iter()
-        .map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned()))
-        .collect();
+    let log: Vec<(u64, String)> = offsets_and_values(&client, "wal", 0).await;
     assert_eq!(log.len(), acked.len());
     assert!(log == acked, "every acknowledged record, in order");
 
@@ -288,11 +276,8 @@ async fn a_replica_stopped_by_a_full_disk_restarts_by_itself_when_space_returns(
     cluster.wait_leaders("after-full", READY).await;
     client.produce("after-full", 0, vec![record("", "x".into())], Acks::All).await.expect("produce to the new topic");
 
-    let log: std::collections::BTreeMap<u64, String> = read_all(&client, "filled", 0)
-        .await
-        .iter()
-        .map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned()))
-        .collect();
+    let log: std::collections::BTreeMap<u64, String> =
+        offsets_and_values(&client, "filled", 0).await.into_iter().collect();
     for (o, v) in &acked {
         assert_eq!(log.get(o), Some(v), "acknowledged record at offset {o}");
     }

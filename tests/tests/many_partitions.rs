@@ -136,9 +136,7 @@ async fn two_thousand_partitions_become_healthy_and_survive_a_leader_kill() {
             .await
             .unwrap_or_else(|e| panic!("write to idle/{p} after the kill: {e}"));
         assert!(at > *base, "idle/{p}: the write after the kill got offset {at}, not after {base}");
-        let log = runnel_tests::read_all(&client, "idle", *p).await;
-        let values: Vec<(u64, String)> =
-            log.iter().map(|r| (r.offset, String::from_utf8_lossy(&r.value).into_owned())).collect();
+        let values = runnel_tests::offsets_and_values(&client, "idle", *p).await;
         assert_eq!(values, vec![(*base, value.clone()), (at, after)], "idle/{p}: acknowledged records");
     }
     load.stop().await;

@@ -126,7 +126,7 @@ impl Partition {
         if !self.leadership().0 || self.fence.is_fenced() {
             return Ok(None);
         }
-        let config = self.config.read().clone();
+        let config = self.current_config();
         if !config.cleanup_policy.deletes() || (config.retention_ms < 0 && config.retention_bytes < 0) {
             return Ok(None);
         }
@@ -160,7 +160,7 @@ impl Partition {
     /// `[log_start, high watermark)` and drops tombstones older than `delete.retention.ms`.
     /// Offsets never change: rewritten batches keep their span and their records' offset deltas.
     pub async fn compact(&self) -> Result<Option<CompactionStats>, RunnelError> {
-        let config = self.config.read().clone();
+        let config = self.current_config();
         if !config.cleanup_policy.compacts() {
             return Ok(None);
         }

@@ -122,8 +122,10 @@ impl DiskSpace {
         self.min_free.load(Ordering::Relaxed)
     }
 
-    fn check(&self, watermark: u64, what: &'static str) -> Result<(), SpaceLow> {
-        let free = self.free_bytes();
+    /// Refreshes (when stale) once, then compares against `watermark(min_free)`.
+    fn check(&self, watermark: impl Fn(u64) -> u64, what: &'static str) -> Result<(), SpaceLow> {
+        self.refresh();
+        let (free, watermark) = (self.free.load(Ordering::Relaxed), watermark(self.min_free.load(Ordering::Relaxed)));
         if free >= watermark {
             return Ok(());
         }
@@ -136,13 +138,13 @@ impl DiskSpace {
 
     /// May a leader accept new data?
     pub fn check_new_data(&self) -> Result<(), SpaceLow> {
-        self.check(self.min_free_bytes(), "produce")
+        self.check(|min| min, "produce")
     }
 
     /// May a follower store replicated entries? (Half the produce watermark: what leaders already
     /// accepted still replicates for a while after they stop taking more.)
     pub fn check_replicated_data(&self) -> Result<(), SpaceLow> {
-        self.check(self.min_free_bytes() / 2, "replication")
+        self.check(|min| min / 2, "replication")
     }
 }
 
