@@ -17,6 +17,14 @@ have_libclang() {
 }
 have_libclang || need+=(libclang-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+# The container image, the Compose cluster and the chaos runner (scripts/image.sh, scripts/chaos.sh):
+# Docker with Debian's docker-compose, FUSE for the power-loss filesystem, iptables for network
+# faults inside the containers' namespaces, nsenter to get there.
+command -v docker >/dev/null 2>&1 || need+=(docker.io)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

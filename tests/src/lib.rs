@@ -207,7 +207,7 @@ impl Cluster {
 
     pub async fn replicas_on(addr: &str) -> Option<Vec<ReplicaStatus>> {
         let mut c = Self::client_for(addr).await?;
-        c.describe_replicas(DescribeReplicasRequest {}).await.ok().map(|r| r.into_inner().replicas)
+        c.describe_replicas(DescribeReplicasRequest::default()).await.ok().map(|r| r.into_inner().replicas)
     }
 
     /// Every running node answers and agrees there is a controller and that all running nodes

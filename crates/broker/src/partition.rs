@@ -22,7 +22,7 @@ use runnel_types::limits::{DEFAULT_FETCH_BYTES, MAX_BATCH_BYTES, MAX_FETCH_BYTES
 use runnel_types::topic::TopicConfig;
 use runnel_types::{ErrorCode, GroupId, NodeId, RunnelError};
 
-use crate::partition_sm::PartitionStateMachine;
+use crate::partition_sm::{IndexEntry, PartitionStateMachine};
 
 /// How long a read waits for a just-elected leader to commit its first entry.
 const LEADER_READY_WAIT: Duration = Duration::from_secs(2);
@@ -417,40 +417,7 @@ impl Partition {
             if row.end_offset() <= self.sm.log_start() {
                 continue;
             }
-            let raw = self
-                .engine
-                .get(Keyspace::Log, &group_key(self.group, row.log_index))
-                .map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?
-                .ok_or_else(|| {
-                    RunnelError::internal(format!(
-                        "{}/{}: index points offset {} at log entry {} which is missing",
-                        self.topic, self.partition, row.base_offset, row.log_index
-                    ))
-                })?;
-            let entry: <PartitionTypes as openraft::RaftTypeConfig>::Entry =
-                codec::decode(&raw).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
-            let EntryPayload::Normal(cmd) = entry.payload else {
-                return Err(RunnelError::internal(format!(
-                    "{}/{}: index points offset {} at log entry {} which is not a batch",
-                    self.topic, self.partition, row.base_offset, row.log_index
-                )));
-            };
-            let Some(b) = cmd.into_batch() else {
-                return Err(RunnelError::internal(format!(
-                    "{}/{}: index points offset {} at log entry {} which is not a batch",
-                    self.topic, self.partition, row.base_offset, row.log_index
-                )));
-            };
-            // Trust boundary, paired with the check before append: never serve a corrupt batch.
-            if !b.checksum_ok() || b.record_count != row.record_count {
-                return Err(RunnelError::new(
-                    ErrorCode::CorruptBatch,
-                    format!(
-                        "{}/{}: stored batch at offset {} fails its checksum on read",
-                        self.topic, self.partition, row.base_offset
-                    ),
-                ));
-            }
+            let b = self.read_batch(&row)?;
             bytes += b.records.len();
             out.batches.push(v1::FetchedBatch {
                 base_offset: row.base_offset,
@@ -468,6 +435,77 @@ impl Partition {
         }
         out.log_start_offset = self.sm.log_start();
         Ok(out)
+    }
+
+    /// The stored batch an index row points at, checked against its checksum and record count:
+    /// the trust boundary on the read side, paired with the check before append.
+    fn read_batch(&self, row: &IndexEntry) -> Result<StoredBatch, RunnelError> {
+        let raw = self
+            .engine
+            .get(Keyspace::Log, &group_key(self.group, row.log_index))
+            .map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?
+            .ok_or_else(|| {
+                RunnelError::internal(format!(
+                    "{}/{}: index points offset {} at log entry {} which is missing",
+                    self.topic, self.partition, row.base_offset, row.log_index
+                ))
+            })?;
+        let entry: <PartitionTypes as openraft::RaftTypeConfig>::Entry =
+            codec::decode(&raw).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
+        let EntryPayload::Normal(cmd) = entry.payload else {
+            return Err(RunnelError::internal(format!(
+                "{}/{}: index points offset {} at log entry {} which is not a batch",
+                self.topic, self.partition, row.base_offset, row.log_index
+            )));
+        };
+        let Some(b) = cmd.into_batch() else {
+            return Err(RunnelError::internal(format!(
+                "{}/{}: index points offset {} at log entry {} which is not a batch",
+                self.topic, self.partition, row.base_offset, row.log_index
+            )));
+        };
+        // Trust boundary, paired with the check before append: never serve a corrupt batch.
+        if !b.checksum_ok() || b.record_count != row.record_count {
+            return Err(RunnelError::new(
+                ErrorCode::CorruptBatch,
+                format!(
+                    "{}/{}: stored batch at offset {} fails its checksum on read",
+                    self.topic, self.partition, row.base_offset
+                ),
+            ));
+        }
+        Ok(b)
+    }
+
+    /// A checksum (crc32c) of the record batches this replica holds from its log start up to
+    /// `up_to` (capped at its high watermark, and at the last whole batch below it): offsets and
+    /// record bytes. Replicas whose digests over the same range agree hold byte-identical
+    /// committed records (the chaos runner's cross-replica check). Returns (from, to, digest).
+    pub fn digest(&self, up_to: u64) -> Result<(u64, u64, u32), RunnelError> {
+        let from = self.sm.log_start();
+        let end = up_to.min(self.sm.high_watermark());
+        let (mut covered, mut crc) = (from, 0u32);
+        while covered < end {
+            let rows =
+                self.sm.index_from(covered, end, 1024).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
+            let before = covered;
+            for row in rows {
+                if row.end_offset() <= covered {
+                    continue;
+                }
+                if row.end_offset() > end {
+                    return Ok((from, covered, crc));
+                }
+                let b = self.read_batch(&row)?;
+                crc = crc32c::crc32c_append(crc, &row.base_offset.to_le_bytes());
+                crc = crc32c::crc32c_append(crc, &b.records);
+                covered = row.end_offset();
+            }
+            if covered == before {
+                break;
+            }
+        }
+        Ok((from, covered, crc))
     }
 
     /// The first record at or after `ts` (ms): (offset, its timestamp), or None when there is

@@ -379,13 +379,20 @@ impl Runnel for Api {
 
     async fn describe_replicas(
         &self,
-        _req: Request<DescribeReplicasRequest>,
+        req: Request<DescribeReplicasRequest>,
     ) -> Result<Response<DescribeReplicasResponse>, Status> {
+        let req = req.into_inner();
         let mut replicas: Vec<ReplicaStatus> = self
             .broker
             .partitions()
             .iter()
+            .filter(|p| req.topic.as_ref().is_none_or(|t| *t == p.topic))
             .map(|p| {
+                let (digest, digest_end, digest_error) = match req.digest_up_to.map(|up_to| p.digest(up_to)) {
+                    None => (None, 0, String::new()),
+                    Some(Ok((_, end, crc))) => (Some(crc), end, String::new()),
+                    Some(Err(e)) => (None, 0, e.to_string()),
+                };
                 let m = p.raft.metrics();
                 let m = m.borrow_watched();
                 ReplicaStatus {
@@ -409,6 +416,9 @@ impl Runnel for Api {
                     log_start_offset: p.sm.log_start(),
                     retained_bytes: p.sm.retained_bytes(),
                     compactions: p.sm.compactions(),
+                    digest,
+                    digest_end,
+                    digest_error,
                 }
             })
             .collect();

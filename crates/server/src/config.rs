@@ -70,6 +70,13 @@ pub struct NodeConfig {
     /// entries; both resume by themselves when space returns. 0: 5 % of the filesystem, at most
     /// 5 GiB.
     pub min_free_bytes: u64,
+    /// NEVER in production. Acknowledges writes without making them durable (the group commit
+    /// skips its fsync), so a power loss loses acknowledged writes. It exists so that the chaos
+    /// suite can show its power-loss fault catches exactly this bug (scripts/chaos.sh --plant).
+    pub unsafe_skip_fsync: bool,
+    /// Take the node id from the host name's ordinal suffix plus one (`runnel-0` is node 1): a
+    /// Kubernetes StatefulSet's pods differ only in their names. Overrides `node_id`.
+    pub node_id_from_hostname: bool,
 }
 
 impl Default for NodeConfig {
@@ -92,12 +99,14 @@ impl Default for NodeConfig {
             retention_check_interval_ms: 5_000,
             cleaner_interval_ms: 30_000,
             min_free_bytes: 0,
+            unsafe_skip_fsync: false,
+            node_id_from_hostname: false,
         }
     }
 }
 
 /// The keys a node reads from `RUNNEL_<KEY>` environment variables.
-const ENV_KEYS: [&str; 17] = [
+const ENV_KEYS: [&str; 19] = [
     "node_id",
     "listen",
     "advertise",
@@ -115,6 +124,8 @@ const ENV_KEYS: [&str; 17] = [
     "retention_check_interval_ms",
     "cleaner_interval_ms",
     "min_free_bytes",
+    "unsafe_skip_fsync",
+    "node_id_from_hostname",
 ];
 
 /// Command-line overrides; every field is optional so unset flags do not mask the file or env.
@@ -144,6 +155,14 @@ pub struct NodeFlags {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voters: Option<Vec<String>>,
+}
+
+/// `name-<ordinal>` -> ordinal + 1 (node ids start at 1, StatefulSet ordinals at 0).
+fn node_id_from_hostname(host: &str) -> Result<NodeId, ConfigError> {
+    host.rsplit_once('-')
+        .and_then(|(_, ordinal)| ordinal.parse::<NodeId>().ok())
+        .and_then(|o| o.checked_add(1))
+        .ok_or_else(|| invalid("node_id_from_hostname", host, "the host name does not end in -<number> (like runnel-0)"))
 }
 
 impl NodeConfig {
@@ -194,7 +213,12 @@ impl NodeConfig {
             fig = fig.merge(Serialized::default("voters", list));
         }
         fig = fig.merge(Serialized::defaults(flags));
-        let cfg: NodeConfig = fig.extract().map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        let mut cfg: NodeConfig = fig.extract().map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        if cfg.node_id_from_hostname {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map_err(|e| invalid("node_id_from_hostname", "true", &format!("cannot read the host name: {e}")))?;
+            cfg.node_id = node_id_from_hostname(host.trim())?;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -338,6 +362,16 @@ mod tests {
 
     fn no_env() -> Env {
         Env::prefixed("RUNNEL_TEST_UNUSED_PREFIX_")
+    }
+
+    #[test]
+    fn a_statefulset_pod_name_gives_its_ordinal_plus_one() {
+        assert_eq!(node_id_from_hostname("runnel-0").ok(), Some(1));
+        assert_eq!(node_id_from_hostname("my-runnel-12").ok(), Some(13));
+        for bad in ["runnel", "runnel-", "runnel-x", "runnel-18446744073709551615"] {
+            let e = node_id_from_hostname(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(bad) && e.contains("-<number>"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -20,9 +20,22 @@ pub const DATA_FORMAT: u32 = 2;
 const FORMAT_FILE: &str = "FORMAT";
 const PREFIX: &str = "runnel-data-format ";
 
+/// What [`check_or_mark`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataDir {
+    /// A new directory, marked now (with an empty, durable `db_dir`).
+    New,
+    /// A directory of this format with its storage directory in place.
+    Existing,
+    /// Marked earlier, but the storage directory is gone (lost in a power failure, deleted by
+    /// hand): whatever this node acknowledged is lost with it. The caller must not start as if
+    /// the node were new — it could vote twice in a term — but repair first (docs/adr/0015).
+    StorageLost(String),
+}
+
 /// Checks that `data_dir` holds data of [`DATA_FORMAT`], or marks a new (empty) one with it.
 /// `db_dir` is where the storage engine keeps its files: present without a marker, it is format 1.
-pub fn check_or_mark(data_dir: &Path, db_dir: &Path) -> anyhow::Result<()> {
+pub fn check_or_mark(data_dir: &Path, db_dir: &Path) -> anyhow::Result<DataDir> {
     let file = data_dir.join(FORMAT_FILE);
     match std::fs::read_to_string(&file) {
         Ok(text) => {
@@ -39,7 +52,14 @@ pub fn check_or_mark(data_dir: &Path, db_dir: &Path) -> anyhow::Result<()> {
                     data_dir.display()
                 );
             }
-            Ok(())
+            if !db_dir.exists() {
+                return Ok(DataDir::StorageLost(format!(
+                    "{} is marked as a data directory but its storage directory {} is missing",
+                    data_dir.display(),
+                    db_dir.display()
+                )));
+            }
+            Ok(DataDir::Existing)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if db_dir.join("CURRENT").exists() {
@@ -60,10 +80,15 @@ pub fn check_or_mark(data_dir: &Path, db_dir: &Path) -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &file)
                 .with_context(|| format!("renaming {} to {}", tmp.display(), file.display()))?;
+            // The storage directory's own entry must be as durable as the marker: the engine syncs
+            // what it creates inside it, not the directory's name in its parent. Without this a
+            // power loss right after the first start could take the whole storage directory with
+            // it (found by the chaos runner's power-loss filesystem).
+            std::fs::create_dir_all(db_dir).with_context(|| format!("creating {}", db_dir.display()))?;
             std::fs::File::open(data_dir)
                 .and_then(|d| d.sync_all())
                 .with_context(|| format!("syncing {}", data_dir.display()))?;
-            Ok(())
+            Ok(DataDir::New)
         }
         Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
     }
@@ -77,9 +102,22 @@ mod tests {
     fn a_new_directory_is_marked_and_accepted_again() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        check_or_mark(&data, &data.join("db")).unwrap();
+        assert_eq!(check_or_mark(&data, &data.join("db")).unwrap(), DataDir::New);
         assert_eq!(std::fs::read_to_string(data.join(FORMAT_FILE)).unwrap(), format!("{PREFIX}{DATA_FORMAT}\n"));
+        assert!(data.join("db").is_dir(), "the storage directory is created with the marker");
+        assert_eq!(check_or_mark(&data, &data.join("db")).unwrap(), DataDir::Existing);
+    }
+
+    #[test]
+    fn a_marked_directory_whose_storage_vanished_is_reported_as_lost_not_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
         check_or_mark(&data, &data.join("db")).unwrap();
+        std::fs::remove_dir_all(data.join("db")).unwrap();
+        match check_or_mark(&data, &data.join("db")).unwrap() {
+            DataDir::StorageLost(why) => assert!(why.contains("db") && why.contains("missing"), "{why}"),
+            other => panic!("expected StorageLost, got {other:?}"),
+        }
     }
 
     #[test]

@@ -70,7 +70,19 @@ pub struct NodeEnv {
 pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     cfg.validate()?;
     let db_dir = cfg.data_dir.join("db");
-    crate::data_format::check_or_mark(&cfg.data_dir, &db_dir)?;
+    if let crate::data_format::DataDir::StorageLost(why) = crate::data_format::check_or_mark(&cfg.data_dir, &db_dir)? {
+        // Everything this node stored is gone, its votes included: starting as a new node could
+        // vote twice in a term. Record the loss before the engine creates a new directory; every
+        // replica then repairs from the others before it votes (docs/adr/0015).
+        let epoch = Repair::mark_lost_writes(&cfg.data_dir, &why)
+            .with_context(|| format!("recording in {} that writes were lost", cfg.data_dir.display()))?;
+        tracing::error!(
+            error = %why,
+            repair_epoch = epoch,
+            "this node's storage is gone: every write it acknowledged is lost here. Its replicas take no part \
+             in elections until each has caught up with a leader."
+        );
+    }
     let engine: Arc<dyn Engine> = Arc::new(match RocksEngine::open(&db_dir) {
         Ok(e) => e,
         Err(StorageError::WalCorrupt(why)) => {
@@ -100,8 +112,17 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
             "this node lost writes once; replicas not yet repaired wait for a leader before voting"
         );
     }
+    let syncer = if cfg.unsafe_skip_fsync {
+        tracing::error!(
+            "unsafe_skip_fsync is set: writes are acknowledged WITHOUT being made durable; a power loss \
+             loses acknowledged data. Only the chaos suite's planted-bug run sets this."
+        );
+        GroupSyncer::start_without_fsync()
+    } else {
+        GroupSyncer::start(engine.clone())
+    };
     let env = NodeEnv {
-        syncer: Arc::new(GroupSyncer::start(engine.clone())),
+        syncer: Arc::new(syncer),
         engine,
         space: Arc::new(DiskSpace::new(&cfg.data_dir, cfg.min_free_bytes)),
         repair,

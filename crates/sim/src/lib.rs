@@ -11,7 +11,6 @@
 //! the history against the invariants of docs/INVARIANTS.md.
 
 mod net;
-mod workload;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +24,12 @@ use runnel_server::{NodeConfig, NodeEnv};
 use runnel_storage::{Engine, GroupSyncer, Keyspace, MemEngine, WriteBatch};
 
 pub use net::TurmoilDialer;
-pub use workload::Workload;
+pub use runnel_workload::{ClusterView, Operation, Workload};
 
 const PORT: u16 = 9292;
+/// Bound on the liveness phase: after the heal, the cluster must serve a full read of every
+/// partition within this much simulated time.
+const LIVENESS_BOUND: Duration = Duration::from_secs(60);
 
 /// A real bug the checker must catch, planted on purpose (tests only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,25 +69,6 @@ pub enum Fault {
     CrashController,
     /// kill -9 partition 0's leader: a partition leader failover.
     CrashLeader,
-}
-
-/// What a simulated operator does to the running cluster (through the real client library's admin
-/// calls) during the safety phase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// Hand partition 0's leadership to another replica (openraft leader transfer).
-    TransferLeader,
-    /// Move partition 0 to a new replica set of 3 nodes chosen by `pick`: with 5 nodes this
-    /// changes the Raft membership (learner, catch-up, joint change); with 3 it reorders it.
-    Reassign { pick: u64 },
-}
-
-/// The cluster as the simulated client last saw it, so faults can target the current leader or
-/// controller rather than a random node.
-#[derive(Debug, Default, Clone)]
-pub struct ClusterView {
-    pub controller: Option<u64>,
-    pub partition0_leader: Option<u64>,
 }
 
 /// A node index for a targeted fault: the target if known, else node 0.
@@ -360,16 +343,25 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
 
     let recorder = Recorder::default();
     let view = Arc::new(std::sync::Mutex::new(ClusterView::default()));
-    let wl = workload::Workload {
+    let wl = Workload {
         seed,
+        topic: "sim".into(),
         bootstrap: (0..options.nodes).map(|i| format!("{}:{PORT}", host(i))).collect(),
         partitions: options.partitions,
         idle_partitions: options.idle_partitions,
         producers: options.producers,
         safety: Duration::from_millis(options.safety_ms),
+        liveness_bound: LIVENESS_BOUND,
         recorder: recorder.clone(),
         view: view.clone(),
         operations: options.operations.clone(),
+        client: runnel_client::ClientConfig {
+            connect_timeout: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(2),
+            produce_timeout_ms: 2_000,
+            dialer: Some(runnel_proto::dial::DialerHandle(Arc::new(TurmoilDialer))),
+            ..runnel_client::ClientConfig::default()
+        },
     };
     sim.client("client", async move { wl.run().await.map_err(|e| -> Box<dyn std::error::Error> { e.into() }) });
 

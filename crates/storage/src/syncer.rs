@@ -42,6 +42,24 @@ impl GroupSyncer {
         Self { tx: Some(tx), thread, stats, task: None }
     }
 
+    /// A planted bug for the chaos suite (`unsafe_skip_fsync`): every request is answered "durable"
+    /// at once and nothing is synced, so writes are acknowledged while still in the page cache.
+    pub fn start_without_fsync() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded::<SyncCallback>();
+        let stats = Arc::new(SyncStats::default());
+        let st = stats.clone();
+        let thread = std::thread::Builder::new()
+            .name("runnel-group-sync".into())
+            .spawn(move || {
+                while let Ok(cb) = rx.recv() {
+                    st.requests.fetch_add(1, Ordering::Relaxed);
+                    cb(Ok(()));
+                }
+            })
+            .ok();
+        Self { tx: Some(tx), thread, stats, task: None }
+    }
+
     /// Group commit on a tokio task instead of a thread, each sync taking `fsync_latency` of (possibly
     /// simulated) time: the simulator's model of a disk. Requests that arrive while a sync is "in
     /// flight" share the next one, and a crash in between loses exactly the writes not yet synced.

@@ -1,6 +1,10 @@
-//! The simulated clients: sequential producers of unique values and one assign-style consumer per
-//! partition, all through the real client library, recording every invocation and completion.
-//! After the safety phase they stop, wait for the heal, and read every partition in full.
+//! The recorded client workload, shared by the deterministic simulator and the chaos runner on real
+//! containers: sequential producers of unique values and one assign-style consumer per partition,
+//! all through the real client library, recording every invocation and completion in a
+//! [`Recorder`] for `runnel-checker`. After the safety phase (while faults are injected) they stop,
+//! wait for the heal, and read every partition in full.
+//!
+//! Time is tokio's: simulated under turmoil, real in the chaos runner.
 
 use std::time::Duration;
 
@@ -10,47 +14,56 @@ use rand::{Rng, SeedableRng};
 use runnel_checker::{Event, Recorder};
 use runnel_client::RetryPolicy;
 use runnel_client::{Client, ClientConfig, ClientError, ErrorCode};
-use runnel_proto::dial::DialerHandle;
 use runnel_proto::v1::{Acks, Record};
 use tokio::time::Instant;
 
-use crate::TurmoilDialer;
+/// What an operator does to the running cluster (through the real client library's admin calls)
+/// during the safety phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Hand partition 0's leadership to another replica (openraft leader transfer).
+    TransferLeader,
+    /// Move partition 0 to a new replica set of 3 nodes chosen by `pick`: with 5 nodes this
+    /// changes the Raft membership (learner, catch-up, joint change); with 3 it reorders it.
+    Reassign { pick: u64 },
+}
 
-const TOPIC: &str = "sim";
-/// A topic of many partitions nobody writes to during the safety phase: their Raft groups are
-/// quiescent (no heartbeats, no timers) and must still follow every fault, elect when their
-/// leader's node is lost, and take a write once the faults heal.
-const IDLE_TOPIC: &str = "sim-idle";
-/// Bound on the liveness phase: after the heal, the cluster must serve a full read of every
-/// partition within this much simulated time.
-const LIVENESS_BOUND: Duration = Duration::from_secs(60);
+/// The cluster as the client last saw it, so faults can target the current leader or controller
+/// rather than a random node.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterView {
+    pub controller: Option<u64>,
+    pub partition0_leader: Option<u64>,
+}
 
 pub struct Workload {
     pub seed: u64,
+    /// The topic written and read (created with `partitions` partitions, RF 3).
+    pub topic: String,
     pub bootstrap: Vec<String>,
     pub partitions: u32,
-    /// Partitions of `IDLE_TOPIC` (0: not created).
+    /// Partitions of a second topic, `<topic>-idle`, nobody writes to during the safety phase: their
+    /// Raft groups are quiescent (no heartbeats, no timers) and must still follow every fault,
+    /// elect when their leader's node is lost, and take a write once the faults heal (0: none).
     pub idle_partitions: u32,
     pub producers: usize,
     pub safety: Duration,
+    /// After the heal, the cluster must serve a full read of every partition within this long.
+    pub liveness_bound: Duration,
     pub recorder: Recorder,
     /// Where the driver learns the current controller and partition 0's leader.
-    pub view: std::sync::Arc<std::sync::Mutex<crate::ClusterView>>,
+    pub view: std::sync::Arc<std::sync::Mutex<ClusterView>>,
     /// The operator's actions, at their times (ms after the workload starts).
-    pub operations: Vec<(u64, crate::Operation)>,
+    pub operations: Vec<(u64, Operation)>,
+    /// How the clients connect (timeouts, a simulated dialer); retries are always turned off.
+    pub client: ClientConfig,
 }
 
-fn client_config() -> ClientConfig {
-    ClientConfig {
-        connect_timeout: Duration::from_millis(500),
-        request_timeout: Duration::from_secs(2),
-        produce_timeout_ms: 2_000,
-        // No retries inside the client: a retried produce could write its values twice, and the
-        // history would not know. The workload sends every value exactly once.
-        retry: RetryPolicy::none(),
-        dialer: Some(DialerHandle(std::sync::Arc::new(TurmoilDialer))),
-        ..ClientConfig::default()
-    }
+/// The client settings every workload client uses: `base` with the client's own retries off. A
+/// retried produce could write its values twice, and the history would not know; the workload
+/// sends every value exactly once (a failed attempt's values are never sent again).
+fn client_config(base: &ClientConfig) -> ClientConfig {
+    ClientConfig { retry: RetryPolicy::none(), ..base.clone() }
 }
 
 /// Errors after which the batch was certainly not appended.
@@ -73,7 +86,7 @@ impl Workload {
     pub async fn run(self) -> Result<(), String> {
         let start = Instant::now();
         let client = loop {
-            match Client::connect_with(&self.bootstrap, client_config()).await {
+            match Client::connect_with(&self.bootstrap, client_config(&self.client)).await {
                 Ok(c) => break c,
                 Err(e) if start.elapsed() < Duration::from_secs(30) => {
                     tracing::debug!(error = %e, "connect");
@@ -82,25 +95,29 @@ impl Workload {
                 Err(e) => return Err(format!("cluster never answered: {e}")),
             }
         };
-        create_topic(&client, TOPIC, self.partitions, start).await?;
+        let topic = self.topic.clone();
+        let idle_topic = format!("{topic}-idle");
+        create_topic(&client, &topic, self.partitions, start).await?;
         if self.idle_partitions > 0 {
-            create_topic(&client, IDLE_TOPIC, self.idle_partitions, start).await?;
+            create_topic(&client, &idle_topic, self.idle_partitions, start).await?;
         }
         let safety_end = start + self.safety;
-        let watcher = tokio::spawn(watch_cluster(client.clone(), self.view.clone(), safety_end));
-        let operator = tokio::spawn(operate(client.clone(), self.operations.clone(), start, safety_end));
+        let watcher = tokio::spawn(watch_cluster(client.clone(), topic.clone(), self.view.clone(), safety_end));
+        let operator =
+            tokio::spawn(operate(client.clone(), topic.clone(), self.operations.clone(), start, safety_end));
 
         let mut tasks = Vec::new();
         for p in 0..self.producers {
             let (client, rec) = (client.clone(), self.recorder.clone());
             let seed = self.seed ^ (p as u64 + 1).wrapping_mul(0x9e37_79b9);
-            let partitions = self.partitions;
-            tasks.push(tokio::spawn(produce_loop(client, rec, p as u64, seed, partitions, start, safety_end)));
+            let (topic, partitions) = (topic.clone(), self.partitions);
+            tasks.push(tokio::spawn(produce_loop(client, rec, topic, p as u64, seed, partitions, start, safety_end)));
         }
         for partition in 0..self.partitions {
             let (client, rec) = (client.clone(), self.recorder.clone());
             let process = 100 + partition as u64;
-            tasks.push(tokio::spawn(consume_loop(client, rec, process, partition, start, safety_end)));
+            let topic = topic.clone();
+            tasks.push(tokio::spawn(consume_loop(client, rec, topic, process, partition, start, safety_end)));
         }
         for t in tasks {
             t.await.map_err(|e| format!("workload task: {e}"))?;
@@ -109,9 +126,9 @@ impl Workload {
         operator.await.map_err(|e| format!("operator task: {e}"))?;
 
         // Liveness: the driver heals every fault at the end of the safety phase.
-        let deadline = Instant::now() + LIVENESS_BOUND;
+        let deadline = Instant::now() + self.liveness_bound;
         for partition in 0..self.partitions {
-            final_read(&client, &self.recorder, TOPIC, partition, start, deadline).await;
+            final_read(&client, &self.recorder, &topic, partition, start, deadline).await;
         }
         // Every idle group, quiescent through the faults, must elect and commit a write too.
         // Each attempt sends a new value, like every other producer here: an attempt that timed
@@ -123,7 +140,7 @@ impl Workload {
             while Instant::now() < deadline {
                 let value = format!("idle-{partition}-{attempt}");
                 attempt += 1;
-                if produce_once(&client, &self.recorder, process, IDLE_TOPIC, partition, vec![value], start)
+                if produce_once(&client, &self.recorder, process, &idle_topic, partition, vec![value], start)
                     .await
                     .is_ok()
                 {
@@ -131,7 +148,7 @@ impl Workload {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            final_read(&client, &self.recorder, IDLE_TOPIC, partition, start, deadline).await;
+            final_read(&client, &self.recorder, &idle_topic, partition, start, deadline).await;
         }
         Ok(())
     }
@@ -155,11 +172,16 @@ async fn create_topic(client: &Client, name: &str, partitions: u32, start: Insta
 
 /// Keeps the driver's view of the controller and partition 0's leader fresh (not recorded in the
 /// history: it is how faults find their targets).
-async fn watch_cluster(client: Client, view: std::sync::Arc<std::sync::Mutex<crate::ClusterView>>, until: Instant) {
+async fn watch_cluster(
+    client: Client,
+    topic: String,
+    view: std::sync::Arc<std::sync::Mutex<ClusterView>>,
+    until: Instant,
+) {
     while Instant::now() < until {
-        if let Ok(m) = client.metadata(&[TOPIC.to_string()]).await {
+        if let Ok(m) = client.metadata(std::slice::from_ref(&topic)).await {
             let leader =
-                m.topics.iter().find(|t| t.name == TOPIC).and_then(|t| t.partitions.first()).and_then(|p| p.leader);
+                m.topics.iter().find(|t| t.name == topic).and_then(|t| t.partitions.first()).and_then(|p| p.leader);
             if let Ok(mut v) = view.lock() {
                 v.controller = m.controller_id.or(v.controller);
                 v.partition0_leader = leader.or(v.partition0_leader);
@@ -169,31 +191,31 @@ async fn watch_cluster(client: Client, view: std::sync::Arc<std::sync::Mutex<cra
     }
 }
 
-/// The simulated operator: leader transfers and reassignments of partition 0 at their times.
-/// Outcomes are only logged: the checker judges what the producers and consumers saw.
-async fn operate(client: Client, operations: Vec<(u64, crate::Operation)>, start: Instant, until: Instant) {
+/// The operator: leader transfers and reassignments of partition 0 at their times. Outcomes are
+/// only logged: the checker judges what the producers and consumers saw.
+async fn operate(client: Client, topic: String, operations: Vec<(u64, Operation)>, start: Instant, until: Instant) {
     for (at, op) in operations {
         tokio::time::sleep_until(start + Duration::from_millis(at)).await;
         if Instant::now() >= until {
             return;
         }
-        let Ok(m) = client.metadata(&[TOPIC.to_string()]).await else { continue };
-        let Some(p) = m.topics.iter().find(|t| t.name == TOPIC).and_then(|t| t.partitions.first()).cloned() else {
+        let Ok(m) = client.metadata(std::slice::from_ref(&topic)).await else { continue };
+        let Some(p) = m.topics.iter().find(|t| t.name == topic).and_then(|t| t.partitions.first()).cloned() else {
             continue;
         };
         let result = match op {
-            crate::Operation::TransferLeader => {
+            Operation::TransferLeader => {
                 let Some(to) = p.replicas.iter().find(|r| Some(**r) != p.leader).cloned() else { continue };
-                client.transfer_leader(TOPIC, 0, to).await.map(|epoch| format!("leader {to} at epoch {epoch}"))
+                client.transfer_leader(&topic, 0, to).await.map(|epoch| format!("leader {to} at epoch {epoch}"))
             }
-            crate::Operation::Reassign { pick } => {
+            Operation::Reassign { pick } => {
                 let mut nodes: Vec<u64> = m.brokers.iter().map(|b| b.id).collect();
                 let mut rng = SmallRng::seed_from_u64(pick);
                 let mut chosen = Vec::new();
                 while chosen.len() < 3 && !nodes.is_empty() {
                     chosen.push(nodes.remove(rng.random_range(0..nodes.len())));
                 }
-                client.reassign_partition(TOPIC, 0, chosen.clone()).await.map(|_| format!("to {chosen:?}"))
+                client.reassign_partition(&topic, 0, chosen.clone()).await.map(|_| format!("to {chosen:?}"))
             }
         };
         tracing::info!(?op, ?result, "operator");
@@ -204,9 +226,11 @@ fn ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn produce_loop(
     client: Client,
     rec: Recorder,
+    topic: String,
     process: u64,
     seed: u64,
     partitions: u32,
@@ -220,7 +244,7 @@ async fn produce_loop(
         let count = rng.random_range(1..=3);
         let values: Vec<String> = (0..count).map(|i| format!("p{process}-{n}-{i}")).collect();
         n += 1;
-        if produce_once(&client, &rec, process, TOPIC, partition, values, start).await.is_err() {
+        if produce_once(&client, &rec, process, &topic, partition, values, start).await.is_err() {
             tokio::time::sleep(Duration::from_millis(rng.random_range(10..100))).await;
         }
     }
@@ -280,12 +304,20 @@ async fn produce_once(
     }
 }
 
-async fn consume_loop(client: Client, rec: Recorder, process: u64, partition: u32, start: Instant, until: Instant) {
+async fn consume_loop(
+    client: Client,
+    rec: Recorder,
+    topic: String,
+    process: u64,
+    partition: u32,
+    start: Instant,
+    until: Instant,
+) {
     let mut offset = 0u64;
     while Instant::now() < until {
-        rec.record(process, ms(start), Event::FetchInvoke { topic: TOPIC.into(), partition, offset });
+        rec.record(process, ms(start), Event::FetchInvoke { topic: topic.clone(), partition, offset });
         let requested = offset;
-        match client.fetch(TOPIC, partition, offset, 64 * 1024, 200).await {
+        match client.fetch(&topic, partition, offset, 64 * 1024, 200).await {
             Ok(r) => {
                 let records: Vec<(u64, String)> =
                     r.records.iter().map(|c| (c.offset, String::from_utf8_lossy(&c.value).into_owned())).collect();
@@ -296,7 +328,7 @@ async fn consume_loop(client: Client, rec: Recorder, process: u64, partition: u3
                     process,
                     ms(start),
                     Event::FetchOk {
-                        topic: TOPIC.into(),
+                        topic: topic.clone(),
                         partition,
                         offset: requested,
                         records,
@@ -308,7 +340,7 @@ async fn consume_loop(client: Client, rec: Recorder, process: u64, partition: u3
                 rec.record(
                     process,
                     ms(start),
-                    Event::FetchFail { topic: TOPIC.into(), partition, offset, error: e.to_string() },
+                    Event::FetchFail { topic: topic.clone(), partition, offset, error: e.to_string() },
                 );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
