@@ -19,5 +19,5 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 "$here/setup.sh"
 cargo build --bin runnel --bin runnel-lossyfs --bin runnel-chaos
-RUNNEL_IMAGE_NO_BUILD=1 "$here/image.sh"
+RUNNEL_IMAGE_NO_BUILD=1 "$here/image.sh" --chaos
 exec "$CARGO_TARGET_DIR/debug/runnel-chaos" --lossyfs "$CARGO_TARGET_DIR/debug/runnel-lossyfs" "$@"

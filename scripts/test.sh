@@ -9,7 +9,7 @@ cd "$here/.."
 # The integration tests start the real binary, so build it first (same profile as the tests); the
 # chaos tests also need the power-loss filesystem and the container image.
 cargo build --bin runnel --bin runnel-lossyfs
-RUNNEL_IMAGE_NO_BUILD=1 "$here/image.sh"
+RUNNEL_IMAGE_NO_BUILD=1 "$here/image.sh" --chaos
 # The client SDK's examples, run against a `runnel dev` node (scripts/examples.sh).
 "$here/examples.sh"
 if cargo nextest --version >/dev/null 2>&1; then

@@ -28,6 +28,9 @@ pub struct ClusterSpec {
     pub min_free_bytes: u64,
     /// The planted bug: nodes acknowledge without fsync (RUNNEL_UNSAFE_SKIP_FSYNC).
     pub skip_fsync: bool,
+    /// Run the nodes under libfaketime (the image must carry it: `scripts/image.sh --chaos`), each
+    /// reading its clock offset from a file the runner rewrites (clock-skew faults).
+    pub faketime: bool,
     /// First three octets of the private network (RUNNEL_NET in the Compose file).
     pub net: String,
     pub project: String,
@@ -41,6 +44,8 @@ pub struct Node {
     pub disk: PathBuf,
     /// Durable state of the power-loss filesystem (inside `disk`).
     pub backing: PathBuf,
+    /// The node's clock offset for libfaketime (`+0`, `+1h`, `-10m`, ...).
+    pub clock_file: PathBuf,
     pub fs: Option<LossyFs>,
 }
 
@@ -75,12 +80,17 @@ impl Cluster {
                 &cluster.spec.work_dir.join(format!("node{i}.lossyfs.sock")),
                 &cluster.spec.work_dir.join(format!("node{i}.lossyfs.log")),
             )?;
+            let clock_dir = cluster.spec.work_dir.join("clock").join(format!("node{i}"));
+            std::fs::create_dir_all(&clock_dir)?;
+            let clock_file = clock_dir.join("offset");
+            std::fs::write(&clock_file, "+0\n")?;
             cluster.nodes.push(Node {
                 id: i,
                 ip: format!("{}.{}", cluster.spec.net, 10 + i),
                 service: format!("node{i}"),
                 disk,
                 backing,
+                clock_file,
                 fs: Some(fs),
             });
         }
@@ -102,14 +112,29 @@ impl Cluster {
         for n in &self.nodes {
             let Some(fs) = &n.fs else { continue };
             y.push_str(&format!(
-                "  {svc}:\n    image: {image}\n    volumes:\n      - {mnt}:/data\n    environment:\n      \
-                 RUNNEL_MIN_FREE_BYTES: \"{free}\"\n      RUNNEL_UNSAFE_SKIP_FSYNC: \"{skip}\"\n",
+                "  {svc}:\n    image: {image}\n    volumes:\n      - {mnt}:/data\n",
                 svc = n.service,
                 image = self.spec.image,
                 mnt = fs.mountpoint.display(),
+            ));
+            if self.spec.faketime {
+                let dir = n.clock_file.parent().unwrap_or(&n.clock_file);
+                y.push_str(&format!("      - {}:/faketime:ro\n", dir.display()));
+            }
+            y.push_str(&format!(
+                "    environment:\n      RUNNEL_MIN_FREE_BYTES: \"{free}\"\n      RUNNEL_UNSAFE_SKIP_FSYNC: \"{skip}\"\n",
                 free = self.spec.min_free_bytes,
                 skip = self.spec.skip_fsync,
             ));
+            if self.spec.faketime {
+                // Only the wall clock moves: tokio's timers and Raft's timeouts use the monotonic
+                // clock, as they must. The offset file is re-read every second.
+                y.push_str(
+                    "      LD_PRELOAD: /usr/lib/faketime/libfaketime.so.1\n      \
+                     FAKETIME_TIMESTAMP_FILE: /faketime/offset\n      FAKETIME_CACHE_DURATION: \"1\"\n      \
+                     FAKETIME_DONT_FAKE_MONOTONIC: \"1\"\n",
+                );
+            }
         }
         std::fs::write(&self.override_file, y).with_context(|| format!("writing {}", self.override_file.display()))
     }

@@ -41,8 +41,12 @@ pub enum FaultKind {
     OneWay,
     /// Every node drops 20 % of the packets it receives.
     PacketLoss,
-    /// A node's data filesystem fills up; space comes back when healed.
+    /// A node's data filesystem fills up to below its free-space watermark; space comes back when
+    /// healed.
     DiskFull,
+    /// A node's data filesystem fills up completely (writes fail with ENOSPC); space comes back
+    /// when healed.
+    DiskFullHard,
     /// A node loses power: killed, and everything it had not fsync'd is gone.
     PowerLossOne,
     /// A minority of the nodes loses power at once.
@@ -52,10 +56,12 @@ pub enum FaultKind {
     /// A node is killed, loses what it had not synced, and 8 bytes in the middle of its
     /// write-ahead log are overwritten before it restarts: it must notice and repair.
     CorruptWal,
+    /// A node's wall clock jumps (minutes to days, forwards or back), then jumps back.
+    ClockSkew,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 16] = [
+    pub const ALL: [FaultKind; 18] = [
         FaultKind::Kill,
         FaultKind::KillLeader,
         FaultKind::Pause,
@@ -68,10 +74,12 @@ impl FaultKind {
         FaultKind::OneWay,
         FaultKind::PacketLoss,
         FaultKind::DiskFull,
+        FaultKind::DiskFullHard,
         FaultKind::PowerLossOne,
         FaultKind::PowerLossMinority,
         FaultKind::PowerLossAll,
         FaultKind::CorruptWal,
+        FaultKind::ClockSkew,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,10 +96,12 @@ impl FaultKind {
             FaultKind::OneWay => "one-way",
             FaultKind::PacketLoss => "packet-loss",
             FaultKind::DiskFull => "disk-full",
+            FaultKind::DiskFullHard => "disk-full-hard",
             FaultKind::PowerLossOne => "power-loss-one",
             FaultKind::PowerLossMinority => "power-loss-minority",
             FaultKind::PowerLossAll => "power-loss-all",
             FaultKind::CorruptWal => "corrupt-wal",
+            FaultKind::ClockSkew => "clock-skew",
         }
     }
 
@@ -152,6 +162,8 @@ pub enum Heal {
     FlushRules(Vec<u64>),
     /// Delete the ballast file filling a node's disk.
     RemoveBallast(PathBuf),
+    /// Set this clock offset file back to `+0`.
+    ResetClock(PathBuf),
 }
 
 /// Applies one fault. Returns what it did (for the log) and how to heal it.
@@ -236,11 +248,12 @@ pub fn apply(
             }
             Ok(("every node drops 20% of incoming packets".into(), Heal::FlushRules(ids.clone())))
         }
-        FaultKind::DiskFull => {
+        FaultKind::DiskFull | FaultKind::DiskFullHard => {
             let id = random_node(rng);
             let node = cluster.node(id)?;
-            // Leave less than half the watermark: produce is refused and replicas stop storing.
-            let keep = cluster.spec.min_free_bytes / 4;
+            // Soft: less than half the watermark is left, so produce is refused and replicas stop
+            // storing. Hard: nothing is left, whatever the node was about to write fails.
+            let keep = if kind == FaultKind::DiskFull { cluster.spec.min_free_bytes / 4 } else { 0 };
             let ballast = node.disk.join("ballast");
             let free = host::free_bytes(&node.disk)?;
             let fill = free.saturating_sub(keep);
@@ -261,6 +274,16 @@ pub fn apply(
                 dropped.push(format!("node {id}: {}", drop_unsynced(cluster, id)?));
             }
             Ok((format!("power loss on {victims:?} ({})", dropped.join("; ")), Heal::Start(victims)))
+        }
+        FaultKind::ClockSkew => {
+            if !cluster.spec.faketime {
+                bail!("clock faults need the nodes to run under libfaketime (image runnel:chaos)");
+            }
+            let id = random_node(rng);
+            let skew = ["-2d", "-3h", "-10m", "+10m", "+1h", "+3d"][rng.random_range(0..6)];
+            let file = cluster.node(id)?.clock_file.clone();
+            std::fs::write(&file, format!("{skew}\n")).with_context(|| format!("writing {}", file.display()))?;
+            Ok((format!("node {id}'s clock jumps {skew}"), Heal::ResetClock(file)))
         }
         FaultKind::CorruptWal => {
             let id = random_node(rng);
@@ -299,6 +322,10 @@ pub fn heal(cluster: &Cluster, heal: Heal) -> Result<String> {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             Ok(format!("removed {}", path.display()))
         }
+        Heal::ResetClock(path) => {
+            std::fs::write(&path, "+0\n").with_context(|| format!("writing {}", path.display()))?;
+            Ok(format!("clock reset ({})", path.display()))
+        }
     }
 }
 
@@ -318,6 +345,7 @@ pub fn heal_everything(cluster: &Cluster) -> Result<()> {
         if ballast.exists() {
             std::fs::remove_file(&ballast)?;
         }
+        std::fs::write(&n.clock_file, "+0\n")?;
     }
     Ok(())
 }

@@ -141,6 +141,7 @@ pub fn run(opts: &ChaosOptions) -> Result<Outcome> {
         disk_bytes: 768 << 20,
         min_free_bytes: 96 << 20,
         skip_fsync: opts.plant_skip_fsync,
+        faketime: opts.faults.contains(&FaultKind::ClockSkew),
         // A subnet per seed, so that runs of different seeds can share a Docker host.
         net: format!("172.29.{}", 16 + opts.seed % 200),
         project: format!("runnel-chaos-{}", opts.seed),

@@ -27,8 +27,9 @@ struct Args {
     partitions: u32,
     #[arg(long, default_value_t = 3)]
     producers: usize,
-    /// The image to run (scripts/image.sh builds runnel:latest).
-    #[arg(long, default_value = "runnel:latest")]
+    /// The image to run (`scripts/image.sh --chaos` builds runnel:chaos: runnel:latest plus
+    /// libfaketime, which clock-skew faults need).
+    #[arg(long, default_value = "runnel:chaos")]
     image: String,
     /// The power-loss filesystem binary.
     #[arg(long, env = "RUNNEL_LOSSYFS_BIN")]

@@ -21,12 +21,12 @@ fn lossyfs_binary() -> PathBuf {
 }
 
 fn image() -> String {
-    let image = std::env::var("RUNNEL_IMAGE").unwrap_or_else(|_| "runnel:latest".into());
+    let image = std::env::var("RUNNEL_CHAOS_IMAGE").unwrap_or_else(|_| "runnel:chaos".into());
     let present = std::process::Command::new("docker")
         .args(["image", "inspect", &image])
         .output()
         .is_ok_and(|o| o.status.success());
-    assert!(present, "the image {image} is missing: run scripts/image.sh first");
+    assert!(present, "the image {image} is missing: run scripts/image.sh --chaos first");
     image
 }
 
