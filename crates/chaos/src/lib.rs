@@ -16,6 +16,7 @@ pub mod replicas;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,33 @@ use runnel_workload::{ClusterView, Workload};
 
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::faults::{Cycle, FaultKind};
+
+/// Set on SIGINT/SIGTERM ([`stop_on_signals`]): the run injects no further fault, heals, and
+/// tears the cluster down.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes SIGINT and SIGTERM end the run early but cleanly (containers, network, volumes and mounts
+/// removed) instead of killing the runner with the cluster still up.
+pub fn stop_on_signals() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("chaos: interrupted: healing and tearing the cluster down");
+            INTERRUPTED.store(true, Ordering::SeqCst);
+        });
+    });
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 #[derive(Debug, Clone)]
 pub struct ChaosOptions {
@@ -212,8 +240,11 @@ fn drive(cluster: &Cluster, opts: &ChaosOptions, cycles: &[Cycle], rng: &mut Sma
     let workload = runtime.spawn(workload.run());
 
     let mut actions = Vec::new();
-    std::thread::sleep(LEAD);
+    sleep_rest(Instant::now(), LEAD);
     for (i, cycle) in cycles.iter().enumerate() {
+        if interrupted() {
+            break;
+        }
         let t = Instant::now();
         let heal = match faults::apply(cluster, rng, cycle.kind, &view) {
             Ok((what, heal)) => {
@@ -235,9 +266,14 @@ fn drive(cluster: &Cluster, opts: &ChaosOptions, cycles: &[Cycle], rng: &mut Sma
         if !healed.is_empty() {
             tracing::info!(cycle = i + 1, "{healed}");
         }
-        std::thread::sleep(cycle.gap);
+        sleep_rest(Instant::now(), cycle.gap);
     }
     faults::heal_everything(cluster).context("healing every fault at the end")?;
+    if interrupted() {
+        // The workload runs to the end of its planned safety phase; do not wait for it.
+        workload.abort();
+        bail!("interrupted after {} fault cycles", actions.len());
+    }
     println!("healed; reading every partition in full");
     runtime
         .block_on(workload)
@@ -252,9 +288,13 @@ fn drive(cluster: &Cluster, opts: &ChaosOptions, cycles: &[Cycle], rng: &mut Sma
     Ok((recorder.check(), actions, replicas))
 }
 
+/// Sleeps until `total` after `since`, in short steps so that an interruption is noticed.
 fn sleep_rest(since: Instant, total: Duration) {
-    if let Some(rest) = total.checked_sub(since.elapsed()) {
-        std::thread::sleep(rest);
+    while let Some(rest) = total.checked_sub(since.elapsed()) {
+        if interrupted() || rest.is_zero() {
+            return;
+        }
+        std::thread::sleep(rest.min(Duration::from_millis(100)));
     }
 }
 

@@ -56,6 +56,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let args = Args::parse();
+    runnel_chaos::stop_on_signals();
     let seed = args.seed.unwrap_or_else(rand::random);
     let faults = if args.faults.is_empty() { FaultKind::ALL.to_vec() } else { args.faults };
     let work_dir = args.work_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("runnel-chaos-{seed}")));
