@@ -486,8 +486,10 @@ impl Partition {
         let end = up_to.min(self.sm.high_watermark());
         let (mut covered, mut crc) = (from, 0u32);
         while covered < end {
-            let rows =
-                self.sm.index_from(covered, end, 1024).map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
+            let rows = self
+                .sm
+                .index_from(covered, end, 1024)
+                .map_err(|e| RunnelError::new(ErrorCode::Storage, e.to_string()))?;
             let before = covered;
             for row in rows {
                 if row.end_offset() <= covered {

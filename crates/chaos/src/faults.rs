@@ -243,7 +243,20 @@ pub fn apply(
             for &id in &ids {
                 cluster.iptables(
                     id,
-                    &["-A", "INPUT", "-s", &subnet, "-m", "statistic", "--mode", "random", "--probability", "0.2", "-j", "DROP"],
+                    &[
+                        "-A",
+                        "INPUT",
+                        "-s",
+                        &subnet,
+                        "-m",
+                        "statistic",
+                        "--mode",
+                        "random",
+                        "--probability",
+                        "0.2",
+                        "-j",
+                        "DROP",
+                    ],
                 )?;
             }
             Ok(("every node drops 20% of incoming packets".into(), Heal::FlushRules(ids.clone())))
@@ -258,7 +271,10 @@ pub fn apply(
             let free = host::free_bytes(&node.disk)?;
             let fill = free.saturating_sub(keep);
             write_ballast(&ballast, fill)?;
-            Ok((format!("fill node {id}'s disk ({} MiB written, {} MiB left)", fill >> 20, keep >> 20), Heal::RemoveBallast(ballast)))
+            Ok((
+                format!("fill node {id}'s disk ({} MiB written, {} MiB left)", fill >> 20, keep >> 20),
+                Heal::RemoveBallast(ballast),
+            ))
         }
         FaultKind::PowerLossOne | FaultKind::PowerLossMinority | FaultKind::PowerLossAll => {
             let victims = match kind {

@@ -21,12 +21,7 @@ pub fn run_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Str
     }
     let out = cmd.output().with_context(|| format!("starting {program}"))?;
     if !out.status.success() {
-        bail!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{program} {} failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -114,7 +114,8 @@ impl Outcome {
             st.final_reads,
             st.final_read_failures,
         ));
-        let exits: Vec<String> = self.node_exits.iter().filter(|(_, n)| **n > 0).map(|(id, n)| format!("node {id}: {n}")).collect();
+        let exits: Vec<String> =
+            self.node_exits.iter().filter(|(_, n)| **n > 0).map(|(id, n)| format!("node {id}: {n}")).collect();
         s.push_str(&format!(
             "node exits (restarted by Docker): {}\n",
             if exits.is_empty() { "none".into() } else { exits.join(", ") }
@@ -128,7 +129,8 @@ impl Outcome {
                 format!("DIVERGENT: {}", self.replica_divergence.join(" | "))
             }
         ));
-        let counts: Vec<String> = self.report.counts().iter().map(|((inv, k), n)| format!("{k} {n} (inv {inv})")).collect();
+        let counts: Vec<String> =
+            self.report.counts().iter().map(|((inv, k), n)| format!("{k} {n} (inv {inv})")).collect();
         s.push_str(&format!(
             "anomalies: {}\n{}",
             if counts.is_empty() { "none".into() } else { counts.join(", ") },
@@ -262,7 +264,8 @@ fn drive(cluster: &Cluster, opts: &ChaosOptions, cycles: &[Cycle], rng: &mut Sma
             }
         };
         sleep_rest(t, cycle.duration);
-        let healed = faults::heal(cluster, heal).with_context(|| format!("healing cycle {} ({})", i + 1, cycle.kind))?;
+        let healed =
+            faults::heal(cluster, heal).with_context(|| format!("healing cycle {} ({})", i + 1, cycle.kind))?;
         if !healed.is_empty() {
             tracing::info!(cycle = i + 1, "{healed}");
         }
@@ -275,10 +278,7 @@ fn drive(cluster: &Cluster, opts: &ChaosOptions, cycles: &[Cycle], rng: &mut Sma
         bail!("interrupted after {} fault cycles", actions.len());
     }
     println!("healed; reading every partition in full");
-    runtime
-        .block_on(workload)
-        .context("workload task")?
-        .map_err(|e| anyhow::anyhow!("workload: {e}"))?;
+    runtime.block_on(workload).context("workload task")?.map_err(|e| anyhow::anyhow!("workload: {e}"))?;
     let history = opts.work_dir.join("history.jsonl");
     if let Ok(f) = std::fs::File::create(&history) {
         let _ = recorder.write_jsonl(std::io::BufWriter::new(f));

@@ -74,17 +74,18 @@ pub async fn compare(nodes: &[(u64, String)], topic: &str, settle: Duration) -> 
                 ));
             }
         }
-        let distinct: BTreeMap<Option<u32>, Vec<u64>> = digests.iter().fold(BTreeMap::new(), |mut m, (id, (d, _, _))| {
-            m.entry(*d).or_insert_with(Vec::new).push(*id);
-            m
-        });
+        let distinct: BTreeMap<Option<u32>, Vec<u64>> =
+            digests.iter().fold(BTreeMap::new(), |mut m, (id, (d, _, _))| {
+                m.entry(*d).or_insert_with(Vec::new).push(*id);
+                m
+            });
         if distinct.len() > 1 {
-            let parts: Vec<String> =
-                distinct.iter().map(|(d, ids)| format!("nodes {ids:?}: {}", d.map_or("-".into(), |d| format!("{d:08x}")))).collect();
-            problems.push(format!(
-                "{topic}/{partition}: replicas differ in [log start, {up_to}): {}",
-                parts.join("; ")
-            ));
+            let parts: Vec<String> = distinct
+                .iter()
+                .map(|(d, ids)| format!("nodes {ids:?}: {}", d.map_or("-".into(), |d| format!("{d:08x}"))))
+                .collect();
+            problems
+                .push(format!("{topic}/{partition}: replicas differ in [log start, {up_to}): {}", parts.join("; ")));
         }
         let lagging: Vec<String> =
             by_node.iter().filter(|(_, hw)| **hw != up_to).map(|(id, hw)| format!("node {id} at {hw}")).collect();

@@ -300,7 +300,8 @@ struct Leader {
 /// This node's replica of `topic`/0, if it hosts one.
 async fn replica(rpc: &RunnelClient<Channel>, topic: &str) -> Option<ReplicaStatus> {
     let mut c = rpc.clone();
-    let resp = tokio::time::timeout(RPC_TIMEOUT, c.describe_replicas(DescribeReplicasRequest::default())).await.ok()?.ok()?;
+    let resp =
+        tokio::time::timeout(RPC_TIMEOUT, c.describe_replicas(DescribeReplicasRequest::default())).await.ok()?.ok()?;
     resp.into_inner().replicas.into_iter().find(|r| r.topic == topic && r.partition == 0)
 }
 

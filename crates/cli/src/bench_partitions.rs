@@ -913,7 +913,8 @@ async fn kill_phase(
                 continue;
             }
             let mut c = n.rpc.clone();
-            let Ok(Ok(resp)) = tokio::time::timeout(RPC_TIMEOUT, c.describe_replicas(DescribeReplicasRequest::default())).await
+            let Ok(Ok(resp)) =
+                tokio::time::timeout(RPC_TIMEOUT, c.describe_replicas(DescribeReplicasRequest::default())).await
             else {
                 eprintln!("node {}: no answer to DescribeReplicas", n.id);
                 continue;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use parking_lot::RwLock;
 use runnel_proto::dial::Dialer;
 use runnel_proto::internal::liveness_client::LivenessClient;
 use runnel_proto::internal::raft_transport_client::RaftTransportClient;
-use runnel_proto::internal::{PingReply, PingRequest, RaftMessage, RaftRpcKind};
+use runnel_proto::internal::{PingReply, PingRequest, RaftBatch, RaftMessage, RaftReply, RaftRpcKind};
 use runnel_types::limits::MAX_GRPC_MESSAGE_BYTES;
 use runnel_types::{GroupId, NodeId};
 use serde::de::DeserializeOwned;
@@ -43,7 +43,26 @@ struct RouterInner {
     addrs: RwLock<HashMap<NodeId, String>>,
     channels: RwLock<HashMap<(NodeId, Lane), (String, Channel)>>,
     liveness: Arc<NodeLiveness>,
+    /// Per peer: the queue of partition-group messages its batcher sends (`run_batcher`).
+    batchers: parking_lot::Mutex<HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<Pending>>>,
 }
+
+/// A message waiting in a peer's batch queue, and where its reply goes.
+struct Pending {
+    msg: RaftMessage,
+    ttl: Duration,
+    reply: tokio::sync::oneshot::Sender<Result<RaftReply, CallError>>,
+}
+
+/// Messages one batch carries at most, and bytes of payload (a single larger message still goes,
+/// alone: appends are cut to `MAX_APPEND_BYTES`, under the gRPC limit).
+const MAX_BATCH_MESSAGES: usize = 512;
+const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Batches in flight to one peer at once. Batching is natural, not timed: a message goes at once
+/// when a slot is free, and messages queue (and then leave together) only while every slot is
+/// busy — an idle or lightly loaded node adds no latency, a burst of thousands of elections costs
+/// a handful of calls.
+const MAX_BATCHES_IN_FLIGHT: usize = 4;
 
 /// Which connection to a peer a message takes. The metadata group and the liveness pings have a
 /// connection of their own, so that a burst of partition traffic (catch-up appends of megabytes)
@@ -70,6 +89,7 @@ impl Lane {
 #[error("{0}")]
 pub struct NetError(pub String);
 
+#[derive(Debug, Clone)]
 enum CallError {
     /// Could not reach the node (unknown address, connection refused, timed out).
     Unreachable(String),
@@ -107,6 +127,7 @@ impl Router {
                 addrs: RwLock::new(HashMap::new()),
                 channels: RwLock::new(HashMap::new()),
                 liveness,
+                batchers: parking_lot::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -183,35 +204,51 @@ impl Router {
         // once on two cores) short deadlines only cancel work already done, and a wave of
         // cancelled HTTP/2 streams makes the server reset the whole shared connection.
         let ttl = if lane == Lane::Data { ttl.max(DATA_RPC_MIN_TTL) } else { ttl };
-        let ch = self.channel(target, lane)?;
         let payload = codec::encode(req).map_err(|e| CallError::Failed(e.to_string()))?;
-        let mut client = RaftTransportClient::new(ch)
-            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
         let msg = RaftMessage {
             group_id: group,
             kind: kind as i32,
             payload: Bytes::from(payload),
             from_node: self.inner.self_id,
         };
-        let fut = client.call(msg);
-        let reply = match tokio::time::timeout(ttl, fut).await {
-            Err(_) => {
-                // The connection may be stuck (a peer that vanished mid-stream): start a new one.
-                self.evict(target, lane);
-                return Err(CallError::Unreachable(format!(
-                    "node {target}: {kind:?} for group {group} timed out after {ttl:?}"
-                )));
+        // Partition groups' elections and appends share batches per peer; snapshots (large, slow)
+        // and leadership transfers (rare) go alone, the metadata group on its own connection.
+        let batched =
+            lane == Lane::Data && matches!(kind, RaftRpcKind::AppendEntries | RaftRpcKind::Vote | RaftRpcKind::PreVote);
+        let reply = if batched {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.batcher(target)
+                .send(Pending { msg, ttl, reply: tx })
+                .map_err(|_| CallError::Unreachable(format!("node {target}: its batch queue is closed")))?;
+            match tokio::time::timeout(ttl, rx).await {
+                Err(_) => {
+                    return Err(CallError::Unreachable(format!(
+                        "node {target}: {kind:?} for group {group} timed out after {ttl:?}"
+                    )))
+                }
+                Ok(Err(_)) => {
+                    return Err(CallError::Unreachable(format!(
+                        "node {target}: {kind:?} for group {group}: its batch was dropped"
+                    )))
+                }
+                Ok(Ok(r)) => r?,
             }
-            Ok(Err(status)) => {
-                return Err(match status.code() {
-                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
-                        CallError::Unreachable(format!("node {target}: {}", status.message()))
-                    }
-                    _ => CallError::Failed(format!("node {target}: {status}")),
-                })
+        } else {
+            let ch = self.channel(target, lane)?;
+            let mut client = RaftTransportClient::new(ch)
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+            match tokio::time::timeout(ttl, client.call(msg)).await {
+                Err(_) => {
+                    // The connection may be stuck (a peer that vanished mid-stream): start a new one.
+                    self.evict(target, lane);
+                    return Err(CallError::Unreachable(format!(
+                        "node {target}: {kind:?} for group {group} timed out after {ttl:?}"
+                    )));
+                }
+                Ok(Err(status)) => return Err(status_error(target, &status)),
+                Ok(Ok(r)) => r.into_inner(),
             }
-            Ok(Ok(r)) => r.into_inner(),
         };
         // The peer's node answered: it is alive, whatever its group said.
         self.inner.liveness.heard(target);
@@ -219,6 +256,107 @@ impl Router {
             return Err(CallError::Failed(format!("node {target} group {group}: {}", reply.error)));
         }
         codec::decode(&reply.payload).map_err(|e| CallError::Failed(e.to_string()))
+    }
+}
+
+impl Router {
+    /// The queue of `target`'s batcher, started on first use.
+    fn batcher(&self, target: NodeId) -> tokio::sync::mpsc::UnboundedSender<Pending> {
+        let mut batchers = self.inner.batchers.lock();
+        if let Some(tx) = batchers.get(&target).filter(|tx| !tx.is_closed()) {
+            return tx.clone();
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        batchers.insert(target, tx.clone());
+        tokio::spawn(run_batcher(Arc::downgrade(&self.inner), target, rx));
+        tx
+    }
+}
+
+/// Sends `target`'s queued messages in batches, at most `MAX_BATCHES_IN_FLIGHT` at a time. Ends
+/// when the router is gone.
+async fn run_batcher(router: Weak<RouterInner>, target: NodeId, mut rx: tokio::sync::mpsc::UnboundedReceiver<Pending>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        // Wait for a free slot first: whatever arrives meanwhile joins this batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut bytes = first.msg.payload.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH_MESSAGES && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.msg.payload.len();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = router.upgrade() else { return };
+        tokio::spawn(async move {
+            send_batch(Router { inner }, target, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// One `CallBatch` to `target`; every waiting caller gets its own reply or the batch's failure.
+async fn send_batch(router: Router, target: NodeId, batch: Vec<Pending>) {
+    let deadline = tokio::time::Instant::now() + batch.iter().map(|p| p.ttl).max().unwrap_or(DATA_RPC_MIN_TTL);
+    let mut messages = Vec::with_capacity(batch.len());
+    let mut waiting = Vec::with_capacity(batch.len());
+    for p in batch {
+        messages.push(p.msg);
+        waiting.push(Some(p.reply));
+    }
+    let fail_rest = |waiting: &mut Vec<Option<tokio::sync::oneshot::Sender<Result<RaftReply, CallError>>>>,
+                     e: CallError| {
+        for tx in waiting.iter_mut().filter_map(Option::take) {
+            let _ = tx.send(Err(e.clone()));
+        }
+    };
+    let ch = match router.channel(target, Lane::Data) {
+        Ok(ch) => ch,
+        Err(e) => return fail_rest(&mut waiting, e),
+    };
+    let mut client = RaftTransportClient::new(ch)
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let timed_out = || CallError::Unreachable(format!("node {target}: a batch of Raft messages timed out"));
+    let mut replies = match tokio::time::timeout_at(deadline, client.call_batch(RaftBatch { messages })).await {
+        Err(_) => {
+            router.evict(target, Lane::Data);
+            return fail_rest(&mut waiting, timed_out());
+        }
+        Ok(Err(status)) => return fail_rest(&mut waiting, status_error(target, &status)),
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    router.inner.liveness.heard(target);
+    loop {
+        match tokio::time::timeout_at(deadline, replies.message()).await {
+            Ok(Ok(Some(item))) => {
+                if let Some(tx) = waiting.get_mut(item.index as usize).and_then(Option::take) {
+                    let _ = tx.send(Ok(item.reply.unwrap_or_default()));
+                }
+            }
+            Ok(Ok(None)) => break,
+            Ok(Err(status)) => return fail_rest(&mut waiting, status_error(target, &status)),
+            Err(_) => {
+                router.evict(target, Lane::Data);
+                return fail_rest(&mut waiting, timed_out());
+            }
+        }
+    }
+    fail_rest(&mut waiting, CallError::Failed(format!("node {target}: its batch reply left a message unanswered")));
+}
+
+/// How a failed gRPC call is reported to openraft: transport trouble is "unreachable" (retried
+/// with backoff), anything else a failed call.
+fn status_error(target: NodeId, status: &tonic::Status) -> CallError {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled => {
+            CallError::Unreachable(format!("node {target}: {}", status.message()))
+        }
+        _ => CallError::Failed(format!("node {target}: {status}")),
     }
 }
 
@@ -355,6 +493,120 @@ impl_factory!(crate::PartitionTypes);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::{GroupHandler, GroupRegistry, TransportService, TransportStats};
+    use runnel_proto::internal::raft_transport_server::RaftTransportServer;
+    use std::sync::atomic::Ordering;
+
+    /// A group that answers `request + its id` after `delay`, or once `gate` opens.
+    struct Echo {
+        id: u64,
+        delay: Duration,
+        gate: Option<Arc<tokio::sync::Notify>>,
+    }
+
+    impl GroupHandler for Echo {
+        fn handle(
+            &self,
+            _kind: RaftRpcKind,
+            payload: Bytes,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>> {
+            Box::pin(async move {
+                let n: u64 = codec::decode(&payload).map_err(|e| e.to_string())?;
+                match &self.gate {
+                    Some(gate) => gate.notified().await,
+                    None => tokio::time::sleep(self.delay).await,
+                }
+                codec::encode(&(n + self.id)).map_err(|e| e.to_string())
+            })
+        }
+    }
+
+    /// A node serving `registry` on a local port, and a router of another node pointing at it.
+    async fn pair(registry: GroupRegistry) -> (Router, Arc<TransportStats>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stats = Arc::new(TransportStats::default());
+        let liveness = NodeLiveness::new(2, 1, crate::liveness::LivenessConfig::new(100, 500));
+        let service = TransportService { registry, liveness, stats: stats.clone() };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RaftTransportServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let router = Router::new(
+            1,
+            runnel_proto::dial::tcp(),
+            NodeLiveness::new(1, 1, crate::liveness::LivenessConfig::new(100, 500)),
+        );
+        router.set_addr(2, &addr.to_string());
+        (router, stats)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_groups_messages_to_one_peer_travel_in_a_few_batches_and_each_gets_its_own_reply() {
+        let registry = GroupRegistry::default();
+        for g in 1..=500u64 {
+            registry.insert(g, Arc::new(Echo { id: g * 1000, delay: Duration::from_millis(20), gate: None }));
+        }
+        let (router, stats) = pair(registry).await;
+        let calls = (1..=500u64).map(|g| {
+            let router = router.clone();
+            async move {
+                let r: Result<u64, CallError> = router.call(2, g, RaftRpcKind::Vote, &g, Duration::from_secs(10)).await;
+                (g, r.map_err(|e| e.message()))
+            }
+        });
+        for (g, r) in futures::future::join_all(calls).await {
+            assert_eq!(r, Ok(g + g * 1000), "group {g} got another group's reply or none");
+        }
+        let (batches, carried, single) = (
+            stats.batches.load(Ordering::Relaxed),
+            stats.batched_messages.load(Ordering::Relaxed),
+            stats.calls.load(Ordering::Relaxed),
+        );
+        assert_eq!((carried, single), (500, 0), "every vote travels in a batch");
+        assert!(batches <= 50, "500 votes in {batches} batches: they were not batched");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_group_does_not_hold_the_replies_of_the_others_in_its_batch() {
+        let registry = GroupRegistry::default();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        registry.insert(1, Arc::new(Echo { id: 0, delay: Duration::ZERO, gate: Some(gate.clone()) }));
+        for g in 2..=50u64 {
+            registry.insert(g, Arc::new(Echo { id: 0, delay: Duration::from_millis(50), gate: None }));
+        }
+        let (router, stats) = pair(registry).await;
+        // One batch: the slow group's message first, then the others.
+        let mut batch = Vec::new();
+        let mut replies = Vec::new();
+        for g in 1..=50u64 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let msg = RaftMessage {
+                group_id: g,
+                kind: RaftRpcKind::Vote as i32,
+                payload: Bytes::from(codec::encode(&g).unwrap()),
+                from_node: 1,
+            };
+            batch.push(Pending { msg, ttl: Duration::from_secs(30), reply: tx });
+            replies.push(rx);
+        }
+        let slow = replies.remove(0);
+        tokio::spawn(send_batch(router, 2, batch));
+        // The slow group answers only after all the others have: if it held their replies, this
+        // would never finish.
+        let others = tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(replies))
+            .await
+            .expect("the other groups' replies waited for the slow group in their batch");
+        for (i, r) in others.into_iter().enumerate() {
+            let reply = r.unwrap().map_err(|e| e.message()).unwrap();
+            assert_eq!(codec::decode::<u64>(&reply.payload).unwrap(), i as u64 + 2);
+        }
+        assert_eq!(stats.batches.load(Ordering::Relaxed), 1, "the test needs them all in one batch");
+        gate.notify_one();
+        let reply = slow.await.unwrap().map_err(|e| e.message()).unwrap();
+        assert_eq!(codec::decode::<u64>(&reply.payload).unwrap(), 1);
+    }
 
     #[test]
     fn an_append_request_is_cut_to_the_byte_budget_but_never_to_nothing() {

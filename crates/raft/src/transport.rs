@@ -7,13 +7,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::alias::{SnapshotMetaOf, VoteOf};
 use openraft::raft::AppendEntriesRequest;
 use openraft::storage::RaftStateMachine;
 use openraft::{Raft, RaftTypeConfig, Snapshot};
 use parking_lot::RwLock;
 use runnel_proto::internal::raft_transport_server::RaftTransport;
-use runnel_proto::internal::{RaftMessage, RaftReply, RaftRpcKind};
+use runnel_proto::internal::{RaftBatch, RaftBatchReply, RaftMessage, RaftReply, RaftRpcKind};
 use runnel_storage::DiskSpace;
 use runnel_types::GroupId;
 use serde::de::DeserializeOwned;
@@ -138,26 +139,69 @@ pub struct TransportService {
     /// Every message from a peer proves it is alive (see `liveness`): under load its requests
     /// keep arriving even when a ping is slow.
     pub liveness: std::sync::Arc<crate::liveness::NodeLiveness>,
+    pub stats: Arc<TransportStats>,
 }
+
+/// What this node received: single calls, batches and the messages batches carried.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub calls: std::sync::atomic::AtomicU64,
+    pub batches: std::sync::atomic::AtomicU64,
+    pub batched_messages: std::sync::atomic::AtomicU64,
+}
+
+/// Hands one message to the group it names and wraps the outcome as a reply.
+async fn dispatch(registry: &GroupRegistry, m: RaftMessage) -> RaftReply {
+    let failed = |error: String| RaftReply { payload: Bytes::new(), error };
+    let Ok(kind) = RaftRpcKind::try_from(m.kind) else {
+        return failed(format!("unknown raft rpc kind {}", m.kind));
+    };
+    let Some(h) = registry.get(m.group_id) else {
+        // Not started here yet (metadata not applied) or deleted: the sender backs off and retries.
+        return failed(format!("group {} is not running on this node", m.group_id));
+    };
+    match h.handle(kind, m.payload).await {
+        Ok(p) => RaftReply { payload: Bytes::from(p), error: String::new() },
+        Err(e) => failed(e),
+    }
+}
+
+type ReplyStream = Pin<Box<dyn futures::Stream<Item = Result<RaftBatchReply, tonic::Status>> + Send>>;
 
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
     async fn call(&self, req: tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftReply>, tonic::Status> {
         let m = req.into_inner();
         self.liveness.heard(m.from_node);
-        let kind = RaftRpcKind::try_from(m.kind)
-            .map_err(|_| tonic::Status::invalid_argument(format!("unknown raft rpc kind {}", m.kind)))?;
-        let Some(h) = self.registry.get(m.group_id) else {
-            // Not started here yet (metadata not applied) or deleted: the sender backs off and retries.
-            return Ok(tonic::Response::new(RaftReply {
-                payload: Bytes::new(),
-                error: format!("group {} is not running on this node", m.group_id),
-            }));
-        };
-        let reply = match h.handle(kind, m.payload).await {
-            Ok(p) => RaftReply { payload: Bytes::from(p), error: String::new() },
-            Err(e) => RaftReply { payload: Bytes::new(), error: e },
-        };
-        Ok(tonic::Response::new(reply))
+        self.stats.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if RaftRpcKind::try_from(m.kind).is_err() {
+            return Err(tonic::Status::invalid_argument(format!("unknown raft rpc kind {}", m.kind)));
+        }
+        Ok(tonic::Response::new(dispatch(&self.registry, m).await))
+    }
+
+    type CallBatchStream = ReplyStream;
+
+    async fn call_batch(
+        &self,
+        req: tonic::Request<RaftBatch>,
+    ) -> Result<tonic::Response<Self::CallBatchStream>, tonic::Status> {
+        let batch = req.into_inner();
+        if let Some(m) = batch.messages.first() {
+            self.liveness.heard(m.from_node);
+        }
+        self.stats.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.stats.batched_messages.fetch_add(batch.messages.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // Every group answers concurrently; replies leave in the order they are ready.
+        let pending: FuturesUnordered<_> = batch
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(index, m)| {
+                let registry = self.registry.clone();
+                async move { RaftBatchReply { index: index as u32, reply: Some(dispatch(&registry, m).await) } }
+            })
+            .collect();
+        Ok(tonic::Response::new(Box::pin(pending.map(Ok))))
     }
 }

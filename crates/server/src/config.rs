@@ -162,7 +162,9 @@ fn node_id_from_hostname(host: &str) -> Result<NodeId, ConfigError> {
     host.rsplit_once('-')
         .and_then(|(_, ordinal)| ordinal.parse::<NodeId>().ok())
         .and_then(|o| o.checked_add(1))
-        .ok_or_else(|| invalid("node_id_from_hostname", host, "the host name does not end in -<number> (like runnel-0)"))
+        .ok_or_else(|| {
+            invalid("node_id_from_hostname", host, "the host name does not end in -<number> (like runnel-0)")
+        })
 }
 
 impl NodeConfig {

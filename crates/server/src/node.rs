@@ -296,9 +296,13 @@ where
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
         .add_service(
-            RaftTransportServer::new(TransportService { registry: registry.clone(), liveness: liveness.clone() })
-                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+            RaftTransportServer::new(TransportService {
+                registry: registry.clone(),
+                liveness: liveness.clone(),
+                stats: Default::default(),
+            })
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
         .add_service(ControllerServer::new(ControllerService(controller.clone())))
         .add_service(LivenessServer::new(LivenessService(liveness.clone())))

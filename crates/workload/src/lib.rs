@@ -103,8 +103,7 @@ impl Workload {
         }
         let safety_end = start + self.safety;
         let watcher = tokio::spawn(watch_cluster(client.clone(), topic.clone(), self.view.clone(), safety_end));
-        let operator =
-            tokio::spawn(operate(client.clone(), topic.clone(), self.operations.clone(), start, safety_end));
+        let operator = tokio::spawn(operate(client.clone(), topic.clone(), self.operations.clone(), start, safety_end));
 
         let mut tasks = Vec::new();
         for p in 0..self.producers {
