@@ -38,7 +38,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// voter; when a node with thousands of leaderships dies, the rest wait for the next pass (a
 /// few tens of milliseconds) rather than flooding the network and the peers' cores at once —
 /// a flood whose timeouts would look like more dead peers and feed itself.
-const MAX_CAMPAIGNS_PER_PASS: usize = 48;
+const MAX_CAMPAIGNS_PER_PASS: usize = 256;
 
 /// Campaigns of this node at most in flight at once: started within `CAMPAIGN_IN_FLIGHT_FOR` and
 /// their group still without a usable leader. The per-pass limit alone is not enough: when
@@ -47,7 +47,15 @@ const MAX_CAMPAIGNS_PER_PASS: usize = 48;
 /// are retried — a congestion collapse seen in `bench partitions` at 10,000 partitions (and with
 /// it a metadata commit starved past its 10 s deadline). Bounding what is in flight makes the
 /// driver go as fast as elections actually finish.
-const MAX_CAMPAIGNS_IN_FLIGHT: usize = 128;
+const MAX_CAMPAIGNS_IN_FLIGHT: usize = 512;
+
+/// Groups waiting for an election that stretch the later voters' turns by one more turn (see
+/// `drive`): about what the first voter gets elected per turn under a burst. It is not the
+/// in-flight cap: with batched Raft messages more campaigns run at once, but they still finish at
+/// this pace, and turns that stretched less let the second voter campaign beside the first and
+/// split the vote (measured: p99 failover of 1,667 partitions 4.4 s with the stretch tied to a
+/// 512 cap, docs/bench-partitions-2026-12-04.txt).
+const BACKLOG_PER_TURN: usize = 128;
 
 /// How long a started campaign counts as in flight (unless its group gets a leader sooner): the
 /// partition RPC deadline, after which its requests have been answered or given up.
@@ -307,7 +315,7 @@ impl Broker {
         // backlog, or they would campaign for the same groups at the same moment and split the
         // vote — one leader per term, so both lose (docs/adr/0013; measured: p99 failover of
         // 1,667 partitions went from ~2 s to 17 s before the turns stretched).
-        let backlog = 1 + (pending.len() / MAX_CAMPAIGNS_IN_FLIGHT) as u32;
+        let backlog = 1 + (pending.len() / BACKLOG_PER_TURN) as u32;
         let turn = step * rank as u32 * backlog.min(MAX_TURN_STRETCH);
         // After a failed campaign every voter has had its turn before this one retries, and each
         // further failure doubles the wait (up to 8x).
