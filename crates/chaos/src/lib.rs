@@ -85,7 +85,8 @@ pub struct Outcome {
     pub actions: Vec<String>,
     /// Node id -> how many times its process exited by itself and Docker restarted it.
     pub node_exits: BTreeMap<u64, u64>,
-    /// Where replicas of a partition disagree about its committed records (cross-replica check).
+    /// Where replicas of a partition disagree about its committed records (cross-replica check),
+    /// and nodes whose metadata no longer follows the metadata group after healing.
     pub replica_divergence: Vec<String>,
     /// Partitions the cross-replica check compared.
     pub partitions_compared: usize,
@@ -121,10 +122,10 @@ impl Outcome {
             if exits.is_empty() { "none".into() } else { exits.join(", ") }
         ));
         s.push_str(&format!(
-            "replicas: {} partitions compared, {}\n",
+            "replicas and metadata after healing: {} partitions compared, {}\n",
             self.partitions_compared,
             if self.replica_divergence.is_empty() {
-                "byte-identical up to their common high watermark".to_string()
+                "byte-identical up to their common high watermark; every node follows the metadata".to_string()
             } else {
                 format!("DIVERGENT: {}", self.replica_divergence.join(" | "))
             }
@@ -284,7 +285,15 @@ fn drive(cluster: &Cluster, opts: &ChaosOptions, cycles: &[Cycle], rng: &mut Sma
         let _ = recorder.write_jsonl(std::io::BufWriter::new(f));
     }
     let nodes: Vec<(u64, String)> = cluster.nodes.iter().map(|n| (n.id, format!("{}:9292", n.ip))).collect();
-    let replicas = runtime.block_on(replicas::compare(&nodes, "chaos", Duration::from_secs(30)));
+    let (mut problems, compared) = runtime.block_on(replicas::compare(&nodes, "chaos", Duration::from_secs(30)));
+    let metadata = runtime.block_on(async {
+        match Client::connect_with(&bootstrap, client_config()).await {
+            Ok(client) => replicas::metadata_follows(&nodes, &client, Duration::from_secs(30)).await,
+            Err(e) => vec![format!("could not connect after healing: {e}")],
+        }
+    });
+    problems.extend(metadata);
+    let replicas = (problems, compared);
     Ok((recorder.check(), actions, replicas))
 }
 

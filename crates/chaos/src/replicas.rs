@@ -96,3 +96,55 @@ pub async fn compare(nodes: &[(u64, String)], topic: &str, settle: Duration) -> 
     }
     (problems, hws.len())
 }
+
+/// After healing, the metadata group must still work on every node — also on one whose disk
+/// filled up completely (its metadata replica must have recovered by itself): a topic created
+/// now must appear in every node's own metadata within `within`. Returns one line per node that
+/// did not follow.
+pub async fn metadata_follows(
+    nodes: &[(u64, String)],
+    client: &runnel_client::Client,
+    within: Duration,
+) -> Vec<String> {
+    const PROBE: &str = "chaos-probe";
+    let deadline = tokio::time::Instant::now() + within;
+    let mut created = Err(String::from("no attempt"));
+    while tokio::time::Instant::now() < deadline {
+        created = match client.create_topic(PROBE, 1, 3, Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(runnel_client::ErrorCode::TopicAlreadyExists) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        if created.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if let Err(e) = created {
+        return vec![format!("could not create the probe topic after healing: {e}")];
+    }
+    let mut lagging: Vec<(u64, String)> = nodes.to_vec();
+    while !lagging.is_empty() && tokio::time::Instant::now() < deadline {
+        let mut still = Vec::new();
+        for (id, addr) in lagging {
+            let seen = async {
+                let mut c = RunnelClient::connect(format!("http://{addr}")).await.ok()?;
+                let req = runnel_proto::v1::MetadataRequest { topics: vec![] };
+                let m = tokio::time::timeout(RPC_TIMEOUT, c.metadata(req)).await.ok()?.ok()?.into_inner();
+                Some(m.topics.iter().any(|t| t.name == PROBE))
+            }
+            .await;
+            if seen != Some(true) {
+                still.push((id, addr));
+            }
+        }
+        lagging = still;
+        if !lagging.is_empty() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    lagging
+        .into_iter()
+        .map(|(id, _)| format!("node {id}'s metadata did not show a topic created after the heal within {within:?}"))
+        .collect()
+}

@@ -49,10 +49,12 @@ fn options(seed: u64, cycles: usize, faults: Vec<FaultKind>) -> ChaosOptions {
 
 /// ≥ 20 cycles of every kind that applies to 3 nodes (power loss of one, a minority and all
 /// nodes among them): nothing acknowledged is lost, nothing read is invented, the cluster serves
-/// every partition afterwards, and no node process dies by itself.
+/// every partition afterwards, every node follows the metadata, and no node process dies by
+/// itself. Except `disk-full-hard`: see the ignored test below.
 #[test]
 fn twenty_mixed_fault_cycles_on_three_containers_lose_nothing() {
-    let kinds: Vec<FaultKind> = FaultKind::ALL.into_iter().filter(|k| k.applies_to(3)).collect();
+    let kinds: Vec<FaultKind> =
+        FaultKind::ALL.into_iter().filter(|k| k.applies_to(3) && *k != FaultKind::DiskFullHard).collect();
     let seed = 20261204;
     let outcome = run(&options(seed, 20, kinds.clone())).expect("the chaos run could not complete");
     println!("{}", outcome.summary());
@@ -93,4 +95,20 @@ fn power_loss_catches_acknowledging_before_fsync() {
         outcome.cycles.len(),
         outcome.report
     );
+}
+
+/// KNOWN BUG, not fixed yet (issue 12): a real ENOSPC (the disk filled by another process, past the
+/// free-space watermark) fails a write of the node's metadata replica; openraft stops that Raft
+/// instance on a storage error and, unlike partition replicas (restarted by
+/// `Broker::run_replica_restarter`), the metadata replica is not restarted when space returns:
+/// the node stops following the metadata until the process restarts. No acknowledged data is lost
+/// (the run's history is clean); the probe after healing — a topic created then must appear on
+/// every node — fails. Seed 31 reproduces it in three cycles. Run with
+/// `cargo nextest run -p runnel-chaos --run-ignored only`.
+#[test]
+#[ignore = "known bug: the metadata replica does not recover from a real ENOSPC without a restart"]
+fn a_real_enospc_leaves_every_nodes_metadata_replica_following() {
+    let outcome = run(&options(31, 3, vec![FaultKind::DiskFullHard])).expect("the chaos run could not complete");
+    println!("{}", outcome.summary());
+    assert!(outcome.passed(), "{}\n{}", outcome.summary(), outcome.report);
 }
