@@ -95,6 +95,8 @@ fn power_loss_catches_acknowledging_before_fsync() {
         outcome.cycles.len(),
         outcome.report
     );
+    // A failing run keeps its logs for whoever investigates; this failure was the point.
+    let _ = std::fs::remove_dir_all(&outcome.work_dir);
 }
 
 /// KNOWN BUG, not fixed yet (issue 12): a real ENOSPC (the disk filled by another process, past the
