@@ -50,11 +50,10 @@ fn options(seed: u64, cycles: usize, faults: Vec<FaultKind>) -> ChaosOptions {
 /// ≥ 20 cycles of every kind that applies to 3 nodes (power loss of one, a minority and all
 /// nodes among them): nothing acknowledged is lost, nothing read is invented, the cluster serves
 /// every partition afterwards, every node follows the metadata, and no node process dies by
-/// itself. Except `disk-full-hard`: see the ignored test below.
+/// itself.
 #[test]
 fn twenty_mixed_fault_cycles_on_three_containers_lose_nothing() {
-    let kinds: Vec<FaultKind> =
-        FaultKind::ALL.into_iter().filter(|k| k.applies_to(3) && *k != FaultKind::DiskFullHard).collect();
+    let kinds: Vec<FaultKind> = FaultKind::ALL.into_iter().filter(|k| k.applies_to(3)).collect();
     let seed = 20261204;
     let outcome = run(&options(seed, 20, kinds.clone())).expect("the chaos run could not complete");
     println!("{}", outcome.summary());
@@ -99,16 +98,13 @@ fn power_loss_catches_acknowledging_before_fsync() {
     let _ = std::fs::remove_dir_all(&outcome.work_dir);
 }
 
-/// KNOWN BUG, not fixed yet (issue 12): a real ENOSPC (the disk filled by another process, past the
-/// free-space watermark) fails a write of the node's metadata replica; openraft stops that Raft
-/// instance on a storage error and, unlike partition replicas (restarted by
-/// `Broker::run_replica_restarter`), the metadata replica is not restarted when space returns:
-/// the node stops following the metadata until the process restarts. No acknowledged data is lost
-/// (the run's history is clean); the probe after healing — a topic created then must appear on
-/// every node — fails. Seed 31 reproduces it in three cycles. Run with
-/// `cargo nextest run -p runnel-chaos --run-ignored only`.
+/// Regression (found by the metadata probe, seed 31): a real ENOSPC (the disk filled by another
+/// process, past the free-space watermark) failed a write of a node's metadata replica; openraft
+/// stops an instance on a storage error, and unlike partition replicas the metadata replica was
+/// not restarted when space returned, so the node stopped following the metadata until its process
+/// restarted. Now `MetaReplica::run_restarter` starts a new instance once space is back: a topic
+/// created after the heal reaches every node.
 #[test]
-#[ignore = "known bug: the metadata replica does not recover from a real ENOSPC without a restart"]
 fn a_real_enospc_leaves_every_nodes_metadata_replica_following() {
     let outcome = run(&options(31, 3, vec![FaultKind::DiskFullHard])).expect("the chaos run could not complete");
     println!("{}", outcome.summary());

@@ -29,7 +29,9 @@ use std::collections::BTreeSet;
 
 pub struct Controller {
     pub node_id: NodeId,
-    pub raft: MetaRaft,
+    /// This node's metadata replica; replaced when it stopped on a storage error and was started
+    /// again (see `node::run_meta_restarter`).
+    raft: parking_lot::RwLock<MetaRaft>,
     pub sm: MetaStateMachine,
     pub router: Router,
     session_timeout: Duration,
@@ -66,7 +68,7 @@ impl Controller {
     ) -> Arc<Self> {
         Arc::new(Self {
             node_id,
-            raft,
+            raft: parking_lot::RwLock::new(raft),
             sm,
             router,
             session_timeout,
@@ -103,16 +105,26 @@ impl Controller {
         }
     }
 
+    /// This node's metadata replica.
+    pub fn raft(&self) -> MetaRaft {
+        self.raft.read().clone()
+    }
+
+    /// Uses `raft` as this node's metadata replica from now on (the previous one stopped).
+    pub fn replace_raft(&self, raft: MetaRaft) {
+        *self.raft.write() = raft;
+    }
+
     /// The metadata group's voters.
     pub fn voters(&self) -> Vec<NodeId> {
-        let m = self.raft.metrics();
+        let m = self.raft().metrics();
         let m = m.borrow_watched();
         m.membership_config.membership().voter_ids().collect()
     }
 
     pub fn is_controller(&self) -> bool {
         let (leader, term) = {
-            let m = self.raft.metrics();
+            let m = self.raft().metrics();
             let m = m.borrow_watched();
             (m.state == ServerState::Leader, m.current_term)
         };
@@ -132,7 +144,7 @@ impl Controller {
 
     /// The controller's id and address, when known.
     pub fn controller(&self) -> Option<(NodeId, String)> {
-        let id = self.raft.metrics().borrow_watched().current_leader?;
+        let id = self.raft().metrics().borrow_watched().current_leader?;
         Some((id, self.router.addr(id)?))
     }
 
@@ -150,7 +162,7 @@ impl Controller {
 
     /// Commits a command to the metadata log and returns its result once applied.
     pub async fn propose(&self, cmd: MetaCommand) -> Result<MetaResponse, RunnelError> {
-        match tokio::time::timeout(Duration::from_secs(10), self.raft.client_write(cmd)).await {
+        match tokio::time::timeout(Duration::from_secs(10), self.raft().client_write(cmd)).await {
             Err(_) => Err(RunnelError::new(ErrorCode::Timeout, "metadata change not committed within 10 s")),
             Ok(Ok(r)) => r.data.into_result(),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(self.not_controller()),
@@ -351,7 +363,8 @@ impl Controller {
             .ok_or_else(|| RunnelError::new(ErrorCode::InvalidRequest, format!("no address known for node {add}")))?;
         let write_err =
             |e: &dyn std::fmt::Display| RunnelError::new(ErrorCode::Timeout, format!("metadata group: {e}"));
-        match tokio::time::timeout(Duration::from_secs(30), self.raft.add_learner(add, BasicNode { addr }, true)).await
+        match tokio::time::timeout(Duration::from_secs(30), self.raft().add_learner(add, BasicNode { addr }, true))
+            .await
         {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(write_err(&e)),
@@ -359,7 +372,7 @@ impl Controller {
         }
         voters.remove(&remove);
         voters.insert(add);
-        match tokio::time::timeout(Duration::from_secs(30), self.raft.change_membership(voters.clone(), true)).await {
+        match tokio::time::timeout(Duration::from_secs(30), self.raft().change_membership(voters.clone(), true)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(write_err(&e)),
             Err(_) => return Err(write_err(&"voter change not committed within 30 s")),
@@ -464,12 +477,12 @@ impl Controller {
         };
         // Every broker keeps a copy of the metadata: brokers that are not voters join as learners.
         let in_membership = {
-            let m = self.raft.metrics();
+            let m = self.raft().metrics();
             let m = m.borrow_watched();
             m.membership_config.membership().get_node(&req.broker_id).is_some()
         };
         if !in_membership {
-            let raft = self.raft.clone();
+            let raft = self.raft();
             let (id, addr) = (req.broker_id, req.addr.clone());
             tokio::spawn(async move {
                 if let Err(e) = raft.add_learner(id, BasicNode { addr }, false).await {

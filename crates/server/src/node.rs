@@ -22,7 +22,7 @@ use runnel_raft::meta_sm::MetaStateMachine;
 use runnel_raft::network::{network_factory, Router};
 use runnel_raft::repair::Repair;
 use runnel_raft::transport::{follow_repair, GroupRegistry, RaftHandler, TransportService};
-use runnel_raft::{group_config, group_seed, start_raft, MetaTypes, Pacing, RaftTiming};
+use runnel_raft::{group_config, group_seed, start_raft, MetaRaft, MetaTypes, Pacing, RaftTiming};
 use runnel_storage::{DiskSpace, Engine, GroupSyncer};
 #[cfg(feature = "rocksdb")]
 use runnel_storage::{RocksEngine, StorageError, WalRecovery};
@@ -137,6 +137,91 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     serve(cfg, env, tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal()).await
 }
 
+/// What this node's metadata replica runs on, kept to start it again.
+struct MetaReplica {
+    node_id: NodeId,
+    timing: RaftTiming,
+    raft_seed: u64,
+    engine: Arc<dyn Engine>,
+    syncer: Arc<GroupSyncer>,
+    space: Arc<DiskSpace>,
+    repair: Arc<Repair>,
+    router: Router,
+    registry: GroupRegistry,
+    /// In memory, and shared by every instance: a restarted instance continues from what the
+    /// previous one applied (the log it replays from is on disk).
+    sm: MetaStateMachine,
+}
+
+/// How often a stopped metadata replica is looked for (and, once space is back, restarted).
+const META_RESTART_EVERY: Duration = Duration::from_secs(2);
+
+impl MetaReplica {
+    /// Starts an instance on what is on disk and registers it with the transport.
+    async fn start(&self) -> anyhow::Result<MetaRaft> {
+        let log = LogStore::<MetaTypes>::new(META_GROUP_ID, self.engine.clone(), self.syncer.clone());
+        let raft = start_raft(
+            group_seed(self.raft_seed, META_GROUP_ID),
+            self.node_id,
+            group_config("metadata", self.timing, Pacing::Timers)?,
+            network_factory(&self.router, META_GROUP_ID),
+            log,
+            self.sm.clone(),
+        )
+        .await?;
+        self.registry.insert(
+            META_GROUP_ID,
+            Arc::new(RaftHandler {
+                raft: raft.clone(),
+                group: META_GROUP_ID,
+                repair: self.repair.clone(),
+                space: None,
+            }),
+        );
+        follow_repair(&raft, META_GROUP_ID, &self.repair);
+        if self.repair.is_repairing(META_GROUP_ID) {
+            // Its own timer would make it campaign; it may not until it has caught up (ADR 0015).
+            raft.runtime_config().elect(false);
+            let (raft, repair) = (raft.clone(), self.repair.clone());
+            tokio::spawn(async move {
+                repair.wait_repaired(META_GROUP_ID).await;
+                raft.runtime_config().elect(true);
+            });
+        }
+        Ok(raft)
+    }
+
+    /// openraft stops an instance for good on a storage error (a disk filled past the watermark by
+    /// something else, say). Partition replicas are restarted by the broker
+    /// (`Broker::run_replica_restarter`); this does the same for the metadata replica: once space
+    /// is back, a new instance starts on what is on disk and the controller uses it. Without it
+    /// the node stopped following the metadata until its process restarted (found by the chaos
+    /// runner: `disk-full-hard`, docs/adr/0016).
+    async fn run_restarter(self, controller: Arc<Controller>) {
+        let mut tick = tokio::time::interval(META_RESTART_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let current = controller.raft();
+            use openraft::type_config::async_runtime::WatchReceiver;
+            let why = current.metrics().borrow_watched().running_state.as_ref().err().map(|e| e.to_string());
+            let Some(why) = why else { continue };
+            if let Err(low) = self.space.check_replicated_data() {
+                tracing::warn!(%low, error = %why, "the metadata replica stopped on an error; it restarts once there is disk space");
+                continue;
+            }
+            tracing::warn!(error = %why, "the metadata replica's Raft stopped on an error; restarting it");
+            match self.start().await {
+                Ok(raft) => {
+                    controller.replace_raft(raft);
+                    let _ = current.shutdown().await;
+                }
+                Err(e) => tracing::error!(error = %e, "could not restart the metadata replica; retrying"),
+            }
+        }
+    }
+}
+
 /// Runs a node on `env`, accepting connections from `incoming`, until `shutdown` completes.
 pub async fn serve<I, IO, IE, F>(cfg: NodeConfig, env: NodeEnv, incoming: I, shutdown: F) -> anyhow::Result<()>
 where
@@ -168,31 +253,20 @@ where
     let registry = GroupRegistry::default();
 
     // The metadata group: voters from the configuration; every other broker joins as a learner.
-    let meta_sm = MetaStateMachine::new();
-    let meta_log = LogStore::<MetaTypes>::new(META_GROUP_ID, engine.clone(), syncer.clone());
-    let meta_raft = start_raft(
-        group_seed(raft_seed, META_GROUP_ID),
+    let meta = MetaReplica {
         node_id,
-        group_config("metadata", timing, Pacing::Timers)?,
-        network_factory(&router, META_GROUP_ID),
-        meta_log,
-        meta_sm.clone(),
-    )
-    .await?;
-    registry.insert(
-        META_GROUP_ID,
-        Arc::new(RaftHandler { raft: meta_raft.clone(), group: META_GROUP_ID, repair: repair.clone(), space: None }),
-    );
-    follow_repair(&meta_raft, META_GROUP_ID, &repair);
-    if repair.is_repairing(META_GROUP_ID) {
-        // Its own timer would make it campaign; it may not until it has caught up (ADR 0015).
-        meta_raft.runtime_config().elect(false);
-        let (raft, repair) = (meta_raft.clone(), repair.clone());
-        tokio::spawn(async move {
-            repair.wait_repaired(META_GROUP_ID).await;
-            raft.runtime_config().elect(true);
-        });
-    }
+        timing,
+        raft_seed,
+        engine: engine.clone(),
+        syncer: syncer.clone(),
+        space: space.clone(),
+        repair: repair.clone(),
+        router: router.clone(),
+        registry: registry.clone(),
+        sm: MetaStateMachine::new(),
+    };
+    let meta_sm = meta.sm.clone();
+    let meta_raft = meta.start().await?;
     if voters.contains_key(&node_id) && !meta_raft.is_initialized().await? {
         let members: BTreeMap<NodeId, BasicNode> =
             voters.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
@@ -235,6 +309,7 @@ where
     let restarter = tokio::spawn(broker.clone().run_replica_restarter());
     let leader_duties = tokio::spawn(broker.clone().run_leader_duties(Duration::from_millis(500)));
     let controller_duties = tokio::spawn(controller.clone().run_duties(Duration::from_millis(500)));
+    let meta_restarter = tokio::spawn(meta.run_restarter(controller.clone()));
     let retention = tokio::spawn(broker.clone().run_retention(Duration::from_millis(cfg.retention_check_interval_ms)));
     let cleaner = tokio::spawn(broker.clone().run_cleaner(Duration::from_millis(cfg.cleaner_interval_ms)));
     let shutting_down = Arc::new(AtomicBool::new(false));
@@ -264,7 +339,7 @@ where
             broker.hand_off_leaderships(SHUTDOWN_HANDOFF).await;
             if controller.is_controller() {
                 if let Some(to) = controller.voters().into_iter().find(|v| *v != node_id && controller.is_live(*v)) {
-                    let _ = controller.raft.trigger().transfer_leader(to).await;
+                    let _ = controller.raft().trigger().transfer_leader(to).await;
                 }
             }
         }
@@ -319,10 +394,11 @@ where
     retention.abort();
     cleaner.abort();
     controller_duties.abort();
+    meta_restarter.abort();
     restarter.abort();
     reconciler.abort();
     broker.shutdown().await;
-    let _ = meta_raft.shutdown().await;
+    let _ = controller.raft().shutdown().await;
     // Whatever was written is made durable before the process exits.
     syncer.sync().await?;
     let stats = syncer.stats();
