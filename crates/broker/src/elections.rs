@@ -14,9 +14,12 @@
 //! Every campaign starts with a pre-vote: a false suspicion never raises a group's term while its
 //! leader can still reach a majority.
 //!
-//! Cost: one look at every group on a full sweep (when a peer is lost or restarts, and every
-//! `SWEEP_EVERY`), and a fast loop over only the groups that need an election. An idle group that
-//! has a live leader costs one metrics read per sweep, nothing else.
+//! Cost: one look at every group on a full sweep (when a peer is lost or restarts, when replicas
+//! start, and every `SWEEP_EVERY` as a backstop), and otherwise a loop over only the groups that
+//! changed or need attention: those whose Raft state changed (`Broker::election_checks`, from the
+//! leadership tracker), those a peer's leader list stopped claiming (from the failure detector),
+//! those waiting for an election, and those whose leader no list has confirmed yet. An idle group
+//! with a confirmed, live leader costs nothing.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -31,8 +34,11 @@ use tokio::time::Instant;
 use crate::manager::Broker;
 use crate::partition::Partition;
 
-/// A full sweep over every group at least this often (it also checks the leader lists).
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// A full sweep over every group at least this often: a backstop. Every change that can make a
+/// group need an election is reported as it happens (a peer lost or restarted, a state transition,
+/// a group dropped from a leader list); sweeping every group each second instead was a fifth of a
+/// node's idle CPU at 10,000 partitions (perf, docs/adr/0012).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Campaigns this node starts per pass at most. Each costs a few RPCs and a synced write on every
 /// voter; when a node with thousands of leaderships dies, the rest wait for the next pass (a
@@ -135,7 +141,12 @@ impl Broker {
         let mut changes = live.subscribe();
         let step = Duration::from_millis((self.deps.timing.election_timeout_ms / 3).max(10));
         let mut seen: HashMap<GroupId, Seen> = HashMap::new();
+        // Groups that need an election (or this node's part in one).
         let mut pending: BTreeSet<GroupId> = BTreeSet::new();
+        // Groups that need no election now but are looked at again each step: a live leader that
+        // no leader list received since has confirmed yet (until one does, or shows it stopped),
+        // and replicas repairing lost writes (until the repair ends).
+        let mut recheck: BTreeSet<GroupId> = BTreeSet::new();
         let mut next_sweep = Instant::now();
         loop {
             let full = tokio::select! {
@@ -147,7 +158,11 @@ impl Broker {
                     }
                     true
                 }
-                _ = tokio::time::sleep(step), if !pending.is_empty() => false,
+                // While groups are pending or rechecked the step below runs anyway (and takes
+                // the changed groups then): during a burst of thousands of state transitions a
+                // pass per transition would only burn the cores the elections need.
+                _ = self.election_checks.wait(), if pending.is_empty() && recheck.is_empty() => false,
+                _ = tokio::time::sleep(step), if !pending.is_empty() || !recheck.is_empty() => false,
             };
             let now = Instant::now();
             let in_flight = pending
@@ -159,21 +174,29 @@ impl Broker {
                 })
                 .count();
             let mut budget = MAX_CAMPAIGNS_PER_PASS.min(MAX_CAMPAIGNS_IN_FLIGHT.saturating_sub(in_flight));
+            let changed = self.election_checks.take();
             if full {
                 next_sweep = now + SWEEP_EVERY;
                 let parts = self.partitions();
-                let running: BTreeSet<GroupId> = parts.iter().map(|p| p.group).collect();
-                seen.retain(|g, _| running.contains(g));
-                pending.retain(|g| running.contains(g));
+                {
+                    let by_group = self.by_group_map();
+                    seen.retain(|g, _| by_group.contains_key(g));
+                    pending.retain(|g| by_group.contains_key(g));
+                    recheck.retain(|g| by_group.contains_key(g));
+                }
                 for p in parts {
-                    self.drive(&p, now, &mut seen, &mut pending, &mut budget).await;
+                    self.drive(&p, now, &mut seen, &mut pending, &mut recheck, &mut budget).await;
                 }
             } else {
-                for g in pending.clone() {
+                let mut look_at = changed;
+                look_at.extend(pending.iter().cloned());
+                look_at.extend(recheck.iter().cloned());
+                for g in look_at {
                     match self.by_group(g) {
-                        Some(p) => self.drive(&p, now, &mut seen, &mut pending, &mut budget).await,
+                        Some(p) => self.drive(&p, now, &mut seen, &mut pending, &mut recheck, &mut budget).await,
                         None => {
                             pending.remove(&g);
+                            recheck.remove(&g);
                             seen.remove(&g);
                         }
                     }
@@ -188,10 +211,12 @@ impl Broker {
         now: Instant,
         seen: &mut HashMap<GroupId, Seen>,
         pending: &mut BTreeSet<GroupId>,
+        recheck: &mut BTreeSet<GroupId>,
         budget: &mut usize,
     ) {
         let me = self.deps.node_id;
         let live = self.deps.router.liveness();
+        recheck.remove(&p.group);
         // The common case — a known leader on a node that answers — costs one metrics read; the
         // voter set is looked at only for the groups that may need an election.
         let (state, term, leader, never_led) = {
@@ -243,6 +268,14 @@ impl Broker {
             s.reported = None;
             s.attempts = 0;
             pending.remove(&p.group);
+            // Healthy as far as is known now; until a leader list received after this node saw
+            // it lead names the group, a list that does not (it stepped down before its first
+            // list) would be reported by nothing but the next sweep: look again each step.
+            if let Some(l) = leader {
+                if !live.confirms_leading(l, p.group, term, s.since) {
+                    recheck.insert(p.group);
+                }
+            }
             return;
         }
         s.unled_since.get_or_insert(now);
@@ -253,8 +286,10 @@ impl Broker {
         };
         if self.deps.repair.is_repairing(p.group) {
             // It may have lost entries it acknowledged: it waits for a leader (docs/adr/0015).
+            // Nothing reports the end of a repair here: look again each step.
             s.report_stuck(p, now, "this replica is repairing after its node lost writes; it does not campaign");
             pending.remove(&p.group);
+            recheck.insert(p.group);
             return;
         }
         if !voters.contains(&me) {

@@ -9,7 +9,6 @@
 //! whenever it changes, so an unchanged set costs nothing to report.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::stream::FuturesUnordered;
@@ -17,45 +16,120 @@ use futures::StreamExt;
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ServerState;
 use parking_lot::RwLock;
-use runnel_types::GroupId;
+use runnel_raft::liveness::GroupHooks;
+use runnel_types::{GroupId, NodeId};
+use tokio::sync::watch;
 
+use crate::dirty::DirtyGroups;
 use crate::manager::Broker;
 use crate::partition::Partition;
 
-/// The groups this node leads, with their terms.
 #[derive(Default)]
+struct Led {
+    /// Every group this node leads, with its term.
+    terms: BTreeMap<GroupId, u64>,
+    /// Led groups left out of the leader lists sent to peers: stuck in a leadership transfer (see
+    /// [`Leaderships::withhold`]). Cleared when the group's leadership changes.
+    withheld: BTreeSet<GroupId>,
+}
+
+/// The groups this node leads, with their terms.
 pub struct Leaderships {
-    led: RwLock<BTreeMap<GroupId, u64>>,
-    version: AtomicU64,
+    led: RwLock<Led>,
+    /// Moves (under `led`'s write lock) whenever `led` changes; subscribers wake on it.
+    version: watch::Sender<u64>,
+}
+
+impl Default for Leaderships {
+    fn default() -> Self {
+        Self { led: RwLock::new(Led::default()), version: watch::channel(0).0 }
+    }
 }
 
 impl Leaderships {
     /// A number that changes whenever the set (or a term in it) changes.
     pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
+        *self.version.borrow()
+    }
+
+    /// Changes whenever [`Leaderships::version`] does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
     }
 
     /// (group, term) of every group this node leads, by group.
     pub fn snapshot(&self) -> Vec<(GroupId, u64)> {
-        self.led.read().iter().map(|(g, t)| (*g, *t)).collect()
+        self.led.read().terms.iter().map(|(g, t)| (*g, *t)).collect()
+    }
+
+    /// What this node claims to lead in its leader lists — every led group but the withheld ones —
+    /// with the version it is (read together).
+    pub fn claimed(&self) -> (u64, Vec<(GroupId, u64)>) {
+        let led = self.led.read();
+        let list = led.terms.iter().filter(|(g, _)| !led.withheld.contains(g)).map(|(g, t)| (*g, *t)).collect();
+        (self.version(), list)
+    }
+
+    /// Leaves `group` out of the leader lists while this node still leads it at `term`: its
+    /// leadership transfer is stuck (openraft's leader then refuses writes and cannot cancel the
+    /// transfer), so its followers must see it unled and elect.
+    pub fn withhold(&self, group: GroupId, term: u64) {
+        let mut led = self.led.write();
+        if led.terms.get(&group) == Some(&term) && led.withheld.insert(group) {
+            self.version.send_modify(|v| *v = v.wrapping_add(1));
+        }
     }
 
     fn set(&self, group: GroupId, led_at: Option<u64>) {
         let mut led = self.led.write();
         let changed = match led_at {
-            Some(term) => led.insert(group, term) != Some(term),
-            None => led.remove(&group).is_some(),
+            Some(term) => led.terms.insert(group, term) != Some(term),
+            None => led.terms.remove(&group).is_some(),
         };
         if changed {
-            self.version.fetch_add(1, Ordering::AcqRel);
+            led.withheld.remove(&group);
+            self.version.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+}
+
+/// What the node-level failure detector asks of the broker (`runnel_raft::liveness`): the leader
+/// list its pings carry, and where groups a peer stopped claiming go (the election driver).
+struct LivenessHooks {
+    leaderships: Arc<Leaderships>,
+    elections: Arc<DirtyGroups>,
+}
+
+impl GroupHooks for LivenessHooks {
+    fn leader_list_version(&self) -> u64 {
+        self.leaderships.version()
+    }
+
+    fn leader_list(&self) -> (u64, Vec<(GroupId, u64)>) {
+        self.leaderships.claimed()
+    }
+
+    fn peer_stopped_claiming(&self, peer: NodeId, groups: Vec<GroupId>) {
+        tracing::debug!(peer, groups = groups.len(), "a peer stopped claiming groups in its leader list");
+        for g in groups {
+            self.elections.mark(g);
         }
     }
 }
 
 type Watcher = std::pin::Pin<Box<dyn std::future::Future<Output = Arc<Partition>> + Send>>;
 
+/// Who hears of a group's state transitions besides [`Leaderships`].
+#[derive(Clone)]
+pub(crate) struct TransitionListeners {
+    /// The election driver (a follower's leader changed, a group lost its leader).
+    pub elections: Arc<DirtyGroups>,
+    /// Leader duties (this node became leader: is it the preferred replica?).
+    pub duties: Arc<DirtyGroups>,
+}
+
 /// Follows one group's server metrics until its Raft instance stops, recording every change.
-fn watch(p: Arc<Partition>, leaderships: Arc<Leaderships>) -> Watcher {
+fn watch(p: Arc<Partition>, leaderships: Arc<Leaderships>, listeners: TransitionListeners) -> Watcher {
     Box::pin(async move {
         let mut rx = p.raft.server_metrics();
         loop {
@@ -64,6 +138,8 @@ fn watch(p: Arc<Partition>, leaderships: Arc<Leaderships>) -> Watcher {
                 (m.state == ServerState::Leader).then(|| m.vote.leader_id().term)
             };
             leaderships.set(p.group, led_at);
+            listeners.elections.mark(p.group);
+            listeners.duties.mark(p.group);
             // A change after the read above wakes this; none is lost in between.
             if rx.changed().await.is_err() {
                 return p;
@@ -73,6 +149,11 @@ fn watch(p: Arc<Partition>, leaderships: Arc<Leaderships>) -> Watcher {
 }
 
 impl Broker {
+    /// The hooks this node's failure detector needs (`NodeLiveness::set_hooks`).
+    pub fn liveness_hooks(&self) -> Arc<dyn GroupHooks> {
+        Arc::new(LivenessHooks { leaderships: self.leaderships.clone(), elections: self.election_checks.clone() })
+    }
+
     /// Keeps [`Broker::leaderships`] current until the task is dropped.
     pub async fn run_leadership_tracker(self: Arc<Self>) {
         // The instance each group is watched through: a group stopped and started again is a new
@@ -112,7 +193,7 @@ impl Broker {
                     continue;
                 }
                 watching.insert(p.group, p.clone());
-                watchers.push(watch(p, self.leaderships.clone()));
+                watchers.push(watch(p, self.leaderships.clone(), self.transition_listeners()));
             }
             watching.retain(|g, _| {
                 let keep = running_ids.contains(g);

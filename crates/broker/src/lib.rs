@@ -1,6 +1,7 @@
 //! The broker: runs this node's partition replicas (one openraft group each) as the committed
 //! metadata says, and serves produce and fetch on the ones it leads.
 
+mod dirty;
 mod elections;
 mod leadership;
 pub mod maintenance;

@@ -63,6 +63,8 @@ pub struct Partition {
     /// stops taking writes once it starts a transfer and never resumes on its own; with quiescent
     /// groups nothing else would elect if the target ignored it, so leader duties retry it.
     pub(crate) transfer: parking_lot::Mutex<Option<PendingTransfer>>,
+    /// Leader duties look at the group again once a transfer starts (see `run_leader_duties`).
+    pub(crate) duty_checks: Arc<crate::dirty::DirtyGroups>,
     /// The group's metrics channel, subscribed once: `Raft::metrics()` hands out a new receiver
     /// per call, and periodic duties over thousands of groups spent most of their time there.
     pub(crate) metrics_rx:
@@ -659,6 +661,7 @@ impl Partition {
             }
             let now = tokio::time::Instant::now();
             *self.transfer.lock() = Some(PendingTransfer { term, first: already.map_or(now, |t| t.first), last: now });
+            self.duty_checks.mark(self.group);
         }
         self.raft
             .trigger()

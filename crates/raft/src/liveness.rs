@@ -47,10 +47,12 @@ impl LivenessConfig {
     }
 }
 
-/// The groups one peer said it leads, with their terms, and when the list arrived.
+/// The groups one peer said it leads, with their terms, and when the list arrived (a list sent
+/// as "unchanged" shares the groups of the one it repeats).
 struct LeaderList {
     received: Instant,
-    groups: HashMap<GroupId, u64>,
+    version: u64,
+    groups: Arc<HashMap<GroupId, u64>>,
 }
 
 struct Peer {
@@ -63,11 +65,20 @@ struct Peer {
     lists: VecDeque<LeaderList>,
     /// Whether the last check found it unreachable (to announce each transition once).
     down: bool,
+    /// The version of this node's leader list the peer said it holds (0: none).
+    holds_version: u64,
 }
 
 impl Peer {
     fn new(now: Instant) -> Self {
-        Self { watched_since: now, last_heard: None, incarnation: None, lists: VecDeque::new(), down: false }
+        Self {
+            watched_since: now,
+            last_heard: None,
+            incarnation: None,
+            lists: VecDeque::new(),
+            down: false,
+            holds_version: 0,
+        }
     }
 }
 
@@ -80,8 +91,16 @@ pub enum ListClaim {
     DoesNotLead,
 }
 
-/// The groups this node leads, with their terms: provided by the broker.
-pub type LeaderSource = Arc<dyn Fn() -> Vec<(GroupId, u64)> + Send + Sync>;
+/// What the broker gives the detector.
+pub trait GroupHooks: Send + Sync {
+    /// A number that changes whenever [`GroupHooks::leader_list`] would.
+    fn leader_list_version(&self) -> u64;
+    /// The groups this node claims to lead, with their terms, and the version they are.
+    fn leader_list(&self) -> (u64, Vec<(GroupId, u64)>);
+    /// `peer`'s new leader list no longer claims `groups`, which its previous list did: their
+    /// followers here should look at them (see `NodeLiveness::stopped_leading`).
+    fn peer_stopped_claiming(&self, peer: NodeId, groups: Vec<GroupId>);
+}
 
 pub struct NodeLiveness {
     self_id: NodeId,
@@ -91,7 +110,7 @@ pub struct NodeLiveness {
     /// Bumped whenever a peer becomes unreachable, restarts, or sends a leader list: the election
     /// driver then looks at every group at once instead of waiting for its next sweep.
     changes: watch::Sender<u64>,
-    leaders: RwLock<Option<LeaderSource>>,
+    hooks: RwLock<Option<Arc<dyn GroupHooks>>>,
 }
 
 impl NodeLiveness {
@@ -102,13 +121,14 @@ impl NodeLiveness {
             cfg,
             peers: RwLock::new(BTreeMap::new()),
             changes: watch::channel(0).0,
-            leaders: RwLock::new(None),
+            hooks: RwLock::new(None),
         })
     }
 
-    /// Where the leader lists this node sends come from (the broker's running groups).
-    pub fn set_leader_source(&self, source: LeaderSource) {
-        *self.leaders.write() = Some(source);
+    /// Where the leader lists this node sends come from, and who hears of groups peers stopped
+    /// claiming (the broker).
+    pub fn set_hooks(&self, hooks: Arc<dyn GroupHooks>) {
+        *self.hooks.write() = Some(hooks);
     }
 
     /// A receiver that changes when the driver should look at every group now.
@@ -206,6 +226,15 @@ impl NodeLiveness {
             && p.lists.iter().all(|l| l.received > since && l.groups.get(&group).is_none_or(|t| *t < term))
     }
 
+    /// Whether `peer`'s latest leader list, received after `since`, names `group` at `term` (or
+    /// later): the belief that it leads is confirmed, and only a later list that drops the group
+    /// (reported through [`GroupHooks::peer_stopped_claiming`]) or the peer's loss can change that.
+    pub fn confirms_leading(&self, peer: NodeId, group: GroupId, term: u64, since: Instant) -> bool {
+        let peers = self.peers.read();
+        let Some(p) = peers.get(&peer) else { return false };
+        p.lists.back().is_some_and(|l| l.received > since && l.groups.get(&group).is_some_and(|t| *t >= term))
+    }
+
     /// What `peer`'s latest leader list, received since this node started watching it, says
     /// about `group`.
     pub fn list_claim(&self, peer: NodeId, group: GroupId) -> ListClaim {
@@ -248,8 +277,9 @@ impl NodeLiveness {
             let restarted = p.incarnation.is_some_and(|i| i != incarnation);
             p.incarnation = Some(incarnation);
             if restarted {
-                // Its old lists describe a process that no longer exists.
+                // Its old lists describe a process that no longer exists, and it holds none of ours.
                 p.lists.clear();
+                p.holds_version = 0;
             }
             restarted
         };
@@ -259,41 +289,90 @@ impl NodeLiveness {
         }
     }
 
-    fn record_leaders(&self, peer: NodeId, groups: HashMap<GroupId, u64>) {
-        let first = {
+    /// Records a leader list from `peer`: `groups` in full, or `None` for "unchanged since the
+    /// list of `version`" (ignored unless that is the list held). Returns the version now held.
+    fn record_leaders(&self, peer: NodeId, version: u64, groups: Option<HashMap<GroupId, u64>>) -> u64 {
+        let (first, dropped, held) = {
             let mut peers = self.peers.write();
             let now = Instant::now();
             let p = peers.entry(peer).or_insert_with(|| Peer::new(now));
             let first = p.lists.is_empty();
-            p.lists.push_back(LeaderList { received: now, groups });
+            let latest = p.lists.back();
+            let (groups, dropped) = match groups {
+                Some(groups) => {
+                    // Groups the previous list claimed and this one does not: their followers here
+                    // look at them now instead of on a sweep of every group.
+                    let dropped: Vec<GroupId> = latest
+                        .filter(|l| l.version != version)
+                        .map(|l| {
+                            l.groups.iter().filter(|(g, t)| groups.get(g).is_none_or(|nt| nt < t)).map(|(g, _)| *g).collect()
+                        })
+                        .unwrap_or_default();
+                    (Arc::new(groups), dropped)
+                }
+                None => match latest {
+                    Some(l) if l.version == version => (l.groups.clone(), vec![]),
+                    _ => return latest.map_or(0, |l| l.version),
+                },
+            };
+            p.lists.push_back(LeaderList { received: now, version, groups });
             while p.lists.len() > 2 {
                 p.lists.pop_front();
             }
-            first
+            (first, dropped, version)
         };
+        if !dropped.is_empty() {
+            if let Some(h) = self.hooks.read().clone() {
+                h.peer_stopped_claiming(peer, dropped);
+            }
+        }
         // Only a peer's first list (since it was watched or restarted) wakes the election driver
-        // at once: groups waiting for every voter's list can then elect. Later lists are read by
-        // its regular sweep; announcing each of them made it sweep every group several times a
-        // second (a fifth of a node's CPU at 10,000 partitions, measured with perf).
+        // for every group: groups waiting for every voter's list can then elect. A later list
+        // reports only the groups it dropped (above); announcing each list made the driver sweep
+        // every group several times a second (a fifth of a node's CPU at 10,000 partitions, perf).
         if first {
             self.announce();
         }
+        held
     }
 
-    fn ping_request(&self, with_leaders: bool) -> PingRequest {
-        let (groups, terms) = if with_leaders {
-            let source = self.leaders.read().clone();
-            source.map(|s| s()).unwrap_or_default().into_iter().unzip()
-        } else {
-            (vec![], vec![])
-        };
-        PingRequest {
+    /// The version of this node's leader list as sent on the wire (never 0, which means none).
+    fn wire_version(source_version: u64) -> u64 {
+        source_version.wrapping_add(1).max(1)
+    }
+
+    /// The ping to `peer` this round: with this node's leader list when `with_leaders` — in full,
+    /// or as "unchanged" when the peer said it holds the current version (`full` is built once
+    /// per round, only when some peer needs it).
+    fn ping_request(&self, peer: NodeId, with_leaders: bool, full: &mut Option<Arc<PingRequest>>) -> Arc<PingRequest> {
+        let bare = |has_leaders, leaders_version, leaders_unchanged| PingRequest {
             from_node: self.self_id,
             incarnation: self.incarnation,
-            has_leaders: with_leaders,
-            leader_groups: groups,
-            leader_terms: terms,
+            has_leaders,
+            leader_groups: vec![],
+            leader_terms: vec![],
+            leaders_version,
+            leaders_unchanged,
+        };
+        let hooks = self.hooks.read().clone();
+        let (true, Some(hooks)) = (with_leaders, hooks) else {
+            return Arc::new(bare(false, 0, false));
+        };
+        let current = Self::wire_version(hooks.leader_list_version());
+        let holds = self.peers.read().get(&peer).map_or(0, |p| p.holds_version);
+        if holds == current {
+            return Arc::new(bare(true, current, true));
         }
+        full.get_or_insert_with(|| {
+            let (version, list) = hooks.leader_list();
+            let (groups, terms) = list.into_iter().unzip();
+            Arc::new(PingRequest {
+                leader_groups: groups,
+                leader_terms: terms,
+                ..bare(true, Self::wire_version(version), false)
+            })
+        })
+        .clone()
     }
 
     /// Pings every watched peer every `interval` until the task is dropped. `router` supplies the
@@ -313,19 +392,25 @@ impl NodeLiveness {
             // The first ping after start carries the list too, so a quick restart is noticed.
             let with_leaders = round.is_multiple_of(self.cfg.leaders_every_pings);
             round = round.wrapping_add(1);
-            let req = Arc::new(self.ping_request(with_leaders));
+            let mut full = None;
             for peer in self.peers() {
                 // One ping in flight per peer: a peer that does not answer gets no pile of calls.
                 if !inflight.insert(peer) {
                     continue;
                 }
-                let (me, router, req, done) = (self.clone(), router.clone(), req.clone(), done_tx.clone());
+                let req = self.ping_request(peer, with_leaders, &mut full);
+                let (me, router, done) = (self.clone(), router.clone(), done_tx.clone());
                 tokio::spawn(async move {
                     let ttl = me.cfg.timeout;
                     match router.ping(peer, (*req).clone(), ttl).await {
                         Ok(reply) => {
                             me.heard(peer);
                             me.record_incarnation(peer, reply.incarnation);
+                            if req.has_leaders {
+                                if let Some(p) = me.peers.write().get_mut(&peer) {
+                                    p.holds_version = reply.leaders_version_held;
+                                }
+                            }
                         }
                         Err(e) => tracing::trace!(peer, error = %e, "ping failed"),
                     }
@@ -338,15 +423,17 @@ impl NodeLiveness {
     /// The receiving side of a ping.
     fn on_ping(&self, req: PingRequest) -> PingReply {
         let peer = req.from_node;
+        let mut held = 0;
         if peer != self.self_id {
             self.heard(peer);
             self.record_incarnation(peer, req.incarnation);
             if req.has_leaders {
-                let groups = req.leader_groups.into_iter().zip(req.leader_terms).collect();
-                self.record_leaders(peer, groups);
+                let groups =
+                    (!req.leaders_unchanged).then(|| req.leader_groups.into_iter().zip(req.leader_terms).collect());
+                held = self.record_leaders(peer, req.leaders_version, groups);
             }
         }
-        PingReply { node_id: self.self_id, incarnation: self.incarnation }
+        PingReply { node_id: self.self_id, incarnation: self.incarnation, leaders_version_held: held }
     }
 }
 
@@ -366,6 +453,45 @@ mod tests {
 
     fn cfg() -> LivenessConfig {
         LivenessConfig::new(100, 500)
+    }
+
+    fn bare(from_node: NodeId, incarnation: u64) -> PingRequest {
+        PingRequest { from_node, incarnation, ..Default::default() }
+    }
+
+    /// A full leader list of `version`.
+    fn list(from_node: NodeId, incarnation: u64, version: u64, led: &[(GroupId, u64)]) -> PingRequest {
+        PingRequest {
+            has_leaders: true,
+            leader_groups: led.iter().map(|(g, _)| *g).collect(),
+            leader_terms: led.iter().map(|(_, t)| *t).collect(),
+            leaders_version: version,
+            ..bare(from_node, incarnation)
+        }
+    }
+
+    /// "My list is still the one of `version`".
+    fn unchanged(from_node: NodeId, incarnation: u64, version: u64) -> PingRequest {
+        PingRequest { has_leaders: true, leaders_version: version, leaders_unchanged: true, ..bare(from_node, incarnation) }
+    }
+
+    /// Hooks that serve a fixed list and record what peers stopped claiming.
+    #[derive(Default)]
+    struct Hooks {
+        list: parking_lot::Mutex<(u64, Vec<(GroupId, u64)>)>,
+        stopped: parking_lot::Mutex<Vec<(NodeId, Vec<GroupId>)>>,
+    }
+
+    impl GroupHooks for Hooks {
+        fn leader_list_version(&self) -> u64 {
+            self.list.lock().0
+        }
+        fn leader_list(&self) -> (u64, Vec<(GroupId, u64)>) {
+            self.list.lock().clone()
+        }
+        fn peer_stopped_claiming(&self, peer: NodeId, groups: Vec<GroupId>) {
+            self.stopped.lock().push((peer, groups));
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -405,34 +531,16 @@ mod tests {
         l.watch(2);
         let belief = Instant::now();
         tokio::time::advance(Duration::from_millis(10)).await;
-        l.on_ping(PingRequest {
-            from_node: 2,
-            incarnation: 9,
-            has_leaders: true,
-            leader_groups: vec![5],
-            leader_terms: vec![3],
-        });
+        l.on_ping(list(2, 9, 1, &[(5, 3)]));
         assert!(!l.stopped_leading(2, 6, 1, belief), "one list is not enough");
         tokio::time::advance(Duration::from_millis(10)).await;
-        l.on_ping(PingRequest {
-            from_node: 2,
-            incarnation: 9,
-            has_leaders: true,
-            leader_groups: vec![5],
-            leader_terms: vec![3],
-        });
+        l.on_ping(list(2, 9, 1, &[(5, 3)]));
         assert!(l.stopped_leading(2, 6, 1, belief), "group 6 is in neither list");
         assert!(!l.stopped_leading(2, 5, 3, belief), "group 5 is led at term 3");
         assert!(l.stopped_leading(2, 5, 4, belief), "a list at term 3 does not cover a belief at term 4");
         assert!(!l.stopped_leading(2, 6, 1, Instant::now()), "lists older than the belief do not count");
         // A restart clears what the old process said.
-        l.on_ping(PingRequest {
-            from_node: 2,
-            incarnation: 10,
-            has_leaders: false,
-            leader_groups: vec![],
-            leader_terms: vec![],
-        });
+        l.on_ping(bare(2, 10));
         assert!(!l.stopped_leading(2, 6, 1, belief));
     }
 
@@ -441,21 +549,9 @@ mod tests {
         let l = NodeLiveness::new(1, 7, cfg());
         let mut rx = l.subscribe();
         l.watch(2);
-        l.on_ping(PingRequest {
-            from_node: 2,
-            incarnation: 9,
-            has_leaders: false,
-            leader_groups: vec![],
-            leader_terms: vec![],
-        });
+        l.on_ping(bare(2, 9));
         assert!(!rx.has_changed().unwrap(), "the first incarnation seen is not a restart");
-        l.on_ping(PingRequest {
-            from_node: 2,
-            incarnation: 10,
-            has_leaders: false,
-            leader_groups: vec![],
-            leader_terms: vec![],
-        });
+        l.on_ping(bare(2, 10));
         assert!(rx.has_changed().unwrap());
         rx.borrow_and_update();
         l.heard(2);
@@ -464,5 +560,68 @@ mod tests {
         tokio::time::advance(Duration::from_millis(600)).await;
         l.check_transitions();
         assert!(rx.has_changed().unwrap(), "losing a peer wakes the election driver");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_list_counts_as_a_new_list_only_when_its_version_is_held() {
+        let l = NodeLiveness::new(1, 7, cfg());
+        l.watch(2);
+        let belief = Instant::now();
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(l.on_ping(unchanged(2, 9, 4)).leaders_version_held, 0, "nothing held: ignored");
+        assert_eq!(l.list_claim(2, 5), ListClaim::NoList);
+        assert_eq!(l.on_ping(list(2, 9, 4, &[(5, 3)])).leaders_version_held, 4);
+        assert!(l.confirms_leading(2, 5, 3, belief));
+        assert!(!l.confirms_leading(2, 6, 1, belief));
+        assert!(!l.stopped_leading(2, 6, 1, belief), "one list is not enough");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        assert_eq!(l.on_ping(unchanged(2, 9, 3)).leaders_version_held, 4, "another version: ignored");
+        assert!(!l.stopped_leading(2, 6, 1, belief), "an ignored list does not count");
+        assert_eq!(l.on_ping(unchanged(2, 9, 4)).leaders_version_held, 4);
+        assert!(l.stopped_leading(2, 6, 1, belief), "the repeated list counts as the second");
+        assert!(!l.stopped_leading(2, 5, 3, belief));
+        assert_eq!(l.list_claim(2, 5), ListClaim::Leads(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_group_a_peer_stops_claiming_is_reported_once() {
+        let l = NodeLiveness::new(1, 7, cfg());
+        let hooks = Arc::new(Hooks::default());
+        l.set_hooks(hooks.clone());
+        l.watch(2);
+        l.on_ping(list(2, 9, 1, &[(5, 3), (6, 2), (8, 1)]));
+        assert!(hooks.stopped.lock().is_empty(), "a first list drops nothing");
+        l.on_ping(unchanged(2, 9, 1));
+        l.on_ping(list(2, 9, 2, &[(5, 3), (8, 4), (9, 1)]));
+        assert_eq!(*hooks.stopped.lock(), vec![(2, vec![6])], "6 is gone; 8 moved to a later term; 9 is new");
+        l.on_ping(list(2, 9, 2, &[(5, 3), (8, 4), (9, 1)]));
+        l.on_ping(unchanged(2, 9, 2));
+        assert_eq!(hooks.stopped.lock().len(), 1, "the same version again reports nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_carry_the_full_list_until_the_peer_holds_it() {
+        let l = NodeLiveness::new(1, 7, cfg());
+        let hooks = Arc::new(Hooks::default());
+        *hooks.list.lock() = (5, vec![(3, 2), (4, 2)]);
+        l.set_hooks(hooks.clone());
+        l.watch(2);
+        let mut full = None;
+        let req = l.ping_request(2, true, &mut full);
+        assert!(req.has_leaders && !req.leaders_unchanged && req.leader_groups == vec![3, 4]);
+        assert_eq!(req.leaders_version, 6, "wire versions start at 1 (0 means none)");
+        assert!(!l.ping_request(2, false, &mut full).has_leaders);
+        // The peer answers that it holds version 6.
+        l.peers.write().get_mut(&2).expect("watched").holds_version = 6;
+        let req = l.ping_request(2, true, &mut None);
+        assert!(req.has_leaders && req.leaders_unchanged && req.leader_groups.is_empty());
+        *hooks.list.lock() = (6, vec![(3, 2)]);
+        let req = l.ping_request(2, true, &mut None);
+        assert!(!req.leaders_unchanged && req.leader_groups == vec![3] && req.leaders_version == 7);
+        // A restart of the peer means it holds nothing of ours.
+        l.on_ping(bare(2, 1));
+        l.peers.write().get_mut(&2).expect("watched").holds_version = 7;
+        l.on_ping(bare(2, 2));
+        assert!(!l.ping_request(2, true, &mut None).leaders_unchanged);
     }
 }

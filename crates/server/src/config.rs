@@ -49,7 +49,8 @@ pub struct NodeConfig {
     /// leaders, and a leader that cannot reach a majority of its replicas stops serving,
     /// milliseconds.
     pub node_liveness_timeout_ms: u64,
-    /// How often a broker reports to the controller, milliseconds.
+    /// How often an idle broker reports to the controller, milliseconds. A change in the
+    /// partitions it leads is reported at once (at most one report per 100 ms).
     pub broker_heartbeat_ms: u64,
     /// A broker the controller has not heard from for this long counts as not live, milliseconds.
     /// A broker that has not reached the controller for this long fences itself.
@@ -91,7 +92,7 @@ impl Default for NodeConfig {
             raft_election_timeout_ms: 150,
             node_liveness_interval_ms: 100,
             node_liveness_timeout_ms: 500,
-            broker_heartbeat_ms: 100,
+            broker_heartbeat_ms: 1_000,
             broker_session_timeout_ms: 6_000,
             broker_replacement_timeout_ms: 300_000,
             offsets_topic_partitions: 8,

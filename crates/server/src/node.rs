@@ -41,6 +41,14 @@ const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
 /// (a report the controller accepted but failed to act on is then acted on again).
 const FULL_REPORT_EVERY: Duration = Duration::from_secs(2);
 
+/// A change in the partitions this broker leads is reported to the controller at once, but at most
+/// one heartbeat per this gap: when thousands of groups elect, one report covers many of them.
+const LEADER_REPORT_GAP: Duration = Duration::from_millis(100);
+
+/// How long a stopping node waits for the controller to accept its "shutting down" heartbeat
+/// before it hands its leaderships away regardless.
+const SHUTDOWN_ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
+
 /// How long a stopping node waits for its leaderships to move before it stops anyway.
 const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(10);
 
@@ -298,10 +306,7 @@ where
         Duration::from_millis(cfg.broker_replacement_timeout_ms),
     );
 
-    {
-        let broker = broker.clone();
-        liveness.set_leader_source(Arc::new(move || broker.led_groups()));
-    }
+    liveness.set_hooks(broker.liveness_hooks());
     let pinger = tokio::spawn(liveness.clone().run(router.clone()));
     let elections = tokio::spawn(broker.clone().run_election_driver());
     let leadership_tracker = tokio::spawn(broker.clone().run_leadership_tracker());
@@ -313,6 +318,8 @@ where
     let retention = tokio::spawn(broker.clone().run_retention(Duration::from_millis(cfg.retention_check_interval_ms)));
     let cleaner = tokio::spawn(broker.clone().run_cleaner(Duration::from_millis(cfg.cleaner_interval_ms)));
     let shutting_down = Arc::new(AtomicBool::new(false));
+    let heartbeat_now = Arc::new(tokio::sync::Notify::new());
+    let (shutdown_announced_tx, shutdown_announced) = tokio::sync::watch::channel(false);
     let heartbeats = tokio::spawn(heartbeat_loop(
         Heartbeat {
             node_id,
@@ -322,6 +329,8 @@ where
             session: Duration::from_millis(cfg.broker_session_timeout_ms),
             voters: voters.keys().cloned().collect(),
             shutting_down: shutting_down.clone(),
+            now: heartbeat_now.clone(),
+            shutdown_announced: shutdown_announced_tx,
         },
         broker.clone(),
         controller.clone(),
@@ -330,12 +339,16 @@ where
     // new leaders (NOT_LEADER with a hint) before this node stops answering.
     let drain = {
         let (broker, controller, flag) = (broker.clone(), controller.clone(), shutting_down.clone());
+        let mut announced = shutdown_announced;
         async move {
             shutdown.await;
             tracing::info!(node_id, "shutdown requested: handing leaderships to other replicas");
             flag.store(true, Ordering::SeqCst);
-            // The next heartbeat announces the shutdown, so balancers stop moving leadership back.
-            tokio::time::sleep(Duration::from_millis(cfg.broker_heartbeat_ms * 2)).await;
+            // A heartbeat announces the shutdown at once, so balancers stop moving leadership back.
+            heartbeat_now.notify_one();
+            if tokio::time::timeout(SHUTDOWN_ANNOUNCE_WAIT, announced.wait_for(|a| *a)).await.is_err() {
+                tracing::warn!(node_id, "the controller has not acknowledged the shutdown; handing leaderships away anyway");
+            }
             broker.hand_off_leaderships(SHUTDOWN_HANDOFF).await;
             if controller.is_controller() {
                 if let Some(to) = controller.voters().into_iter().find(|v| *v != node_id && controller.is_live(*v)) {
@@ -441,22 +454,44 @@ struct Heartbeat {
     session: Duration,
     voters: Vec<NodeId>,
     shutting_down: Arc<AtomicBool>,
+    /// Wakes the loop for a heartbeat now (shutdown).
+    now: Arc<tokio::sync::Notify>,
+    /// Set once the controller accepted a heartbeat saying this broker is shutting down.
+    shutdown_announced: tokio::sync::watch::Sender<bool>,
 }
 
-/// Reports this broker (and the partitions it leads) to the controller every `every`, and fences
-/// the broker while no heartbeat has been accepted within its session.
+/// Reports this broker (and the partitions it leads) to the controller every `every` — and at
+/// once when those partitions change (at most one report per `LEADER_REPORT_GAP`) — and fences
+/// the broker while no heartbeat has been accepted within its session. Between changes an idle
+/// broker sends one small heartbeat per interval (Kafka's brokers: one every 2 s by default).
 async fn heartbeat_loop(hb: Heartbeat, broker: Arc<Broker>, controller: Arc<Controller>) {
     let mut next_voter = 0usize;
     // One channel per controller address, reused across heartbeats.
     let mut client: Option<(String, ControllerClient<tonic::transport::Channel>)> = None;
-    let mut tick = tokio::time::interval(hb.every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_accepted = tokio::time::Instant::now();
     // Whom the last full leader list went to, the leadership version it described, and when it
     // was accepted: an unchanged list is not sent again until FULL_REPORT_EVERY has passed.
     let mut last_report: Option<(String, u64, tokio::time::Instant)> = None;
+    let mut leadership = broker.leaderships.subscribe();
+    let mut last_sent: Option<tokio::time::Instant> = None;
     loop {
-        tick.tick().await;
+        if let Some(last) = last_sent {
+            // A change that the last accepted report did not cover is reported after the gap.
+            let unreported = last_report.as_ref().is_none_or(|(_, v, _)| *v != broker.leaderships.version());
+            tokio::select! {
+                _ = tokio::time::sleep_until(last + hb.every) => {}
+                _ = hb.now.notified() => {}
+                r = leadership.changed(), if !unreported => {
+                    if r.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep_until(last + LEADER_REPORT_GAP).await;
+                }
+                _ = tokio::time::sleep_until(last + LEADER_REPORT_GAP), if unreported => {}
+            }
+        }
+        leadership.borrow_and_update();
+        last_sent = Some(tokio::time::Instant::now());
         let fenced = last_accepted.elapsed() > hb.session;
         if broker.fence.set(fenced) {
             if fenced {
@@ -503,12 +538,13 @@ async fn heartbeat_loop(hb: Heartbeat, broker: Arc<Broker>, controller: Arc<Cont
                 })
                 .collect()
         };
+        let shutting_down = hb.shutting_down.load(Ordering::SeqCst);
         let req = BrokerHeartbeatRequest {
             broker_id: hb.node_id,
             addr: hb.advertise.clone(),
             leaders,
             incarnation: hb.incarnation,
-            shutting_down: hb.shutting_down.load(Ordering::SeqCst),
+            shutting_down,
             leaders_unchanged: unchanged,
         };
         let mut c = match &client {
@@ -537,6 +573,9 @@ async fn heartbeat_loop(hb: Heartbeat, broker: Arc<Broker>, controller: Arc<Cont
                 last_accepted = tokio::time::Instant::now();
                 if !unchanged {
                     last_report = Some((target.clone(), version, last_accepted));
+                }
+                if shutting_down {
+                    hb.shutdown_announced.send_replace(true);
                 }
             }
             Ok(Err(e)) => {

@@ -267,6 +267,8 @@ fn node_config(i: usize, nodes: usize, replacement_ms: u64) -> NodeConfig {
     // Short sessions, so that brokers are declared unavailable, fence themselves and get replaced
     // within a run.
     cfg.broker_session_timeout_ms = 2_000;
+    // A session of eight heartbeats, as the defaults have it (1 s of 6 s would be three).
+    cfg.broker_heartbeat_ms = 250;
     cfg.broker_replacement_timeout_ms = replacement_ms;
     cfg.node_id = i as u64 + 1;
     cfg.listen = std::net::SocketAddr::from(([0, 0, 0, 0], PORT));
