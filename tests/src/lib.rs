@@ -64,7 +64,7 @@ impl Node {
 pub struct Cluster {
     pub nodes: Vec<Node>,
     voters: String,
-    /// Extra `RUNNEL_*` settings every node starts with.
+    /// Extra `RUNNEL_*` settings every node starts with (`{id}` in a value: the node's id).
     env: Vec<(String, String)>,
     dir: tempfile::TempDir,
 }
@@ -136,7 +136,8 @@ impl Cluster {
             .arg(&node.data_dir)
             .args(["--voters", &self.voters])
             .env("RUNNEL_LOG", std::env::var("RUNNEL_LOG").unwrap_or_else(|_| "info,openraft=error".into()))
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // `{id}` in a value is this node's id (per-node files, e.g. its certificate).
+            .envs(self.env.iter().map(|(k, v)| (k.clone(), v.replace("{id}", &node.id.to_string()))))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -282,3 +282,66 @@ async fn benchmarks_report_every_record_they_sent_and_read() {
     let groups = ok(&cli(&dev.addr, &["group", "list"], None));
     assert!(!groups.contains("bench-e2e"), "{groups}");
 }
+
+/// `runnel certs` makes a CA and certificates; a node started with them serves TLS only, and the
+/// CLI reaches it with `--tls-ca`. A node listening beyond loopback without TLS refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_from_the_cli_secure_a_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let c = certs.to_str().unwrap();
+    ok(&cli("unused:1", &["certs", "ca", "--dir", c], None));
+    ok(&cli("unused:1", &["certs", "node", "--dir", c, "--id", "1", "--host", "127.0.0.1", "--host", "localhost"], None));
+    ok(&cli("unused:1", &["certs", "client", "--dir", c, "--name", "alice"], None));
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "node-1.key", "client-alice.key"] {
+        let mode = std::fs::metadata(certs.join(key)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{key} must be readable by its owner only (mode {mode:o})");
+    }
+    fails_with(&cli("unused:1", &["certs", "ca", "--dir", c], None), &["ca.pem", "never overwritten"]);
+    fails_with(
+        &cli("unused:1", &["certs", "node", "--dir", c, "--id", "2", "--host", "bad host!"], None),
+        &["'bad host!'", "neither an IP address nor a DNS name"],
+    );
+
+    // A TLS node (runnel dev reads the same RUNNEL_TLS_* settings).
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut node = Command::new(runnel_bin())
+        .args(["dev", "--listen", &addr, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUNNEL_TLS_CA_FILE", certs.join("ca.pem"))
+        .env("RUNNEL_TLS_CERT_FILE", certs.join("node-1.pem"))
+        .env("RUNNEL_TLS_KEY_FILE", certs.join("node-1.key"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn runnel dev");
+    let ca = certs.join("ca.pem").display().to_string();
+    let info = wait_for(Duration::from_secs(60), "the TLS node answers `cluster info --tls-ca`", || {
+        let (addr, ca) = (addr.clone(), ca.clone());
+        async move {
+            let out = cli(&addr, &["cluster", "info", "--tls-ca", &ca], None);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            // Until the node has registered itself as a broker its address is not listed yet.
+            (out.status.success() && text.contains(&addr)).then_some(text)
+        }
+    })
+    .await;
+    assert!(info.contains("Controller: node 1"), "{info}");
+    let out = cli(&addr, &["cluster", "info"], None);
+    assert!(!out.status.success(), "a plaintext client must not be served by a TLS node");
+    let _ = node.kill();
+    let _ = node.wait();
+
+    // Beyond loopback without TLS: refused at start, naming the setting and the way out.
+    let port = free_port();
+    let out = Command::new(runnel_bin())
+        .args(["start", "--node-id", "1", "--listen", &format!("0.0.0.0:{port}")])
+        .args(["--advertise", &format!("127.0.0.1:{port}"), "--voters", &format!("1=127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path().join("open"))
+        .output()
+        .expect("runnel start");
+    fails_with(&out, &["'listen'", "0.0.0.0", "insecure"]);
+}

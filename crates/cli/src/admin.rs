@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use runnel_client::{v1, Client, NodeId};
+use runnel_client::{v1, NodeId};
 use runnel_server::{NodeConfig, NodeFlags};
 use serde_json::{json, Value};
 
@@ -155,6 +155,9 @@ pub struct NodeAddArgs {
     /// TOML configuration file for the other settings (as for `runnel start`).
     #[arg(long, env = "RUNNEL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// As for `runnel start`: serve without TLS and node authentication beyond loopback.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -412,7 +415,16 @@ pub async fn partition(args: PartitionArgs) -> anyhow::Result<()> {
 /// `runnel start` does.
 async fn node_add(args: NodeAddArgs) -> anyhow::Result<()> {
     let join = args.join.join(",");
-    let client = Client::connect(&args.join)
+    // A cluster that requires TLS is reached with this node's own TLS settings.
+    let tls = crate::ClientOpts {
+        bootstrap: args.join.clone(),
+        output: crate::OutputFormat::Text,
+        tls_ca: std::env::var_os("RUNNEL_TLS_CA_FILE").map(PathBuf::from),
+        tls_cert: std::env::var_os("RUNNEL_TLS_CERT_FILE").map(PathBuf::from),
+        tls_key: std::env::var_os("RUNNEL_TLS_KEY_FILE").map(PathBuf::from),
+    };
+    let client = tls
+        .connect()
         .await
         .with_context(|| format!("could not reach the cluster to join (--join {join})"))?;
     let md = client.metadata(&[]).await.with_context(|| format!("reading the cluster's metadata via {join}"))?;
@@ -427,6 +439,7 @@ async fn node_add(args: NodeAddArgs) -> anyhow::Result<()> {
         advertise: args.advertise,
         data_dir: Some(args.data_dir),
         voters: Some(voters.clone()),
+        insecure: args.insecure,
     };
     let cfg = NodeConfig::load(&flags).with_context(|| {
         format!(

@@ -4,8 +4,11 @@
 //! cluster was healthy, then - with nothing written - each node's CPU use and resident memory.
 //! With `--kill` it finally kills (SIGKILL) a node that is not the controller and measures how
 //! long each partition it led took to get a new leader. While partitions are created and during
-//! the kill it polls which node is the controller and counts the polls that found none. A
-//! benchmark: it measures, it asserts nothing.
+//! the kill it polls which node is the controller and counts the polls that found none. With
+//! `--produce-records` it also measures, after each step's idle sample, a flat-out produce run into
+//! a new topic (does the produce path get slower beside thousands of idle partitions?), and after
+//! the last step creates a topic of `--fresh-topic-partitions` right after that run and times how
+//! soon each of its partitions takes a write. A benchmark: it measures, it asserts nothing.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -78,6 +81,50 @@ pub struct PartitionsBench {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// After each step's CPU sample: produce this many records (acks=all, 100 B, the SDK's
+    /// producer with its defaults) into a new topic of `--produce-partitions`, and report
+    /// throughput and latency (0 = no produce runs).
+    #[arg(long, default_value_t = 0)]
+    pub produce_records: u64,
+    /// Partitions of each produce run's topic.
+    #[arg(long, default_value_t = 6)]
+    pub produce_partitions: u32,
+    /// Produce runs per step, each into a new topic: on this machine one run's throughput varies
+    /// by ±20 % (the first after a step is often the slowest), so compare several.
+    #[arg(long, default_value_t = 3)]
+    pub produce_runs: u32,
+    /// With `--produce-records`: right after the last step's produce run, create a topic of this
+    /// many partitions and time, per partition, creation -> first acknowledged write; then produce
+    /// `--produce-records` into it (0 = skip).
+    #[arg(long, default_value_t = 100)]
+    pub fresh_topic_partitions: u32,
+}
+
+/// A flat-out produce run (see `--produce-records`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProduceSample {
+    pub topic: String,
+    pub partitions: u32,
+    pub records: u64,
+    pub records_per_sec: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+    pub errors: u64,
+}
+
+/// A topic created right after a flat-out produce run (see `--fresh-topic-partitions`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FreshTopicReport {
+    pub topic: String,
+    pub partitions: u32,
+    /// Create call -> the first write acknowledged, per partition (the SDK retries meanwhile).
+    pub first_write: Option<Percentiles>,
+    /// Partitions whose first write failed (the client gave up): each is a failed produce.
+    pub first_write_failed: u64,
+    /// The first failure, if any.
+    pub first_error: Option<String>,
+    /// Then a flat-out run into it.
+    pub produce: Option<ProduceSample>,
 }
 
 /// Polls for the controller over one phase (a step's creation, or the kill up to the recovery).
@@ -140,6 +187,8 @@ pub struct StepReport {
     pub nodes: Vec<NodeUsage>,
     /// While the step's topics were created.
     pub controller_gaps: ControllerGaps,
+    /// The produce runs after the CPU sample (`--produce-records`).
+    pub produce: Vec<ProduceSample>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -173,6 +222,7 @@ pub struct PartitionsReport {
     /// Clock ticks per second assumed for /proc/<pid>/stat.
     pub clock_ticks_per_sec: u64,
     pub steps: Vec<StepReport>,
+    pub fresh_topic: Option<FreshTopicReport>,
     pub kill: Option<KillReport>,
     /// Over every step's creation and the kill.
     pub controller_gaps: ControllerGaps,
@@ -283,6 +333,13 @@ fn fmt_opt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
 }
 
+fn fmt_produce(p: &ProduceSample) -> String {
+    format!(
+        "{} ({} partitions): {} records, {:.0} records/s, p50 {:.1} ms, p99 {:.1} ms, {} errors",
+        p.topic, p.partitions, p.records, p.records_per_sec, p.latency_ms_p50, p.latency_ms_p99, p.errors
+    )
+}
+
 fn fmt_gaps(g: &ControllerGaps) -> String {
     format!(
         "{} of {} polls without a controller, longest {:.0} ms, {} controller change(s)",
@@ -339,6 +396,23 @@ pub fn render_text(r: &PartitionsReport) -> String {
             ],
             &rows,
         ));
+    }
+    for st in &r.steps {
+        for p in &st.produce {
+            out.push_str(&format!("produce beside {} idle partitions: {}\n", st.partitions, fmt_produce(p)));
+        }
+    }
+    if let Some(f) = &r.fresh_topic {
+        out.push_str(&format!(
+            "topic of {} partitions created right after: create -> first write acknowledged, per partition: {}; {} failed{}\n",
+            f.partitions,
+            fmt_percentiles(f.first_write.as_ref()),
+            f.first_write_failed,
+            f.first_error.as_ref().map_or_else(String::new, |e| format!(" (first: {e})"))
+        ));
+        if let Some(p) = &f.produce {
+            out.push_str(&format!("then produce into it: {}\n", fmt_produce(p)));
+        }
     }
     if let Some(k) = &r.kill {
         out.push_str(&format!(
@@ -655,6 +729,10 @@ fn validate(b: &PartitionsBench) -> anyhow::Result<()> {
     );
     anyhow::ensure!(!b.steps.is_empty(), "--steps must name at least one partition count");
     anyhow::ensure!(b.idle_secs > 0 && b.timeout_secs > 0, "--idle-secs and --timeout-secs must be positive");
+    anyhow::ensure!(
+        b.produce_records == 0 || (b.produce_partitions > 0 && b.produce_runs > 0),
+        "--produce-partitions and --produce-runs must be positive when --produce-records is set"
+    );
     let mut current = 0;
     for s in &b.steps {
         topic_sizes(current, *s, b.topic_size)?;
@@ -673,9 +751,10 @@ pub async fn partitions(b: &PartitionsBench) -> anyhow::Result<(PartitionsReport
     progress.say(&format!("starting {} nodes", b.nodes));
     let mut cluster = LocalCluster::start(b.nodes, "partitions", env)?;
     let mut steps = Vec::new();
+    let mut fresh_topic = None;
     let mut kill = None;
     let outcome = {
-        let run = run_steps(b, &mut cluster, &progress, &mut steps, &mut kill);
+        let run = run_steps(b, &mut cluster, &progress, &mut steps, &mut fresh_topic, &mut kill);
         tokio::select! {
             r = run => r,
             s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}")),
@@ -697,6 +776,7 @@ pub async fn partitions(b: &PartitionsBench) -> anyhow::Result<(PartitionsReport
         idle_secs: b.idle_secs,
         clock_ticks_per_sec: CLOCK_TICKS_PER_SEC,
         steps,
+        fresh_topic,
         kill,
         controller_gaps,
         errors: outcome.as_ref().err().map(|e| format!("{e:#}")).into_iter().collect(),
@@ -711,6 +791,7 @@ async fn run_steps(
     cluster: &mut LocalCluster,
     progress: &Progress,
     steps: &mut Vec<StepReport>,
+    fresh_topic: &mut Option<FreshTopicReport>,
     kill: &mut Option<KillReport>,
 ) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(b.timeout_secs);
@@ -782,6 +863,14 @@ async fn run_steps(
             b.steps.len(),
             per_replica.map_or_else(String::new, |k| format!(", {k:.1} KiB per replica"))
         ));
+        let mut produce = Vec::new();
+        for run in 0..if b.produce_records > 0 { b.produce_runs } else { 0 } {
+            let topic = format!("{LOAD_TOPIC_PREFIX}{i:02}-{run}");
+            progress.say(&format!("step {}/{}: producing {} records into {topic}", i + 1, b.steps.len(), b.produce_records));
+            let sample = produce_run(cluster, &topic, b.produce_partitions, b.produce_records).await?;
+            progress.say(&format!("step {}/{}: {}", i + 1, b.steps.len(), fmt_produce(&sample)));
+            produce.push(sample);
+        }
         steps.push(StepReport {
             partitions: target,
             replicas,
@@ -794,12 +883,103 @@ async fn run_steps(
             mem_per_replica_kib: per_replica,
             nodes,
             controller_gaps,
+            produce,
         });
+    }
+    if b.produce_records > 0 && b.fresh_topic_partitions > 0 {
+        progress.say(&format!("creating a topic of {} partitions right after the produce run", b.fresh_topic_partitions));
+        let report = fresh_topic_run(cluster, b.fresh_topic_partitions, b.produce_records).await?;
+        progress.say(&format!(
+            "fresh topic: first write per partition {}; {} failed",
+            fmt_percentiles(report.first_write.as_ref()),
+            report.first_write_failed
+        ));
+        *fresh_topic = Some(report);
+        // Its elections and balancing are not part of the kill's measurement.
+        wait_settled(cluster, u64::from(total), None, Instant::now() + timeout, "the fresh topic").await?;
     }
     if b.kill {
         kill_phase(b, cluster, progress, &rpcs, u64::from(total), kill).await?;
     }
     Ok(())
+}
+
+/// Topics of the produce runs are named `load-<step>-<run>`, the one created
+/// right after the last run `fresh`.
+const LOAD_TOPIC_PREFIX: &str = "load-";
+const FRESH_TOPIC: &str = "fresh";
+
+/// A client as users get it (default timeouts and retries): what the produce runs measure.
+async fn user_client(cluster: &LocalCluster) -> anyhow::Result<Client> {
+    Client::connect_with(&cluster.addrs(), ClientConfig::default()).await.context("connecting to the local cluster")
+}
+
+/// One flat-out produce run into a new topic (see `--produce-records`).
+async fn produce_run(cluster: &LocalCluster, topic: &str, partitions: u32, records: u64) -> anyhow::Result<ProduceSample> {
+    let client = user_client(cluster).await?;
+    let b = crate::bench::ProduceBench {
+        topic: topic.to_string(),
+        records,
+        record_size: 100,
+        mode: "producer".into(),
+        batch: 100,
+        in_flight: None,
+        batch_bytes: 1024 * 1024,
+        linger_ms: 5,
+        compression: "none".into(),
+        producers: 1,
+        no_idempotence: false,
+        keyed: false,
+        rate: 0,
+        partitions,
+        replication_factor: 3,
+        acks: "all".into(),
+        quiet: true,
+    };
+    let r = crate::bench::produce(&client, &b).await.with_context(|| format!("producing into '{topic}'"))?;
+    Ok(ProduceSample {
+        topic: topic.to_string(),
+        partitions,
+        records: r.records,
+        records_per_sec: r.records_per_sec,
+        latency_ms_p50: r.latency_ms_p50,
+        latency_ms_p99: r.latency_ms_p99,
+        errors: r.errors,
+    })
+}
+
+/// Creates a topic of `partitions` and writes one record to each partition at once, timing
+/// create -> acknowledged per partition with the SDK's default retries; then a produce run into it.
+async fn fresh_topic_run(cluster: &LocalCluster, partitions: u32, records: u64) -> anyhow::Result<FreshTopicReport> {
+    let client = user_client(cluster).await?;
+    let created_from = Instant::now();
+    client
+        .create_topic(FRESH_TOPIC, partitions, 3, Default::default())
+        .await
+        .with_context(|| format!("creating topic '{FRESH_TOPIC}'"))?;
+    let writes = (0..partitions).map(|p| {
+        let client = client.clone();
+        async move {
+            let record = runnel_proto::v1::Record { value: format!("first write to {p}").into_bytes().into(), ..Default::default() };
+            client
+                .produce(FRESH_TOPIC, p, vec![record], runnel_proto::v1::Acks::All)
+                .await
+                .map(|_| created_from.elapsed())
+                .map_err(|e| format!("{FRESH_TOPIC}/{p}: {e}"))
+        }
+    });
+    let results = futures::future::join_all(writes).await;
+    let took: Vec<Duration> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let produce = produce_run(cluster, FRESH_TOPIC, partitions, records).await?;
+    Ok(FreshTopicReport {
+        topic: FRESH_TOPIC.to_string(),
+        partitions,
+        first_write: percentiles(&took),
+        first_write_failed: failed.len() as u64,
+        first_error: failed.first().map(|e| e.to_string()),
+        produce: Some(produce),
+    })
 }
 
 /// Kills a node that is not the controller, times each of its partitions' failover, restarts it
@@ -1057,6 +1237,15 @@ mod tests {
             mem_per_replica_kib: created_ms.map(|_| 12.5),
             nodes: (1..=3).map(|n| NodeUsage { node: n, cpu_percent: 1.0, rss_mib: 100.0 }).collect(),
             controller_gaps: ControllerGaps { polls: 10, count: 2, longest_ms: 200.0, changes: 0 },
+            produce: Vec::from_iter(created_ms.map(|_| ProduceSample {
+                topic: "load-01".into(),
+                partitions: 6,
+                records: 1000,
+                records_per_sec: 50_000.0,
+                latency_ms_p50: 10.0,
+                latency_ms_p99: 40.0,
+                errors: 0,
+            })),
         }
     }
 
@@ -1069,6 +1258,14 @@ mod tests {
             idle_secs: 20,
             clock_ticks_per_sec: 100,
             steps: vec![step(0, None), step(1000, Some(4321.0))],
+            fresh_topic: Some(FreshTopicReport {
+                topic: "fresh".into(),
+                partitions: 100,
+                first_write: percentiles(&[Duration::from_millis(900)]),
+                first_write_failed: 1,
+                first_error: Some("fresh/7: NOT_LEADER".into()),
+                produce: None,
+            }),
             kill: Some(KillReport {
                 node: 2,
                 controller: Some(1),
@@ -1097,6 +1294,12 @@ mod tests {
         assert!(text.contains("kill -9 node 2 (controller: 1): it led 333 partitions; 333 got a new leader"), "{text}");
         assert!(text.contains("per partition: p50 700 ms"), "{text}");
         assert!(text.contains("restart -> healthy: 2500 ms"), "{text}");
+        assert!(
+            text.contains("produce beside 1000 idle partitions: load-01 (6 partitions): 1000 records, 50000 records/s, p50 10.0 ms, p99 40.0 ms, 0 errors"),
+            "{text}"
+        );
+        assert!(!text.contains("produce beside 0 idle"), "no produce run at that step: {text}");
+        assert!(text.contains("per partition: p50 900 ms") && text.contains("1 failed (first: fresh/7: NOT_LEADER)"), "{text}");
 
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["steps"][0]["created_ms"], serde_json::Value::Null);
@@ -1118,11 +1321,13 @@ mod tests {
         assert_eq!(d.steps, vec![0, 1000, 5000, 10000]);
         assert_eq!((d.nodes, d.replication_factor, d.topic_size, d.idle_secs, d.timeout_secs), (3, 3, 1000, 20, 300));
         assert!(validate(&d).is_ok());
+        assert_eq!((d.produce_records, d.produce_partitions, d.fresh_topic_partitions), (0, 6, 100));
         let p = parse(&["--steps", "0,200", "--topic-size", "100", "--kill", "--node-setting", "raft_heartbeat_ms=40"]);
         assert!(p.kill && validate(&p).is_ok());
         assert!(validate(&parse(&["--steps", "100,50"])).is_err());
         assert!(validate(&parse(&["--nodes", "4"])).is_err());
         assert!(validate(&parse(&["--replication-factor", "1", "--kill"])).is_err());
         assert!(validate(&parse(&["--replication-factor", "1"])).is_ok());
+        assert!(validate(&parse(&["--produce-records", "10", "--produce-partitions", "0"])).is_err());
     }
 }

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bench_e2e;
 pub mod bench_failover;
 pub mod bench_partitions;
+pub mod certs;
 pub mod consume;
 pub mod group;
 pub mod local_cluster;
@@ -54,6 +55,8 @@ pub enum Command {
     Partition(admin::PartitionArgs),
     /// Measure the cluster: throughput and latency under load.
     Bench(BenchArgs),
+    /// Make a cluster CA and the node and client certificates it signs (TLS, node identity).
+    Certs(certs::CertsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +113,15 @@ pub struct ClientOpts {
     /// Output format.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text, global = true)]
     pub output: OutputFormat,
+    /// The cluster CA certificate (PEM): connect over TLS and trust only servers it signed.
+    #[arg(long, env = "RUNNEL_TLS_CA_FILE", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// A client certificate (PEM) to present, signed by the cluster CA (with --tls-key).
+    #[arg(long, env = "RUNNEL_TLS_CERT_FILE", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "RUNNEL_TLS_KEY_FILE", global = true)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Ends the command with this exit status and no further message: the command already printed
@@ -127,7 +139,16 @@ impl std::error::Error for ExitWith {}
 
 impl ClientOpts {
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(&self.bootstrap).await?)
+        let mut config = runnel_client::ClientConfig::default();
+        if let Some(ca) = &self.tls_ca {
+            let files = runnel_security::tls::TlsFiles { ca: ca.clone(), cert: self.tls_cert.clone(), key: self.tls_key.clone() };
+            let tls = files.client_config().context("TLS settings (--tls-ca, --tls-cert, --tls-key)")?;
+            let dialer = runnel_security::tls::TlsDialer { connect_timeout: config.connect_timeout, config: tls };
+            config.dialer = Some(runnel_proto::dial::DialerHandle(std::sync::Arc::new(dialer)));
+        } else if self.tls_cert.is_some() || self.tls_key.is_some() {
+            anyhow::bail!("--tls-cert and --tls-key need --tls-ca (the cluster CA that signed the servers' certificates)");
+        }
+        Ok(Client::connect_with(&self.bootstrap, config).await?)
     }
 }
 
@@ -164,6 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(args) => admin::cluster(args).await,
         Command::Node(args) => admin::node(args).await,
         Command::Partition(args) => admin::partition(args).await,
+        Command::Certs(args) => certs::run(&args),
         Command::Bench(args) => match &args.kind {
             BenchKind::Produce(b) => {
                 let client = args.client.connect().await?;

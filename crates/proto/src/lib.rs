@@ -13,4 +13,5 @@ pub mod internal {
 
 mod convert;
 pub mod dial;
+pub mod peer;
 pub use convert::*;

@@ -437,12 +437,13 @@ impl NodeLiveness {
     }
 }
 
-/// The `Liveness` gRPC service.
-pub struct LivenessService(pub Arc<NodeLiveness>);
+/// The `Liveness` gRPC service. With mutual TLS a ping is accepted only from the node it names.
+pub struct LivenessService(pub Arc<NodeLiveness>, pub runnel_proto::peer::NodeAuth);
 
 #[tonic::async_trait]
 impl Liveness for LivenessService {
     async fn ping(&self, req: tonic::Request<PingRequest>) -> Result<tonic::Response<PingReply>, tonic::Status> {
+        self.1.check(req.extensions(), req.get_ref().from_node, "liveness ping")?;
         Ok(tonic::Response::new(self.0.on_ping(req.into_inner())))
     }
 }

@@ -140,6 +140,8 @@ pub struct TransportService {
     /// keep arriving even when a ping is slow.
     pub liveness: std::sync::Arc<crate::liveness::NodeLiveness>,
     pub stats: Arc<TransportStats>,
+    /// With mutual TLS, a message is accepted only from the node its `from_node` names.
+    pub auth: runnel_proto::peer::NodeAuth,
 }
 
 /// What this node received: single calls, batches and the messages batches carried.
@@ -171,6 +173,7 @@ type ReplyStream = Pin<Box<dyn futures::Stream<Item = Result<RaftBatchReply, ton
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
     async fn call(&self, req: tonic::Request<RaftMessage>) -> Result<tonic::Response<RaftReply>, tonic::Status> {
+        self.auth.check(req.extensions(), req.get_ref().from_node, "raft message")?;
         let m = req.into_inner();
         self.liveness.heard(m.from_node);
         self.stats.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -186,6 +189,9 @@ impl RaftTransport for TransportService {
         &self,
         req: tonic::Request<RaftBatch>,
     ) -> Result<tonic::Response<Self::CallBatchStream>, tonic::Status> {
+        for m in &req.get_ref().messages {
+            self.auth.check(req.extensions(), m.from_node, "raft message")?;
+        }
         let batch = req.into_inner();
         if let Some(m) = batch.messages.first() {
             self.liveness.heard(m.from_node);

@@ -78,6 +78,17 @@ pub struct NodeConfig {
     /// Take the node id from the host name's ordinal suffix plus one (`runnel-0` is node 1): a
     /// Kubernetes StatefulSet's pods differ only in their names. Overrides `node_id`.
     pub node_id_from_hostname: bool,
+    /// The cluster CA certificate (PEM). With `tls_cert_file` and `tls_key_file`: every
+    /// connection to and between nodes is TLS, and node-to-node services accept only the node a
+    /// CA-signed node certificate names (docs/SECURITY.md; `runnel certs` makes them).
+    pub tls_ca_file: Option<PathBuf>,
+    /// This node's certificate (PEM), signed by the cluster CA, naming `runnel://node/<node_id>`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// Accept node-to-node calls from anyone who can reach the port, without TLS, on a listener
+    /// that is not loopback-only. Without it such a node refuses to start unless TLS is set up.
+    pub insecure: bool,
 }
 
 impl Default for NodeConfig {
@@ -102,12 +113,16 @@ impl Default for NodeConfig {
             min_free_bytes: 0,
             unsafe_skip_fsync: false,
             node_id_from_hostname: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            insecure: false,
         }
     }
 }
 
 /// The keys a node reads from `RUNNEL_<KEY>` environment variables.
-const ENV_KEYS: [&str; 19] = [
+const ENV_KEYS: [&str; 23] = [
     "node_id",
     "listen",
     "advertise",
@@ -127,6 +142,10 @@ const ENV_KEYS: [&str; 19] = [
     "min_free_bytes",
     "unsafe_skip_fsync",
     "node_id_from_hostname",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "insecure",
 ];
 
 /// Command-line overrides; every field is optional so unset flags do not mask the file or env.
@@ -156,6 +175,11 @@ pub struct NodeFlags {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub voters: Option<Vec<String>>,
+    /// Serve without TLS and node authentication on a non-loopback address: anyone who can reach
+    /// the port can speak as any node (see docs/SECURITY.md).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
 }
 
 /// `name-<ordinal>` -> ordinal + 1 (node ids start at 1, StatefulSet ordinals at 0).
@@ -247,9 +271,36 @@ impl NodeConfig {
         Ok(out)
     }
 
+    /// This node's TLS files, when TLS is configured.
+    pub fn tls(&self) -> Option<runnel_security::tls::TlsFiles> {
+        Some(runnel_security::tls::TlsFiles {
+            ca: self.tls_ca_file.clone()?,
+            cert: Some(self.tls_cert_file.clone()?),
+            key: Some(self.tls_key_file.clone()?),
+        })
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.node_id == 0 {
             return Err(invalid("node_id", 0, "node ids start at 1"));
+        }
+        let tls_set = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file].iter().filter(|f| f.is_some()).count();
+        if tls_set != 0 && tls_set != 3 {
+            let (field, value) = [("tls_ca_file", &self.tls_ca_file), ("tls_cert_file", &self.tls_cert_file), ("tls_key_file", &self.tls_key_file)]
+                .into_iter()
+                .find(|(_, v)| v.is_none())
+                .map(|(f, _)| (f, "(unset)"))
+                .unwrap_or(("tls_ca_file", ""));
+            return Err(invalid(field, value, "TLS needs tls_ca_file, tls_cert_file and tls_key_file together"));
+        }
+        if tls_set == 0 && !self.insecure && !self.listen.ip().is_loopback() {
+            return Err(invalid(
+                "listen",
+                self.listen,
+                "a node listening beyond loopback needs node authentication: set tls_ca_file, tls_cert_file and \
+                 tls_key_file (docs/SECURITY.md; `runnel certs` makes them), or set insecure (--insecure, \
+                 RUNNEL_INSECURE=true) to let anyone who can reach this port speak as any node",
+            ));
         }
         let voters = self.voter_map()?;
         if voters.is_empty() {
@@ -426,6 +477,28 @@ mod tests {
         cfg.cleaner_interval_ms = 0;
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("cleaner_interval_ms") && e.contains("'0'"), "{e}");
+    }
+
+    #[test]
+    fn a_node_beyond_loopback_needs_tls_or_an_explicit_insecure() {
+        let mut cfg = NodeConfig::default();
+        cfg.voters = vec![format!("1={}", cfg.listen)];
+        assert!(cfg.validate().is_ok(), "loopback may stay open");
+        cfg.listen = "0.0.0.0:9292".parse().unwrap();
+        cfg.advertise = Some("127.0.0.1:9292".into());
+        cfg.voters = vec!["1=127.0.0.1:9292".into()];
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("'listen'") && e.contains("0.0.0.0:9292") && e.contains("insecure"), "{e}");
+        cfg.insecure = true;
+        assert!(cfg.validate().is_ok());
+        cfg.insecure = false;
+        cfg.tls_ca_file = Some("ca.pem".into());
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("'tls_cert_file'") && e.contains("together"), "{e}");
+        cfg.tls_cert_file = Some("node-1.pem".into());
+        cfg.tls_key_file = Some("node-1.key".into());
+        assert!(cfg.validate().is_ok(), "TLS configured");
+        assert!(cfg.tls().is_some());
     }
 
     #[test]

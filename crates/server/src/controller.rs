@@ -556,8 +556,9 @@ impl Controller {
     }
 }
 
-/// gRPC face of the controller, for brokers.
-pub struct ControllerService(pub Arc<Controller>);
+/// gRPC face of the controller, for brokers. With mutual TLS a heartbeat is accepted only from the
+/// node it names (so nobody re-registers a broker under another address).
+pub struct ControllerService(pub Arc<Controller>, pub runnel_proto::peer::NodeAuth);
 
 #[tonic::async_trait]
 impl ControllerRpc for ControllerService {
@@ -566,6 +567,7 @@ impl ControllerRpc for ControllerService {
         req: tonic::Request<BrokerHeartbeatRequest>,
     ) -> Result<tonic::Response<BrokerHeartbeatResponse>, tonic::Status> {
         let c = &self.0;
+        self.1.check(req.extensions(), req.get_ref().broker_id, "broker heartbeat")?;
         let resp = match c.heartbeat(req.into_inner()).await {
             Ok(epoch) => BrokerHeartbeatResponse {
                 accepted: true,

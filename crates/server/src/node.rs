@@ -29,6 +29,9 @@ use runnel_storage::{RocksEngine, StorageError, WalRecovery};
 use runnel_types::limits::MAX_GRPC_MESSAGE_BYTES;
 use runnel_types::{NodeId, META_GROUP_ID};
 
+use runnel_proto::peer::NodeAuth;
+use runnel_security::tls::TlsDialer;
+
 use crate::api::Api;
 use crate::controller::{Controller, ControllerService};
 use crate::coordinator::Coordinator;
@@ -71,6 +74,9 @@ pub struct NodeEnv {
     /// Wall-clock milliseconds (retention, compaction, batch timestamps): the system clock, or a
     /// simulated one.
     pub clock: runnel_broker::Clock,
+    /// Whom node-to-node services believe: only the node a verified certificate names (TLS), or
+    /// anyone (no TLS; see `NodeConfig::insecure`).
+    pub node_auth: NodeAuth,
 }
 
 /// Runs a node on RocksDB and real TCP until SIGINT or SIGTERM.
@@ -129,7 +135,23 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     } else {
         GroupSyncer::start(engine.clone())
     };
-    let env = NodeEnv {
+    let tls = match cfg.tls() {
+        Some(files) => {
+            let server = files.server_config().context("TLS configuration (tls_* settings)")?;
+            let client = files.client_config().context("TLS configuration (tls_* settings)")?;
+            Some((server, client))
+        }
+        None => {
+            if !cfg.listen.ip().is_loopback() {
+                tracing::warn!(
+                    listen = %cfg.listen,
+                    "insecure: no TLS and no node authentication; anyone who can reach this port can speak as any node (docs/SECURITY.md)"
+                );
+            }
+            None
+        }
+    };
+    let mut env = NodeEnv {
         syncer: Arc::new(syncer),
         engine,
         space: Arc::new(DiskSpace::new(&cfg.data_dir, cfg.min_free_bytes)),
@@ -139,10 +161,19 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         incarnation: rand::random(),
         planted_ack_before_commit: false,
         clock: runnel_broker::system_clock(),
+        node_auth: NodeAuth::Open,
     };
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
-    serve(cfg, env, tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal()).await
+    match tls {
+        Some((server, client)) => {
+            tracing::info!("TLS on; node-to-node services accept only the node a certificate names");
+            env.dialer = Arc::new(TlsDialer { connect_timeout: Duration::from_millis(500), config: client });
+            env.node_auth = NodeAuth::MutualTls;
+            serve(cfg, env, runnel_security::tls::incoming(listener, server), shutdown_signal()).await
+        }
+        None => serve(cfg, env, tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal()).await,
+    }
 }
 
 /// What this node's metadata replica runs on, kept to start it again.
@@ -244,8 +275,18 @@ where
     let node_id = cfg.node_id;
     let advertise = cfg.advertise_addr();
     let timing = RaftTiming { heartbeat_ms: cfg.raft_heartbeat_ms, election_timeout_ms: cfg.raft_election_timeout_ms };
-    let NodeEnv { engine, syncer, space, repair, dialer, raft_seed, incarnation, planted_ack_before_commit, clock } =
-        env;
+    let NodeEnv {
+        engine,
+        syncer,
+        space,
+        repair,
+        dialer,
+        raft_seed,
+        incarnation,
+        planted_ack_before_commit,
+        clock,
+        node_auth,
+    } = env;
 
     // The node-level failure detector that stands in for per-partition heartbeats (ADR 0012).
     let liveness = NodeLiveness::new(
@@ -388,12 +429,13 @@ where
                 registry: registry.clone(),
                 liveness: liveness.clone(),
                 stats: Default::default(),
+                auth: node_auth,
             })
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         )
-        .add_service(ControllerServer::new(ControllerService(controller.clone())))
-        .add_service(LivenessServer::new(LivenessService(liveness.clone())))
+        .add_service(ControllerServer::new(ControllerService(controller.clone(), node_auth)))
+        .add_service(LivenessServer::new(LivenessService(liveness.clone(), node_auth)))
         .serve_with_incoming_shutdown(incoming, drain)
         .await?;
 

@@ -269,6 +269,8 @@ fn node_config(i: usize, nodes: usize, replacement_ms: u64) -> NodeConfig {
     cfg.broker_session_timeout_ms = 2_000;
     // A session of eight heartbeats, as the defaults have it (1 s of 6 s would be three).
     cfg.broker_heartbeat_ms = 250;
+    // Listens on 0.0.0.0 of a simulated network without TLS.
+    cfg.insecure = true;
     cfg.broker_replacement_timeout_ms = replacement_ms;
     cfg.node_id = i as u64 + 1;
     cfg.listen = std::net::SocketAddr::from(([0, 0, 0, 0], PORT));
@@ -333,6 +335,8 @@ fn run_inner(options: SimOptions) -> Result<SimOutcome, String> {
                     // Simulated wall clock: a fixed epoch plus simulated time, so retention and
                     // batch timestamps replay exactly from the seed.
                     clock: Arc::new(|| SIM_EPOCH_MS + turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as i64)),
+                    // The simulated network has no TLS (real processes test it).
+                    node_auth: runnel_proto::peer::NodeAuth::Open,
                 };
                 let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
                 runnel_server::serve(cfg, env, net::incoming(listener), std::future::pending())
