@@ -509,6 +509,7 @@ mod tests {
             &self,
             _kind: RaftRpcKind,
             payload: Bytes,
+            _from: NodeId,
         ) -> std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send + '_>> {
             Box::pin(async move {
                 let n: u64 = codec::decode(&payload).map_err(|e| e.to_string())?;

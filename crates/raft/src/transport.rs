@@ -9,14 +9,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::alias::{SnapshotMetaOf, VoteOf};
-use openraft::raft::AppendEntriesRequest;
+use openraft::raft::{AppendEntriesRequest, TransferLeaderRequest, VoteRequest};
 use openraft::storage::RaftStateMachine;
 use openraft::{Raft, RaftTypeConfig, Snapshot};
 use parking_lot::RwLock;
 use runnel_proto::internal::raft_transport_server::RaftTransport;
 use runnel_proto::internal::{RaftBatch, RaftBatchReply, RaftMessage, RaftReply, RaftRpcKind};
 use runnel_storage::DiskSpace;
-use runnel_types::GroupId;
+use openraft::vote::{RaftLeaderId, RaftVote};
+use runnel_types::{GroupId, NodeId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -27,7 +28,19 @@ type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A group's inbound side, type-erased so groups of different type configs share one registry.
 pub trait GroupHandler: Send + Sync + 'static {
-    fn handle(&self, kind: RaftRpcKind, payload: Bytes) -> BoxFut<'_, Result<Vec<u8>, String>>;
+    /// Handles one message from node `from` (its `RaftMessage.from_node`, which the transport
+    /// has checked against the caller's certificate when TLS is on).
+    fn handle(&self, kind: RaftRpcKind, payload: Bytes, from: NodeId) -> BoxFut<'_, Result<Vec<u8>, String>>;
+}
+
+/// The node a Raft message's own vote names (the candidate or the leader) must be the node it
+/// came from: otherwise a member could vote, append or transfer in another member's name.
+fn check_sender<C: RaftTypeConfig<NodeId = NodeId>>(vote: &VoteOf<C>, from: NodeId, what: &str) -> Result<(), String> {
+    let named = *vote.leader_id().node_id();
+    if named != from {
+        return Err(format!("{what} names node {named} as its sender, but it came from node {from}: refused"));
+    }
+    Ok(())
 }
 
 /// Wraps a running openraft instance.
@@ -53,11 +66,11 @@ fn enc<T: Serialize, E: std::fmt::Display>(r: Result<T, E>) -> Result<Vec<u8>, S
 
 impl<C, SM> GroupHandler for RaftHandler<C, SM>
 where
-    C: RaftTypeConfig,
+    C: RaftTypeConfig<NodeId = NodeId>,
     SM: RaftStateMachine<C, SnapshotData = Vec<u8>> + Send + Sync,
     Raft<C, SM>: Send + Sync,
 {
-    fn handle(&self, kind: RaftRpcKind, payload: Bytes) -> BoxFut<'_, Result<Vec<u8>, String>> {
+    fn handle(&self, kind: RaftRpcKind, payload: Bytes, from: NodeId) -> BoxFut<'_, Result<Vec<u8>, String>> {
         Box::pin(async move {
             let repairing = self.repair.is_repairing(self.group);
             match kind {
@@ -69,6 +82,7 @@ where
             match kind {
                 RaftRpcKind::AppendEntries => {
                     let req: AppendEntriesRequest<C> = dec(&payload)?;
+                    check_sender::<C>(&req.vote, from, "an AppendEntries")?;
                     if !req.entries.is_empty() {
                         if let Some(Err(low)) = self.space.as_ref().map(|s| s.check_replicated_data()) {
                             return Err(format!("not storing replicated entries: {low}"));
@@ -79,11 +93,24 @@ where
                     }
                     enc(self.raft.append_entries(req).await)
                 }
-                RaftRpcKind::Vote => enc(self.raft.vote(dec(&payload)?).await),
-                RaftRpcKind::PreVote => enc(self.raft.pre_vote(dec(&payload)?).await),
-                RaftRpcKind::TransferLeader => enc(self.raft.handle_transfer_leader(dec(&payload)?).await),
+                RaftRpcKind::Vote => {
+                    let req: VoteRequest<C> = dec(&payload)?;
+                    check_sender::<C>(&req.vote, from, "a vote request")?;
+                    enc(self.raft.vote(req).await)
+                }
+                RaftRpcKind::PreVote => {
+                    let req: VoteRequest<C> = dec(&payload)?;
+                    check_sender::<C>(&req.vote, from, "a pre-vote request")?;
+                    enc(self.raft.pre_vote(req).await)
+                }
+                RaftRpcKind::TransferLeader => {
+                    let req: TransferLeaderRequest<C> = dec(&payload)?;
+                    check_sender::<C>(req.from_leader(), from, "a leadership transfer")?;
+                    enc(self.raft.handle_transfer_leader(req).await)
+                }
                 RaftRpcKind::FullSnapshot => {
                     let (vote, meta, data): (VoteOf<C>, SnapshotMetaOf<C>, Vec<u8>) = dec(&payload)?;
+                    check_sender::<C>(&vote, from, "a snapshot")?;
                     enc(self.raft.install_full_snapshot(vote, Snapshot { meta, snapshot: data }).await)
                 }
             }
@@ -162,7 +189,7 @@ async fn dispatch(registry: &GroupRegistry, m: RaftMessage) -> RaftReply {
         // Not started here yet (metadata not applied) or deleted: the sender backs off and retries.
         return failed(format!("group {} is not running on this node", m.group_id));
     };
-    match h.handle(kind, m.payload).await {
+    match h.handle(kind, m.payload, m.from_node).await {
         Ok(p) => RaftReply { payload: Bytes::from(p), error: String::new() },
         Err(e) => failed(e),
     }
@@ -209,5 +236,23 @@ impl RaftTransport for TransportService {
             })
             .collect();
         Ok(tonic::Response::new(Box::pin(pending.map(Ok))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MetaTypes, PartitionTypes};
+
+    fn vote<C: RaftTypeConfig<NodeId = NodeId, Term = u64>>(term: u64, node: NodeId) -> VoteOf<C> {
+        VoteOf::<C>::from_leader_id(openraft::alias::LeaderIdOf::<C>::new(term, node), false)
+    }
+
+    #[test]
+    fn a_message_whose_vote_names_another_node_than_its_sender_is_refused() {
+        assert!(check_sender::<MetaTypes>(&vote::<MetaTypes>(7, 2), 2, "a vote request").is_ok());
+        let e = check_sender::<MetaTypes>(&vote::<MetaTypes>(7, 1), 2, "a vote request").unwrap_err();
+        assert!(e.contains("a vote request names node 1") && e.contains("came from node 2"), "{e}");
+        assert!(check_sender::<PartitionTypes>(&vote::<PartitionTypes>(3, 3), 1, "an AppendEntries").is_err());
     }
 }
