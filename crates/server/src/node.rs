@@ -136,11 +136,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         GroupSyncer::start(engine.clone())
     };
     let tls = match cfg.tls() {
-        Some(files) => {
-            let server = files.server_config().context("TLS configuration (tls_* settings)")?;
-            let client = files.client_config().context("TLS configuration (tls_* settings)")?;
-            Some((server, client))
-        }
+        Some(files) => Some(files.node_tls().context("TLS configuration (tls_* settings)")?),
         None => {
             if !cfg.listen.ip().is_loopback() {
                 tracing::warn!(
@@ -166,11 +162,15 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(cfg.listen).await.with_context(|| format!("binding {}", cfg.listen))?;
     match tls {
-        Some((server, client)) => {
+        Some(tls) => {
             tracing::info!("TLS on; node-to-node services accept only the node a certificate names");
-            env.dialer = Arc::new(TlsDialer { connect_timeout: Duration::from_millis(500), config: client });
+            // A rotated certificate is picked up without a restart.
+            let reloader = tokio::spawn(tls.cert.clone().run(runnel_security::reload::RELOAD_EVERY));
+            env.dialer = Arc::new(TlsDialer { connect_timeout: Duration::from_millis(500), config: tls.client });
             env.node_auth = NodeAuth::MutualTls;
-            serve(cfg, env, runnel_security::tls::incoming(listener, server), shutdown_signal()).await
+            let served = serve(cfg, env, runnel_security::tls::incoming(listener, tls.server, runnel_security::tls::MAX_CONNECTIONS_PER_IP), shutdown_signal()).await;
+            reloader.abort();
+            served
         }
         None => serve(cfg, env, tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown_signal()).await,
     }
