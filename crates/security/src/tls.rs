@@ -409,7 +409,7 @@ mod tests {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut conns = Box::pin(incoming(listener, server, max_per_ip));
-            while let Some(Ok(mut c)) = conns.next().await {
+            while let Some(Ok(c)) = conns.next().await {
                 let _ = tx.send(c.info.identity.clone());
                 tokio::spawn(async move {
                     // The whole connection, not just the stream field the block uses: its per-IP

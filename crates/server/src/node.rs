@@ -30,7 +30,6 @@ use runnel_types::limits::MAX_GRPC_MESSAGE_BYTES;
 use runnel_types::{NodeId, META_GROUP_ID};
 
 use runnel_proto::peer::NodeAuth;
-use runnel_security::tls::TlsDialer;
 
 use crate::api::Api;
 use crate::controller::{Controller, ControllerService};
@@ -166,7 +165,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
             tracing::info!("TLS on; node-to-node services accept only the node a certificate names");
             // A rotated certificate is picked up without a restart.
             let reloader = tokio::spawn(tls.cert.clone().run(runnel_security::reload::RELOAD_EVERY));
-            env.dialer = Arc::new(TlsDialer { connect_timeout: Duration::from_millis(500), config: tls.client });
+            env.dialer = Arc::new(runnel_security::tls::TlsDialer { connect_timeout: Duration::from_millis(500), config: tls.client });
             env.node_auth = NodeAuth::MutualTls;
             let served = serve(cfg, env, runnel_security::tls::incoming(listener, tls.server, runnel_security::tls::MAX_CONNECTIONS_PER_IP), shutdown_signal()).await;
             reloader.abort();
