@@ -14,9 +14,12 @@ RUNNEL_IMAGE_NO_BUILD=1 "$here/image.sh" --chaos
 "$here/examples.sh"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --exclude runnel-sim --no-fail-fast "$@"
+  # The failover suite again with mutual TLS between the nodes (docs/SECURITY.md).
+  RUNNEL_IT_TLS=1 cargo nextest run --workspace --exclude runnel-sim --no-fail-fast -E 'binary(failover)' "$@"
   # The deterministic cluster simulation (fixed + random seeds; see scripts/sim.sh).
   sim_cargo nextest run -p runnel-sim --no-fail-fast "$@"
 else
   cargo test --workspace --exclude runnel-sim --no-fail-fast "$@"
+  RUNNEL_IT_TLS=1 cargo test -p runnel-tests --test failover --no-fail-fast "$@"
   sim_cargo test -p runnel-sim --no-fail-fast "$@"
 fi

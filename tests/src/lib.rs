@@ -1,5 +1,9 @@
 //! A harness that runs real `runnel` processes on 127.0.0.1: start, kill -9, SIGTERM, restart,
 //! and wait for conditions with bounded timeouts (never sleep-and-hope).
+//!
+//! With `RUNNEL_IT_TLS=1` every cluster it starts runs with mutual TLS between its nodes (a CA
+//! and node certificates made once per test process), and its helpers and [`client_config`]
+//! connect over TLS: `scripts/test.sh` runs the failover suite that way too.
 
 use std::fs::File;
 use std::future::Future;
@@ -22,6 +26,50 @@ pub fn runnel_bin() -> PathBuf {
     let bin = dir.join("runnel");
     assert!(bin.exists(), "{} not found: run `cargo build --bin runnel` first (scripts/test.sh does)", bin.display());
     bin
+}
+
+/// Whether clusters run with mutual TLS (`RUNNEL_IT_TLS=1`).
+pub fn tls_mode() -> bool {
+    std::env::var("RUNNEL_IT_TLS").is_ok_and(|v| v == "1")
+}
+
+/// The test process's PKI (TLS mode): ca.pem and node-<id>.pem/.key for ids 1 to 16.
+fn pki_dir() -> &'static Path {
+    static PKI: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        use runnel_security::certs::{issue, new_ca, Subject};
+        let dir = tempfile::Builder::new().prefix("runnel-it-pki-").tempdir().expect("tempdir");
+        let ca = new_ca("integration-test CA", 2).expect("CA");
+        std::fs::write(dir.path().join("ca.pem"), &ca.cert_pem).expect("write");
+        for id in 1..=16 {
+            let ck = issue(&ca, &Subject::Node { id, hosts: vec!["127.0.0.1".into()] }, 2).expect("node cert");
+            std::fs::write(dir.path().join(format!("node-{id}.pem")), &ck.cert_pem).expect("write");
+            std::fs::write(dir.path().join(format!("node-{id}.key")), &ck.key_pem).expect("write");
+        }
+        dir
+    })
+    .path()
+}
+
+/// How the harness and tests reach nodes: TLS with the test CA in TLS mode, else plain TCP.
+pub fn dialer() -> std::sync::Arc<dyn runnel_proto::dial::Dialer> {
+    if !tls_mode() {
+        return runnel_proto::dial::tcp();
+    }
+    let files = runnel_security::tls::TlsFiles { ca: pki_dir().join("ca.pem"), cert: None, key: None };
+    std::sync::Arc::new(runnel_security::tls::TlsDialer {
+        connect_timeout: Duration::from_millis(500),
+        config: files.client_config().expect("the test CA"),
+    })
+}
+
+/// The SDK's default configuration, over TLS in TLS mode.
+pub fn client_config() -> runnel_client::ClientConfig {
+    let mut cfg = runnel_client::ClientConfig::default();
+    if tls_mode() {
+        cfg.dialer = Some(runnel_proto::dial::DialerHandle(dialer()));
+    }
+    cfg
 }
 
 pub fn free_port() -> u16 {
@@ -84,12 +132,14 @@ impl Cluster {
     /// a filesystem of a chosen size) instead of under the cluster's temporary directory.
     pub fn start_with_data_dirs(n: usize, voters: usize, env: &[(&str, &str)], data_dirs: &[PathBuf]) -> Cluster {
         let dir = tempfile::Builder::new().prefix("runnel-it-").tempdir().expect("tempdir");
-        let mut c = Cluster {
-            nodes: Vec::new(),
-            voters: String::new(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            dir,
-        };
+        let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if tls_mode() {
+            let p = |name: &str| pki_dir().join(name).display().to_string();
+            env.push(("RUNNEL_TLS_CA_FILE".into(), p("ca.pem")));
+            env.push(("RUNNEL_TLS_CERT_FILE".into(), p("node-{id}.pem")));
+            env.push(("RUNNEL_TLS_KEY_FILE".into(), p("node-{id}.key")));
+        }
+        let mut c = Cluster { nodes: Vec::new(), voters: String::new(), env, dir };
         for i in 0..n {
             c.push_node();
             if let Some(d) = data_dirs.get(i) {
@@ -191,6 +241,9 @@ impl Cluster {
     }
 
     pub async fn client_for(addr: &str) -> Option<RunnelClient<tonic::transport::Channel>> {
+        if tls_mode() {
+            return Some(RunnelClient::new(dialer().channel(addr).ok()?));
+        }
         let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .ok()?
             .connect_timeout(Duration::from_millis(500))
@@ -215,6 +268,20 @@ impl Cluster {
     /// are registered brokers.
     pub async fn wait_ready(&self, timeout: Duration) {
         let running: Vec<&Node> = self.nodes.iter().filter(|n| n.is_running()).collect();
+        if tls_mode() {
+            // TLS mode must really be TLS: a plaintext client gets no answer from a ready node.
+            if let Some(n) = running.first() {
+                let addr = n.addr.clone();
+                wait_for(timeout, &format!("node {} answers over TLS", n.id), || {
+                    let addr = addr.clone();
+                    async move { Self::metadata_from(&addr).await.map(|_| ()) }
+                })
+                .await;
+                let plain = runnel_proto::dial::tcp().channel(&addr).expect("address");
+                let answer = RunnelClient::new(plain).metadata(MetadataRequest { topics: vec![] }).await;
+                assert!(answer.is_err(), "RUNNEL_IT_TLS=1, but node {} answered a plaintext client", n.id);
+            }
+        }
         let want = running.len();
         for n in running {
             let addr = n.addr.clone();

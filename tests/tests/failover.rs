@@ -12,7 +12,7 @@ const READY: Duration = Duration::from_secs(60);
 
 /// A client that keeps retrying through a failover (the default gives up sooner).
 async fn patient_client(cluster: &Cluster) -> Client {
-    let mut cfg = runnel_client::ClientConfig::default();
+    let mut cfg = runnel_tests::client_config();
     cfg.retry.max_elapsed = Duration::from_secs(30);
     cfg.retry.max_attempts = 300;
     Client::connect_with(&cluster.addrs(), cfg).await.expect("connect")
