@@ -291,7 +291,11 @@ async fn certificates_from_the_cli_secure_a_node() {
     let certs = dir.path().join("certs");
     let c = certs.to_str().unwrap();
     ok(&cli("unused:1", &["certs", "ca", "--dir", c], None));
-    ok(&cli("unused:1", &["certs", "node", "--dir", c, "--id", "1", "--host", "127.0.0.1", "--host", "localhost"], None));
+    ok(&cli(
+        "unused:1",
+        &["certs", "node", "--dir", c, "--id", "1", "--host", "127.0.0.1", "--host", "localhost"],
+        None,
+    ));
     ok(&cli("unused:1", &["certs", "client", "--dir", c, "--name", "alice"], None));
     use std::os::unix::fs::PermissionsExt;
     for key in ["ca.key", "node-1.key", "client-alice.key"] {

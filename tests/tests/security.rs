@@ -34,7 +34,11 @@ fn pki(dir: &Path) {
     let ca = new_ca("test cluster CA", 2).unwrap();
     save(dir, "ca", &ca);
     for id in 1..=3 {
-        save(dir, &format!("node-{id}"), &issue(&ca, &Subject::Node { id, hosts: vec!["127.0.0.1".into()] }, 2).unwrap());
+        save(
+            dir,
+            &format!("node-{id}"),
+            &issue(&ca, &Subject::Node { id, hosts: vec!["127.0.0.1".into()] }, 2).unwrap(),
+        );
     }
     save(dir, "client-alice", &issue(&ca, &Subject::Client { name: "alice".into() }, 2).unwrap());
     let rogue = new_ca("someone else's CA", 2).unwrap();
@@ -59,12 +63,7 @@ async fn metadata(d: &TlsDialer, addr: &str) -> Option<MetadataResponse> {
 
 /// The issue's hijack: broker 1 "re-registers" at 127.0.0.1:6666 with a new incarnation.
 fn hijack() -> BrokerHeartbeatRequest {
-    BrokerHeartbeatRequest {
-        broker_id: 1,
-        addr: "127.0.0.1:6666".into(),
-        incarnation: 0x6666,
-        ..Default::default()
-    }
+    BrokerHeartbeatRequest { broker_id: 1, addr: "127.0.0.1:6666".into(), incarnation: 0x6666, ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,10 +163,14 @@ async fn only_the_node_a_certificate_names_may_speak_as_that_node() {
     }
     cluster.kill9(leaders[0]);
     for i in 0..20 {
-        client.produce("secure", 0, vec![record("k", format!("after-{i}"))], Acks::All).await.expect("produce after failover");
+        client
+            .produce("secure", 0, vec![record("k", format!("after-{i}"))], Acks::All)
+            .await
+            .expect("produce after failover");
     }
     let values: Vec<String> =
         read_all(&client, "secure", 0).await.iter().map(|r| String::from_utf8_lossy(&r.value).into_owned()).collect();
-    let want: Vec<String> = (0..20).map(|i| format!("before-{i}")).chain((0..20).map(|i| format!("after-{i}"))).collect();
+    let want: Vec<String> =
+        (0..20).map(|i| format!("before-{i}")).chain((0..20).map(|i| format!("after-{i}"))).collect();
     assert_eq!(values, want, "every acknowledged record, once, in order");
 }

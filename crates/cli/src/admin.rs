@@ -423,10 +423,7 @@ async fn node_add(args: NodeAddArgs) -> anyhow::Result<()> {
         tls_cert: std::env::var_os("RUNNEL_TLS_CERT_FILE").map(PathBuf::from),
         tls_key: std::env::var_os("RUNNEL_TLS_KEY_FILE").map(PathBuf::from),
     };
-    let client = tls
-        .connect()
-        .await
-        .with_context(|| format!("could not reach the cluster to join (--join {join})"))?;
+    let client = tls.connect().await.with_context(|| format!("could not reach the cluster to join (--join {join})"))?;
     let md = client.metadata(&[]).await.with_context(|| format!("reading the cluster's metadata via {join}"))?;
     drop(client);
     let voters = cluster_voters(&md).map_err(anyhow::Error::msg)?;

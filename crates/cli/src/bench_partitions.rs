@@ -866,7 +866,12 @@ async fn run_steps(
         let mut produce = Vec::new();
         for run in 0..if b.produce_records > 0 { b.produce_runs } else { 0 } {
             let topic = format!("{LOAD_TOPIC_PREFIX}{i:02}-{run}");
-            progress.say(&format!("step {}/{}: producing {} records into {topic}", i + 1, b.steps.len(), b.produce_records));
+            progress.say(&format!(
+                "step {}/{}: producing {} records into {topic}",
+                i + 1,
+                b.steps.len(),
+                b.produce_records
+            ));
             let sample = produce_run(cluster, &topic, b.produce_partitions, b.produce_records).await?;
             progress.say(&format!("step {}/{}: {}", i + 1, b.steps.len(), fmt_produce(&sample)));
             produce.push(sample);
@@ -887,7 +892,8 @@ async fn run_steps(
         });
     }
     if b.produce_records > 0 && b.fresh_topic_partitions > 0 {
-        progress.say(&format!("creating a topic of {} partitions right after the produce run", b.fresh_topic_partitions));
+        progress
+            .say(&format!("creating a topic of {} partitions right after the produce run", b.fresh_topic_partitions));
         let report = fresh_topic_run(cluster, b.fresh_topic_partitions, b.produce_records).await?;
         progress.say(&format!(
             "fresh topic: first write per partition {}; {} failed",
@@ -915,7 +921,12 @@ async fn user_client(cluster: &LocalCluster) -> anyhow::Result<Client> {
 }
 
 /// One flat-out produce run into a new topic (see `--produce-records`).
-async fn produce_run(cluster: &LocalCluster, topic: &str, partitions: u32, records: u64) -> anyhow::Result<ProduceSample> {
+async fn produce_run(
+    cluster: &LocalCluster,
+    topic: &str,
+    partitions: u32,
+    records: u64,
+) -> anyhow::Result<ProduceSample> {
     let client = user_client(cluster).await?;
     let b = crate::bench::ProduceBench {
         topic: topic.to_string(),
@@ -960,7 +971,10 @@ async fn fresh_topic_run(cluster: &LocalCluster, partitions: u32, records: u64) 
     let writes = (0..partitions).map(|p| {
         let client = client.clone();
         async move {
-            let record = runnel_proto::v1::Record { value: format!("first write to {p}").into_bytes().into(), ..Default::default() };
+            let record = runnel_proto::v1::Record {
+                value: format!("first write to {p}").into_bytes().into(),
+                ..Default::default()
+            };
             client
                 .produce(FRESH_TOPIC, p, vec![record], runnel_proto::v1::Acks::All)
                 .await
@@ -1299,7 +1313,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("produce beside 0 idle"), "no produce run at that step: {text}");
-        assert!(text.contains("per partition: p50 900 ms") && text.contains("1 failed (first: fresh/7: NOT_LEADER)"), "{text}");
+        assert!(
+            text.contains("per partition: p50 900 ms") && text.contains("1 failed (first: fresh/7: NOT_LEADER)"),
+            "{text}"
+        );
 
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["steps"][0]["created_ms"], serde_json::Value::Null);

@@ -91,7 +91,9 @@ fn save(dir: &Path, stem: &str, ck: &CertAndKey) -> anyhow::Result<()> {
 fn load_ca(dir: &Path) -> anyhow::Result<CertAndKey> {
     let read = |name: &str| {
         let p = dir.join(name);
-        std::fs::read_to_string(&p).with_context(|| format!("reading {} (make a CA first: runnel certs ca --dir {})", p.display(), dir.display()))
+        std::fs::read_to_string(&p).with_context(|| {
+            format!("reading {} (make a CA first: runnel certs ca --dir {})", p.display(), dir.display())
+        })
     };
     Ok(CertAndKey { cert_pem: read("ca.pem")?, key_pem: read("ca.key")? })
 }

@@ -141,12 +141,18 @@ impl ClientOpts {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let mut config = runnel_client::ClientConfig::default();
         if let Some(ca) = &self.tls_ca {
-            let files = runnel_security::tls::TlsFiles { ca: ca.clone(), cert: self.tls_cert.clone(), key: self.tls_key.clone() };
+            let files = runnel_security::tls::TlsFiles {
+                ca: ca.clone(),
+                cert: self.tls_cert.clone(),
+                key: self.tls_key.clone(),
+            };
             let tls = files.client_config().context("TLS settings (--tls-ca, --tls-cert, --tls-key)")?;
             let dialer = runnel_security::tls::TlsDialer { connect_timeout: config.connect_timeout, config: tls };
             config.dialer = Some(runnel_proto::dial::DialerHandle(std::sync::Arc::new(dialer)));
         } else if self.tls_cert.is_some() || self.tls_key.is_some() {
-            anyhow::bail!("--tls-cert and --tls-key need --tls-ca (the cluster CA that signed the servers' certificates)");
+            anyhow::bail!(
+                "--tls-cert and --tls-key need --tls-ca (the cluster CA that signed the servers' certificates)"
+            );
         }
         Ok(Client::connect_with(&self.bootstrap, config).await?)
     }

@@ -305,7 +305,11 @@ impl NodeLiveness {
                     let dropped: Vec<GroupId> = latest
                         .filter(|l| l.version != version)
                         .map(|l| {
-                            l.groups.iter().filter(|(g, t)| groups.get(g).is_none_or(|nt| nt < t)).map(|(g, _)| *g).collect()
+                            l.groups
+                                .iter()
+                                .filter(|(g, t)| groups.get(g).is_none_or(|nt| nt < t))
+                                .map(|(g, _)| *g)
+                                .collect()
                         })
                         .unwrap_or_default();
                     (Arc::new(groups), dropped)
@@ -473,7 +477,12 @@ mod tests {
 
     /// "My list is still the one of `version`".
     fn unchanged(from_node: NodeId, incarnation: u64, version: u64) -> PingRequest {
-        PingRequest { has_leaders: true, leaders_version: version, leaders_unchanged: true, ..bare(from_node, incarnation) }
+        PingRequest {
+            has_leaders: true,
+            leaders_version: version,
+            leaders_unchanged: true,
+            ..bare(from_node, incarnation)
+        }
     }
 
     /// Hooks that serve a fixed list and record what peers stopped claiming.

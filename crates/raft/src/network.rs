@@ -528,7 +528,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let stats = Arc::new(TransportStats::default());
         let liveness = NodeLiveness::new(2, 1, crate::liveness::LivenessConfig::new(100, 500));
-        let service = TransportService { registry, liveness, stats: stats.clone(), auth: runnel_proto::peer::NodeAuth::Open };
+        let service =
+            TransportService { registry, liveness, stats: stats.clone(), auth: runnel_proto::peer::NodeAuth::Open };
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(RaftTransportServer::new(service))

@@ -124,7 +124,8 @@ mod tests {
     #[test]
     fn issued_certificates_name_what_they_are_for() {
         let ca = new_ca("test CA", 1).unwrap();
-        let node = issue(&ca, &Subject::Node { id: 3, hosts: vec!["127.0.0.1".into(), "localhost".into()] }, 1).unwrap();
+        let node =
+            issue(&ca, &Subject::Node { id: 3, hosts: vec!["127.0.0.1".into(), "localhost".into()] }, 1).unwrap();
         let client = issue(&ca, &Subject::Client { name: "alice".into() }, 1).unwrap();
         let der = |pem: &str| crate::tls::certs_from_pem(pem.as_bytes(), "test").unwrap().remove(0);
         assert_eq!(crate::tls::identity_of(&der(&node.cert_pem)), runnel_proto::peer::PeerIdentity::Node(3));

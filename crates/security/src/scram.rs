@@ -66,8 +66,12 @@ impl Mechanism {
 
     fn salted_password(self, password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
         match self {
-            Mechanism::ScramSha256 => pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), salt, iterations).to_vec(),
-            Mechanism::ScramSha512 => pbkdf2::pbkdf2_hmac_array::<Sha512, 64>(password.as_bytes(), salt, iterations).to_vec(),
+            Mechanism::ScramSha256 => {
+                pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), salt, iterations).to_vec()
+            }
+            Mechanism::ScramSha512 => {
+                pbkdf2::pbkdf2_hmac_array::<Sha512, 64>(password.as_bytes(), salt, iterations).to_vec()
+            }
         }
     }
 }
@@ -180,7 +184,9 @@ impl ScramServer {
     ) -> Result<(ScramServer, String), ScramError> {
         let bare = match client_first.strip_prefix("n,,") {
             Some(b) => b,
-            None if client_first.starts_with("y,") || client_first.starts_with("p=") => return Err(ScramError::ChannelBinding),
+            None if client_first.starts_with("y,") || client_first.starts_with("p=") => {
+                return Err(ScramError::ChannelBinding)
+            }
             // "n,a=authzid," — an authorization identity other than the user is not supported.
             None => return Err(malformed("expected the GS2 header 'n,,'")),
         };
@@ -199,12 +205,24 @@ impl ScramServer {
                 // Same shape as a real user's, never matching any proof (its stored key is no hash).
                 let salt = mechanism.hash(user.as_bytes())[..16].to_vec();
                 let len = mechanism.hash(b"").len();
-                Credentials { mechanism, salt, iterations: MIN_ITERATIONS, stored_key: vec![0; len], server_key: vec![0; len] }
+                Credentials {
+                    mechanism,
+                    salt,
+                    iterations: MIN_ITERATIONS,
+                    stored_key: vec![0; len],
+                    server_key: vec![0; len],
+                }
             }
         };
         let nonce = format!("{client_nonce}{server_nonce}");
         let server_first = format!("r={nonce},s={},i={}", B64.encode(&credentials.salt), credentials.iterations);
-        let s = ScramServer { user, credentials, nonce, client_first_bare: bare.to_string(), server_first: server_first.clone() };
+        let s = ScramServer {
+            user,
+            credentials,
+            nonce,
+            client_first_bare: bare.to_string(),
+            server_first: server_first.clone(),
+        };
         Ok((s, server_first))
     }
 
@@ -276,7 +294,8 @@ impl ScramClient {
             return Err(ScramError::NonceMismatch);
         }
         let salt = B64.decode(attr(&a, 's', "salt")?).map_err(|_| malformed("the salt is not base64"))?;
-        let iterations: u32 = attr(&a, 'i', "iteration count")?.parse().map_err(|_| malformed("bad iteration count"))?;
+        let iterations: u32 =
+            attr(&a, 'i', "iteration count")?.parse().map_err(|_| malformed("bad iteration count"))?;
         if iterations < MIN_ITERATIONS {
             return Err(ScramError::Iterations(iterations));
         }
@@ -331,16 +350,20 @@ mod tests {
         let (c, fin) = c.respond(SERVER_FIRST).unwrap();
         assert_eq!(fin, CLIENT_FINAL);
         c.verify(SERVER_FINAL).unwrap();
-        let (c, _) = ScramClient::start(Mechanism::ScramSha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO").0.respond(SERVER_FIRST).unwrap();
+        let (c, _) = ScramClient::start(Mechanism::ScramSha256, "user", "pencil", "rOprNGfwEbeRWgbNEkqO")
+            .0
+            .respond(SERVER_FIRST)
+            .unwrap();
         assert_eq!(c.verify("v=AAAA6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4="), Err(ScramError::ServerSignature));
     }
 
     #[test]
     fn the_server_side_reproduces_rfc_7677() {
-        let (s, first) = ScramServer::start(Mechanism::ScramSha256, CLIENT_FIRST, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0", |u| {
-            (u == "user").then(rfc_credentials)
-        })
-        .unwrap();
+        let (s, first) =
+            ScramServer::start(Mechanism::ScramSha256, CLIENT_FIRST, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0", |u| {
+                (u == "user").then(rfc_credentials)
+            })
+            .unwrap();
         assert_eq!(first, SERVER_FIRST);
         let (fin, user) = s.finish(CLIENT_FINAL).unwrap();
         assert_eq!((fin.as_str(), user.as_str()), (SERVER_FINAL, "user"));
@@ -385,7 +408,9 @@ mod tests {
         let m = Mechanism::ScramSha256;
         assert_eq!(server(m, "y,,n=user,r=abc", creds.clone()).unwrap_err(), ScramError::ChannelBinding);
         assert_eq!(server(m, "p=tls-unique,,n=user,r=abc", creds.clone()).unwrap_err(), ScramError::ChannelBinding);
-        assert!(matches!(server(m, "n,,r=abc", creds.clone()), Err(ScramError::Malformed(e)) if e.contains("user name")));
+        assert!(
+            matches!(server(m, "n,,r=abc", creds.clone()), Err(ScramError::Malformed(e)) if e.contains("user name"))
+        );
         assert!(matches!(server(m, "n,,n=user", creds.clone()), Err(ScramError::Malformed(e)) if e.contains("nonce")));
         assert!(matches!(server(m, "n,,n=us=ZZer,r=a", creds), Err(ScramError::Malformed(e)) if e.contains("escape")));
         let (c, _) = ScramClient::start(m, "user", "pencil", "abc");

@@ -127,7 +127,11 @@ impl TlsFiles {
             anyhow::bail!("a node needs its certificate and key (tls_cert_file, tls_key_file)");
         };
         let cert = ReloadingCert::new(c.clone(), k.clone())?;
-        Ok(NodeTls { server: self.server_config_with(cert.clone())?, client: self.client_config_with(Some(cert.clone()))?, cert })
+        Ok(NodeTls {
+            server: self.server_config_with(cert.clone())?,
+            client: self.client_config_with(Some(cert.clone()))?,
+            cert,
+        })
     }
 
     /// The listener's configuration: the certificate `cert` serves; client certificates
@@ -167,7 +171,9 @@ impl TlsFiles {
             .context("TLS protocol versions")?
             .with_root_certificates(self.roots()?);
         let mut cfg = match self.own()? {
-            Some((certs, key)) => builder.with_client_auth_cert(certs, key).context("the client certificate and key")?,
+            Some((certs, key)) => {
+                builder.with_client_auth_cert(certs, key).context("the client certificate and key")?
+            }
             None => builder.with_no_client_auth(),
         };
         cfg.alpn_protocols = vec![b"h2".to_vec()];
@@ -254,15 +260,13 @@ async fn handshake(
     let _ = tcp.set_nodelay(true);
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("TLS handshake failed (a plaintext client, or an untrusted certificate?): {e}")),
+        Ok(Err(e)) => {
+            return Err(format!("TLS handshake failed (a plaintext client, or an untrusted certificate?): {e}"))
+        }
         Err(_) => return Err(format!("TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}")),
     };
-    let identity = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .map_or(PeerIdentity::Anonymous, identity_of);
+    let identity =
+        stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map_or(PeerIdentity::Anonymous, identity_of);
     Ok(TlsConn { stream, info: PeerInfo { remote_addr: Some(remote), identity }, _slot: slot })
 }
 
@@ -346,7 +350,10 @@ impl Dialer for TlsDialer {
                     tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
                 };
                 let tls = tokio::time::timeout(timeout + HANDSHAKE_TIMEOUT, connect).await.map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("TLS connection to {host}:{port} timed out"))
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("TLS connection to {host}:{port} timed out"),
+                    )
                 })??;
                 Ok::<_, std::io::Error>(TokioIo::new(tls))
             }
@@ -389,7 +396,10 @@ mod tests {
 
     /// A TLS connection to `addr` that has finished its handshake and exchanged a byte (TLS 1.3
     /// servers can refuse a client certificate only after the client's handshake completes).
-    async fn connect(files: &TlsFiles, addr: SocketAddr) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    async fn connect(
+        files: &TlsFiles,
+        addr: SocketAddr,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(addr).await?;
         let name = ServerName::try_from("127.0.0.1").unwrap();
         let mut tls = tokio_rustls::TlsConnector::from(files.client_config().unwrap()).connect(name, tcp).await?;

@@ -284,13 +284,18 @@ impl NodeConfig {
         if self.node_id == 0 {
             return Err(invalid("node_id", 0, "node ids start at 1"));
         }
-        let tls_set = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file].iter().filter(|f| f.is_some()).count();
+        let tls_set =
+            [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file].iter().filter(|f| f.is_some()).count();
         if tls_set != 0 && tls_set != 3 {
-            let (field, value) = [("tls_ca_file", &self.tls_ca_file), ("tls_cert_file", &self.tls_cert_file), ("tls_key_file", &self.tls_key_file)]
-                .into_iter()
-                .find(|(_, v)| v.is_none())
-                .map(|(f, _)| (f, "(unset)"))
-                .unwrap_or(("tls_ca_file", ""));
+            let (field, value) = [
+                ("tls_ca_file", &self.tls_ca_file),
+                ("tls_cert_file", &self.tls_cert_file),
+                ("tls_key_file", &self.tls_key_file),
+            ]
+            .into_iter()
+            .find(|(_, v)| v.is_none())
+            .map(|(f, _)| (f, "(unset)"))
+            .unwrap_or(("tls_ca_file", ""));
             return Err(invalid(field, value, "TLS needs tls_ca_file, tls_cert_file and tls_key_file together"));
         }
         if tls_set == 0 && !self.insecure && !self.listen.ip().is_loopback() {

@@ -165,9 +165,18 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
             tracing::info!("TLS on; node-to-node services accept only the node a certificate names");
             // A rotated certificate is picked up without a restart.
             let reloader = tokio::spawn(tls.cert.clone().run(runnel_security::reload::RELOAD_EVERY));
-            env.dialer = Arc::new(runnel_security::tls::TlsDialer { connect_timeout: Duration::from_millis(500), config: tls.client });
+            env.dialer = Arc::new(runnel_security::tls::TlsDialer {
+                connect_timeout: Duration::from_millis(500),
+                config: tls.client,
+            });
             env.node_auth = NodeAuth::MutualTls;
-            let served = serve(cfg, env, runnel_security::tls::incoming(listener, tls.server, runnel_security::tls::MAX_CONNECTIONS_PER_IP), shutdown_signal()).await;
+            let served = serve(
+                cfg,
+                env,
+                runnel_security::tls::incoming(listener, tls.server, runnel_security::tls::MAX_CONNECTIONS_PER_IP),
+                shutdown_signal(),
+            )
+            .await;
             reloader.abort();
             served
         }
@@ -387,7 +396,10 @@ where
             // A heartbeat announces the shutdown at once, so balancers stop moving leadership back.
             heartbeat_now.notify_one();
             if tokio::time::timeout(SHUTDOWN_ANNOUNCE_WAIT, announced.wait_for(|a| *a)).await.is_err() {
-                tracing::warn!(node_id, "the controller has not acknowledged the shutdown; handing leaderships away anyway");
+                tracing::warn!(
+                    node_id,
+                    "the controller has not acknowledged the shutdown; handing leaderships away anyway"
+                );
             }
             broker.hand_off_leaderships(SHUTDOWN_HANDOFF).await;
             if controller.is_controller() {
