@@ -51,6 +51,7 @@
 //! [`Client::produce`] calls are *at least once*: a retry may duplicate the records. A produce
 //! answered with an error that is not retriable was not appended.
 
+mod auth;
 mod consumer;
 mod error;
 mod groups;
@@ -77,6 +78,7 @@ pub use runnel_proto::{encode_batch_with, v1::Compression};
 use runnel_types::limits::{MAX_BATCH_BYTES, MAX_FETCH_WAIT_MS, MAX_GRPC_MESSAGE_BYTES};
 use tonic::transport::{Channel, Endpoint};
 
+pub use auth::Credentials;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
 pub use error::ClientError;
 pub use groups::CommittedOffsets;
@@ -88,6 +90,9 @@ pub use runnel_proto::v1::{Acks, Header, OffsetSpec, Record};
 pub use runnel_types::{ErrorCode, NodeId, RunnelError};
 
 use metadata::{Lookup, MetadataCache};
+
+/// A stub that adds this client's `authorization` header to each request.
+type Stub = RunnelClient<tonic::service::interceptor::InterceptedService<Channel, auth::AuthHeader>>;
 
 /// How many times a request is retried when the topic or partition is unknown: the node that
 /// answered the metadata request may lag behind the controller right after a topic was created.
@@ -127,6 +132,9 @@ pub struct ClientConfig {
     /// lost in transit, so the client retries a batch that did commit. Only idempotent batches
     /// survive this without duplicates.
     pub drop_every_nth_produce_answer: u32,
+    /// How to authenticate to a cluster that requires it (`None`: no credentials, or only the
+    /// client certificate of the dialer's TLS configuration).
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ClientConfig {
@@ -139,6 +147,7 @@ impl Default for ClientConfig {
             retry: RetryPolicy::default(),
             dialer: None,
             drop_every_nth_produce_answer: 0,
+            credentials: None,
         }
     }
 }
@@ -222,6 +231,12 @@ struct Inner {
     coordinators: Mutex<HashMap<String, String>>,
     /// Produce answers received (for `drop_every_nth_produce_answer`).
     produce_answers: AtomicU32,
+    /// The bearer token from the last SCRAM login, and when to log in again.
+    token: RwLock<Option<(tonic::metadata::AsciiMetadataValue, Instant)>>,
+    /// One login at a time.
+    login: tokio::sync::Mutex<()>,
+    /// Until when each node asked this client to hold back (a quota's throttle time).
+    throttled: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -269,6 +284,9 @@ impl Client {
                 next_keyless: AtomicU32::new(rand::random::<u32>()),
                 coordinators: Mutex::new(HashMap::new()),
                 produce_answers: AtomicU32::new(0),
+                token: RwLock::new(None),
+                login: tokio::sync::Mutex::new(()),
+                throttled: Mutex::new(HashMap::new()),
             }),
         };
         let mut last = None;
@@ -385,6 +403,7 @@ impl Client {
                         c.produce(with_timeout(req, t)).await
                     })
                     .await?;
+                self.note_throttle(&addr, resp.throttle_time_ms);
                 broker_result("produce", &target, &addr, resp.error.as_ref())?;
                 if self.drop_this_answer() {
                     // Fault injection (tests): the batch is in, but we act as if the answer was lost.
@@ -505,6 +524,7 @@ impl Client {
                             c.fetch(with_timeout(req, t)).await
                         })
                         .await?;
+                    self.note_throttle(&addr, resp.throttle_time_ms);
                     broker_result("fetch", &target, &addr, resp.error.as_ref())?;
                     Ok((addr, resp))
                 }
@@ -914,8 +934,89 @@ impl Client {
     // Plumbing
     // ---------------------------------------------------------------------------------------
 
+    /// The `authorization` header for calls to `addr`: the configured token, or the token of a
+    /// SCRAM login (logging in first when there is none or it is about to expire).
+    async fn auth_header(&self, addr: &str) -> Result<auth::AuthHeader, ClientError> {
+        let (user, password) = match &self.inner.config.credentials {
+            None => return Ok(auth::AuthHeader(None)),
+            Some(Credentials::Token(t)) => {
+                return auth::bearer(t).map(|h| auth::AuthHeader(Some(h))).map_err(ClientError::InvalidArgument)
+            }
+            Some(Credentials::Password { user, password }) => (user, password),
+        };
+        let fresh = || self.inner.token.read().as_ref().filter(|(_, renew)| Instant::now() < *renew).map(|(h, _)| h.clone());
+        if let Some(h) = fresh() {
+            return Ok(auth::AuthHeader(Some(h)));
+        }
+        let _one_at_a_time = self.inner.login.lock().await;
+        if let Some(h) = fresh() {
+            return Ok(auth::AuthHeader(Some(h)));
+        }
+        let (header, renew) = self.log_in(addr, user, password).await?;
+        *self.inner.token.write() = Some((header.clone(), renew));
+        Ok(auth::AuthHeader(Some(header)))
+    }
+
+    /// A SCRAM-SHA-512 login at `addr`: two Authenticate calls; the server's signature is checked
+    /// too. Returns the token's header and when to log in again (at 80 % of its lifetime).
+    async fn log_in(
+        &self,
+        addr: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<(tonic::metadata::AsciiMetadataValue, Instant), ClientError> {
+        use runnel_security::scram::{Mechanism, ScramClient};
+        let mechanism = Mechanism::ScramSha512;
+        let failed = |message: String| ClientError::Broker {
+            op: "log in",
+            target: format!("as '{user}'"),
+            addr: addr.to_string(),
+            error: Box::new(RunnelError::new(ErrorCode::AuthenticationFailed, message)),
+        };
+        let nonce: String = (0..24).map(|_| char::from(b'a' + rand::random::<u8>() % 26)).collect();
+        let (scram, client_first) = ScramClient::start(mechanism, user, password, &nonce);
+        let first = v1::AuthenticateRequest {
+            mechanism: mechanism.name().to_string(),
+            message: client_first,
+            session: String::new(),
+        };
+        let target = format!("as '{user}'");
+        let started = Instant::now();
+        let r1 = self
+            .raw_call("log in", &target, addr, auth::AuthHeader(None), move |mut c, t| async move {
+                c.authenticate(with_timeout(first, t)).await
+            })
+            .await?;
+        broker_result("log in", &target, addr, r1.error.as_ref())?;
+        let (scram, client_final) = scram.respond(&r1.message).map_err(|e| failed(e.to_string()))?;
+        let second =
+            v1::AuthenticateRequest { mechanism: mechanism.name().to_string(), message: client_final, session: r1.session };
+        let r2 = self
+            .raw_call("log in", &target, addr, auth::AuthHeader(None), move |mut c, t| async move {
+                c.authenticate(with_timeout(second, t)).await
+            })
+            .await?;
+        broker_result("log in", &target, addr, r2.error.as_ref())?;
+        scram.verify(&r2.message).map_err(|e| failed(e.to_string()))?;
+        let header = auth::bearer(&r2.token).map_err(failed)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let lifetime = Duration::from_millis(r2.expires_at_ms.saturating_sub(now_ms));
+        Ok((header, started + lifetime.mul_f64(0.8)))
+    }
+
+    /// Remembers a node's throttle time: the next request to it waits that long first.
+    fn note_throttle(&self, addr: &str, throttle_time_ms: u32) {
+        if throttle_time_ms > 0 {
+            let until = Instant::now() + Duration::from_millis(throttle_time_ms as u64);
+            self.inner.throttled.lock().insert(addr.to_string(), until);
+        }
+    }
+
     /// A gRPC stub on the cached channel for `addr` (created lazily: no I/O here).
-    fn stub(&self, addr: &str) -> Result<RunnelClient<Channel>, ClientError> {
+    fn stub(&self, addr: &str, header: auth::AuthHeader) -> Result<Stub, ClientError> {
         let channel = {
             let mut channels = self.inner.channels.lock();
             match channels.get(addr) {
@@ -933,7 +1034,7 @@ impl Client {
                 }
             }
         };
-        Ok(RunnelClient::new(channel)
+        Ok(RunnelClient::with_interceptor(channel, header)
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES))
     }
@@ -982,7 +1083,8 @@ impl Client {
         candidates
     }
 
-    /// One RPC to `addr` with a deadline of `request_timeout + server_wait`.
+    /// One RPC to `addr` with a deadline of `request_timeout + server_wait`, with this client's
+    /// credentials, after any throttle time the node asked for.
     async fn call<T, F, Fut>(
         &self,
         op: &'static str,
@@ -992,15 +1094,74 @@ impl Client {
         rpc: F,
     ) -> Result<T, ClientError>
     where
-        F: FnOnce(RunnelClient<Channel>, Duration) -> Fut,
+        F: FnOnce(Stub, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let stub = self.stub(addr)?;
+        let until = self.inner.throttled.lock().get(addr).copied();
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+            self.inner.throttled.lock().remove(addr);
+        }
+        let header = self.auth_header(addr).await?;
+        let out = self.raw_call_waiting(op, target, addr, header, server_wait, rpc).await;
+        if let Err(ClientError::Broker { error, .. }) = &out {
+            if error.code == ErrorCode::AuthenticationFailed {
+                // Expired or revoked: the next call logs in again.
+                *self.inner.token.write() = None;
+            }
+        }
+        out
+    }
+
+    async fn raw_call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        target: &str,
+        addr: &str,
+        header: auth::AuthHeader,
+        rpc: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnOnce(Stub, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.raw_call_waiting(op, target, addr, header, Duration::ZERO, rpc).await
+    }
+
+    async fn raw_call_waiting<T, F, Fut>(
+        &self,
+        op: &'static str,
+        target: &str,
+        addr: &str,
+        header: auth::AuthHeader,
+        server_wait: Duration,
+        rpc: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnOnce(Stub, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let stub = self.stub(addr, header)?;
         let timeout = self.inner.config.request_timeout + server_wait;
         let result = tokio::time::timeout(timeout, rpc(stub, timeout)).await;
-        self.note_health(addr, matches!(result, Ok(Ok(_))));
+        let refused = matches!(&result, Ok(Err(s)) if matches!(s.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied));
+        self.note_health(addr, matches!(result, Ok(Ok(_))) || refused);
         match result {
             Err(_) => Err(ClientError::Timeout { op, target: target.to_string(), addr: addr.to_string(), timeout }),
+            // The node answered, and refused: not a transport failure, and not worth a retry.
+            Ok(Err(status)) if refused => Err(ClientError::Broker {
+                op,
+                target: target.to_string(),
+                addr: addr.to_string(),
+                error: Box::new(RunnelError::new(
+                    if status.code() == tonic::Code::Unauthenticated {
+                        ErrorCode::AuthenticationFailed
+                    } else {
+                        ErrorCode::AuthorizationFailed
+                    },
+                    status.message().to_string(),
+                )),
+            }),
             Ok(Err(status)) => Err(ClientError::Transport {
                 op,
                 target: target.to_string(),

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 mod moves;
 mod placement;
+pub mod security;
 pub use moves::{plan_rebalance, plan_replacements};
 pub use placement::place_partitions;
 
@@ -189,6 +190,36 @@ pub enum MetaCommand {
     AllocateProducerIds {
         count: u64,
     },
+    /// Creates a user or replaces its credentials (which revokes its tokens); with `if_absent`,
+    /// an existing user is left as it is (the configured bootstrap user). `token_key` signs
+    /// bearer tokens and is used only if the cluster has none yet (drawn by the proposer: apply
+    /// must be deterministic).
+    PutUser {
+        name: String,
+        credentials: Vec<runnel_security::scram::Credentials>,
+        token_key: Vec<u8>,
+        if_absent: bool,
+    },
+    /// Sets the key that signs bearer tokens, if the cluster has none yet.
+    SetTokenKey {
+        key: Vec<u8>,
+    },
+    DeleteUser {
+        name: String,
+    },
+    /// Adds access rules (all or nothing).
+    AddAcls {
+        rules: Vec<runnel_security::acl::AclRule>,
+    },
+    /// Removes these exact rules; answers how many were present.
+    RemoveAcls {
+        rules: Vec<runnel_security::acl::AclRule>,
+    },
+    /// Sets (or with `None` removes) a principal's quota.
+    SetQuota {
+        principal: String,
+        quota: Option<runnel_security::quota::Quota>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +238,10 @@ pub enum MetaResponse {
     /// Producer ids `first..first + count` are reserved for the proposer.
     ProducerIds {
         first: u64,
+        count: u64,
+    },
+    /// How many of the rules to remove were present.
+    Removed {
         count: u64,
     },
 }
@@ -235,6 +270,10 @@ pub struct ClusterState {
     pub next_group_id: GroupId,
     /// The first idempotent-producer id not yet reserved (ids start at 1).
     pub next_producer_id: u64,
+    /// Users, ACLs and quotas. Encoded after the rest of a snapshot, and only when not empty
+    /// (`runnel_raft::meta_sm`), so snapshots of clusters that never used them keep their format.
+    #[serde(skip)]
+    pub security: security::SecurityState,
 }
 
 impl ClusterState {
@@ -312,6 +351,32 @@ impl ClusterState {
                 );
                 MetaResponse::TopicCreated { topic_id }
             }
+            MetaCommand::PutUser { name, credentials, token_key, if_absent } => {
+                if *if_absent && self.security.users.contains_key(name) {
+                    return MetaResponse::Done;
+                }
+                match self.security.put_user(name, credentials, token_key) {
+                    Ok(_) => MetaResponse::Done,
+                    Err(e) => MetaResponse::rejected(e),
+                }
+            }
+            MetaCommand::SetTokenKey { key } => match self.security.set_token_key(key) {
+                Ok(()) => MetaResponse::Done,
+                Err(e) => MetaResponse::rejected(e),
+            },
+            MetaCommand::DeleteUser { name } => match self.security.delete_user(name) {
+                Ok(()) => MetaResponse::Done,
+                Err(e) => MetaResponse::rejected(e),
+            },
+            MetaCommand::AddAcls { rules } => match self.security.add_acls(rules) {
+                Ok(()) => MetaResponse::Done,
+                Err(e) => MetaResponse::rejected(e),
+            },
+            MetaCommand::RemoveAcls { rules } => MetaResponse::Removed { count: self.security.remove_acls(rules) },
+            MetaCommand::SetQuota { principal, quota } => match self.security.set_quota(principal, *quota) {
+                Ok(()) => MetaResponse::Done,
+                Err(e) => MetaResponse::rejected(e),
+            },
             MetaCommand::DeleteTopic { name } => {
                 if self.topics.remove(name).is_none() {
                     return MetaResponse::rejected(RunnelError::unknown_topic(name));
@@ -539,6 +604,13 @@ impl std::fmt::Display for MetaCommand {
                 write!(f, "FinishReassignment(group={group}, partition_epoch={partition_epoch})")
             }
             MetaCommand::AllocateProducerIds { count } => write!(f, "AllocateProducerIds(count={count})"),
+            // Never the credentials or the key: this line goes to logs.
+            MetaCommand::PutUser { name, if_absent, .. } => write!(f, "PutUser({name}, if_absent={if_absent})"),
+            MetaCommand::SetTokenKey { .. } => write!(f, "SetTokenKey"),
+            MetaCommand::DeleteUser { name } => write!(f, "DeleteUser({name})"),
+            MetaCommand::AddAcls { rules } => write!(f, "AddAcls({} rules)", rules.len()),
+            MetaCommand::RemoveAcls { rules } => write!(f, "RemoveAcls({} rules)", rules.len()),
+            MetaCommand::SetQuota { principal, quota } => write!(f, "SetQuota({principal}, {quota:?})"),
         }
     }
 }

@@ -74,8 +74,24 @@ impl MetaStateMachine {
     }
 }
 
+/// A snapshot is the cluster state, followed by its security part (users, ACLs, quotas) when
+/// there is one: a cluster that never used them keeps the snapshot format of earlier versions.
 fn encode_snapshot(inner: &Inner) -> io::Result<Vec<u8>> {
-    codec::encode(&inner.state).map_err(|e| io::Error::other(e.to_string()))
+    let mut out = codec::encode(&inner.state).map_err(|e| io::Error::other(e.to_string()))?;
+    if !inner.state.security.is_empty() {
+        out.extend(codec::encode(&inner.state.security).map_err(|e| io::Error::other(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+fn decode_snapshot(bytes: &[u8]) -> io::Result<ClusterState> {
+    let (mut state, used): (ClusterState, usize) =
+        codec::decode_prefix(bytes).map_err(|e| io::Error::other(format!("metadata snapshot: {e}")))?;
+    if used < bytes.len() {
+        state.security =
+            codec::decode(&bytes[used..]).map_err(|e| io::Error::other(format!("metadata snapshot, security: {e}")))?;
+    }
+    Ok(state)
 }
 
 impl RaftSnapshotBuilder<MetaTypes> for MetaStateMachine {
@@ -136,7 +152,7 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMetaOf<MetaTypes>, snapshot: Vec<u8>) -> Result<(), io::Error> {
-        let state: ClusterState = codec::decode(&snapshot).map_err(|e| io::Error::other(e.to_string()))?;
+        let state = decode_snapshot(&snapshot)?;
         let mut inner = self.inner.lock().await;
         inner.state = state;
         inner.last_applied = meta.last_log_id;
@@ -152,5 +168,34 @@ impl RaftStateMachine<MetaTypes> for MetaStateMachine {
             .snapshot
             .as_ref()
             .map(|(meta, data)| SnapshotOf::<MetaTypes, Vec<u8>> { meta: meta.clone(), snapshot: data.clone() }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runnel_meta::MetaCommand;
+    use runnel_security::scram::{Credentials, Mechanism};
+
+    fn inner(state: ClusterState) -> Inner {
+        Inner { state, last_applied: None, membership: Default::default(), snapshot: None }
+    }
+
+    #[test]
+    fn a_snapshot_without_security_keeps_the_old_format_and_one_with_it_round_trips() {
+        let mut state = ClusterState::default();
+        state.apply(&MetaCommand::AllocateProducerIds { count: 5 });
+        let plain = encode_snapshot(&inner(state.clone())).unwrap();
+        assert_eq!(plain, codec::encode(&state).unwrap(), "no security: the earlier format, byte for byte");
+        assert_eq!(decode_snapshot(&plain).unwrap(), state);
+
+        let credentials = vec![Credentials::new(Mechanism::ScramSha512, "pw", b"0123456789abcdef", 4096)];
+        let r = state.apply(&MetaCommand::PutUser { name: "alice".into(), credentials, token_key: vec![9; 32], if_absent: false });
+        assert_eq!(r, MetaResponse::Done);
+        let with = encode_snapshot(&inner(state.clone())).unwrap();
+        let back = decode_snapshot(&with).unwrap();
+        assert_eq!(back, state);
+        assert!(back.security.users.contains_key("alice"));
+        assert!(decode_snapshot(&with[..with.len() - 1]).is_err(), "a cut snapshot is refused");
     }
 }

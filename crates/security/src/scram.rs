@@ -17,13 +17,15 @@ use subtle::ConstantTimeEq;
 /// Iterations below this are refused (RFC 7677 asks for at least 4096).
 pub const MIN_ITERATIONS: u32 = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Mechanism {
     ScramSha256,
     ScramSha512,
 }
 
 impl Mechanism {
+    pub const ALL: [Mechanism; 2] = [Mechanism::ScramSha256, Mechanism::ScramSha512];
+
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::ScramSha256 => "SCRAM-SHA-256",
@@ -77,13 +79,23 @@ impl Mechanism {
 }
 
 /// What the server keeps of a user's password (RFC 5802 §3): never the password itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     pub mechanism: Mechanism,
     pub salt: Vec<u8>,
     pub iterations: u32,
     pub stored_key: Vec<u8>,
     pub server_key: Vec<u8>,
+}
+
+/// Keys left out: they allow an offline guess at the password, so they stay out of logs.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("mechanism", &self.mechanism)
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Credentials {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_broker::{Broker, Partition};
-use runnel_meta::{ClusterState, PartitionRecord, TopicRecord};
+use runnel_meta::{ClusterState, MetaCommand, MetaResponse, PartitionRecord, TopicRecord};
 use runnel_proto::v1::runnel_client::RunnelClient;
 use runnel_proto::v1::runnel_server::Runnel;
 use runnel_proto::v1::*;
@@ -18,6 +18,8 @@ use runnel_types::topic::TopicConfig;
 use runnel_types::{ErrorCode, NodeId, RunnelError};
 use tonic::{Request, Response, Status};
 
+use crate::auth::{node_request, Gatekeeper};
+use crate::security_wire as security;
 use crate::controller::Controller;
 use crate::coordinator::Coordinator;
 
@@ -26,7 +28,12 @@ pub struct Api {
     pub controller: Arc<Controller>,
     pub meta: MetaStateMachine,
     pub coordinator: Arc<Coordinator>,
+    /// Authentication, ACLs and quotas: every call below passes through it once.
+    pub gate: Arc<Gatekeeper>,
 }
+
+use runnel_security::acl::{Operation, ResourceType, CLUSTER};
+use runnel_security::quota::QuotaKind;
 
 fn err(e: &RunnelError) -> Option<Error> {
     Some(e.into())
@@ -137,6 +144,37 @@ impl Api {
         Err(RunnelError::not_leader(topic, partition, hint))
     }
 
+    /// Commits `cmd` on the controller, or has `forward` send the request there.
+    async fn propose_forwarded<F, Fut>(&self, cmd: MetaCommand, forward: F) -> Result<(), RunnelError>
+    where
+        F: FnOnce(RunnelClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Error>, Status>>,
+    {
+        if self.controller.is_controller() {
+            return self.controller.propose(cmd).await.map(|_| ());
+        }
+        let c = self.controller_client().await?;
+        match forward(c).await {
+            Ok(error) => runnel_proto::check_error(error.as_ref()),
+            Err(status) => Err(RunnelError::new(
+                ErrorCode::NotController,
+                format!("forwarding to the controller: {}", status.message()),
+            )),
+        }
+    }
+
+    /// `msg` for the controller, sent as this node: the caller was checked here already.
+    fn forward<T>(&self, msg: T) -> Request<T> {
+        node_request(&self.meta, self.broker.node_id(), msg)
+    }
+
+    /// The caller, allowed to do `op` to the cluster.
+    fn cluster_caller<T>(&self, req: &Request<T>, op: Operation) -> Result<runnel_security::acl::Principal, Status> {
+        let who = self.gate.principal(req)?;
+        self.gate.check(&who, op, ResourceType::Cluster, CLUSTER)?;
+        Ok(who)
+    }
+
     async fn controller_client(&self) -> Result<RunnelClient<tonic::transport::Channel>, RunnelError> {
         let (id, addr) = self.controller.controller().ok_or_else(|| {
             RunnelError::new(ErrorCode::NotController, "no metadata leader (controller) is known yet; retry shortly")
@@ -152,7 +190,11 @@ impl Api {
 #[tonic::async_trait]
 impl Runnel for Api {
     async fn produce(&self, req: Request<ProduceRequest>) -> Result<Response<ProduceResponse>, Status> {
+        let who = self.gate.principal(&req)?;
         let r = req.into_inner();
+        self.gate.check(&who, Operation::Write, ResourceType::Topic, &r.topic)?;
+        self.gate.throttle(&who, Some(QuotaKind::ProduceBytes)).await;
+        let bytes = r.batch.as_ref().map(|b| b.records.len() as u64).unwrap_or(0);
         let out = async {
             if r.topic == runnel_groups::OFFSETS_TOPIC {
                 return Err(RunnelError::new(
@@ -197,13 +239,17 @@ impl Runnel for Api {
                 leader_epoch: o.leader_epoch,
                 node_id: self.broker.node_id(),
                 duplicate: o.duplicate,
+                throttle_time_ms: self.gate.charge(&who, QuotaKind::ProduceBytes, bytes),
             },
             Err(e) => ProduceResponse { error: err(&e), ..Default::default() },
         }))
     }
 
     async fn fetch(&self, req: Request<FetchRequest>) -> Result<Response<FetchResponse>, Status> {
+        let who = self.gate.principal(&req)?;
         let r = req.into_inner();
+        self.gate.check(&who, Operation::Read, ResourceType::Topic, &r.topic)?;
+        self.gate.throttle(&who, Some(QuotaKind::FetchBytes)).await;
         let out = async {
             let p = self.local(&r.topic, r.partition)?;
             p.check_partition_epoch(r.partition_epoch)?;
@@ -211,19 +257,26 @@ impl Runnel for Api {
         }
         .await;
         Ok(Response::new(match out {
-            Ok(o) => FetchResponse {
-                error: None,
-                high_watermark: o.high_watermark,
-                log_start_offset: o.log_start_offset,
-                batches: o.batches,
-                leader_epoch: o.leader_epoch,
-            },
+            Ok(o) => {
+                let bytes = o.batches.iter().filter_map(|b| b.batch.as_ref()).map(|b| b.records.len() as u64).sum();
+                FetchResponse {
+                    error: None,
+                    high_watermark: o.high_watermark,
+                    log_start_offset: o.log_start_offset,
+                    batches: o.batches,
+                    leader_epoch: o.leader_epoch,
+                    throttle_time_ms: self.gate.charge(&who, QuotaKind::FetchBytes, bytes),
+                }
+            }
             Err(e) => FetchResponse { error: err(&e), ..Default::default() },
         }))
     }
 
     async fn list_offsets(&self, req: Request<ListOffsetsRequest>) -> Result<Response<ListOffsetsResponse>, Status> {
+        let who = self.gate.principal(&req)?;
         let r = req.into_inner();
+        self.gate.check(&who, Operation::Describe, ResourceType::Topic, &r.topic)?;
+        self.gate.throttle(&who, None).await;
         let out = async {
             let p = self.local(&r.topic, r.partition)?;
             let term = p.ensure_readable(None).await?;
@@ -250,15 +303,26 @@ impl Runnel for Api {
     }
 
     async fn metadata(&self, req: Request<MetadataRequest>) -> Result<Response<MetadataResponse>, Status> {
+        let who = self.gate.principal(&req)?;
+        self.gate.throttle(&who, None).await;
         let r = req.into_inner();
         let view = self.meta.current();
         let brokers = broker_infos(&view.state, &self.controller.voters());
         let mut topics = Vec::new();
         let mut error = None;
         if r.topics.is_empty() {
-            topics = view.state.topics.values().map(topic_info).collect();
+            // Only the topics the caller may see (as Kafka does), without a denial per topic.
+            topics = view
+                .state
+                .topics
+                .values()
+                .filter(|t| self.gate.may(&who, Operation::Describe, ResourceType::Topic, &t.name))
+                .map(topic_info)
+                .collect();
         } else {
             for name in &r.topics {
+                // Checked before existence, so a refusal does not tell whether the topic exists.
+                self.gate.check(&who, Operation::Describe, ResourceType::Topic, name)?;
                 match view.state.topics.get(name) {
                     Some(t) => topics.push(topic_info(t)),
                     None => error = err(&RunnelError::unknown_topic(name)),
@@ -279,6 +343,10 @@ impl Runnel for Api {
         &self,
         req: Request<InitProducerIdRequest>,
     ) -> Result<Response<InitProducerIdResponse>, Status> {
+        let who = self.gate.principal(&req)?;
+        // As in Kafka: an idempotent producer needs write access to some topic.
+        self.gate.check_any(&who, Operation::Write, ResourceType::Topic)?;
+        self.gate.throttle(&who, None).await;
         let r = req.into_inner();
         // An epoch bump needs no state: the id is the caller's alone, and partitions fence the
         // older epoch when the new one first writes to them.
@@ -296,7 +364,7 @@ impl Runnel for Api {
         }
         if !self.controller.is_controller() {
             let out = match self.controller_client().await {
-                Ok(mut c) => c.init_producer_id(r).await.map(|x| x.into_inner()),
+                Ok(mut c) => c.init_producer_id(self.forward(r)).await.map(|x| x.into_inner()),
                 Err(e) => return Ok(Response::new(InitProducerIdResponse { error: err(&e), ..Default::default() })),
             };
             return out.map(Response::new);
@@ -308,10 +376,16 @@ impl Runnel for Api {
     }
 
     async fn create_topic(&self, req: Request<CreateTopicRequest>) -> Result<Response<CreateTopicResponse>, Status> {
+        let who = self.gate.principal(&req)?;
         let r = req.into_inner();
+        // Creating on the cluster allows every topic, as in Kafka.
+        if !self.gate.may(&who, Operation::Create, ResourceType::Cluster, CLUSTER) {
+            self.gate.check(&who, Operation::Create, ResourceType::Topic, &r.name)?;
+        }
+        self.gate.throttle(&who, None).await;
         if !self.controller.is_controller() {
             let out = match self.controller_client().await {
-                Ok(mut c) => c.create_topic(r).await.map(|x| x.into_inner()),
+                Ok(mut c) => c.create_topic(self.forward(r)).await.map(|x| x.into_inner()),
                 Err(e) => return Ok(Response::new(CreateTopicResponse { error: err(&e), topic: None })),
             };
             return out.map(Response::new);
@@ -326,10 +400,13 @@ impl Runnel for Api {
     }
 
     async fn delete_topic(&self, req: Request<DeleteTopicRequest>) -> Result<Response<DeleteTopicResponse>, Status> {
+        let who = self.gate.principal(&req)?;
         let r = req.into_inner();
+        self.gate.check(&who, Operation::Delete, ResourceType::Topic, &r.name)?;
+        self.gate.throttle(&who, None).await;
         if !self.controller.is_controller() {
             let out = match self.controller_client().await {
-                Ok(mut c) => c.delete_topic(r).await.map(|x| x.into_inner()),
+                Ok(mut c) => c.delete_topic(self.forward(r)).await.map(|x| x.into_inner()),
                 Err(e) => return Ok(Response::new(DeleteTopicResponse { error: err(&e) })),
             };
             return out.map(Response::new);
@@ -343,7 +420,10 @@ impl Runnel for Api {
         &self,
         req: Request<DescribeTopicConfigRequest>,
     ) -> Result<Response<DescribeTopicConfigResponse>, Status> {
+        let who = self.gate.principal(&req)?;
         let r = req.into_inner();
+        self.gate.check(&who, Operation::Describe, ResourceType::Topic, &r.topic)?;
+        self.gate.throttle(&who, None).await;
         let view = self.meta.current();
         Ok(Response::new(match view.state.topics.get(&r.topic) {
             Some(t) => {
@@ -363,10 +443,13 @@ impl Runnel for Api {
         &self,
         req: Request<AlterTopicConfigRequest>,
     ) -> Result<Response<AlterTopicConfigResponse>, Status> {
+        let who = self.gate.principal(&req)?;
         let r = req.into_inner();
+        self.gate.check(&who, Operation::Alter, ResourceType::Topic, &r.topic)?;
+        self.gate.throttle(&who, None).await;
         if !self.controller.is_controller() {
             return match self.controller_client().await {
-                Ok(mut c) => c.alter_topic_config(r).await,
+                Ok(mut c) => c.alter_topic_config(self.forward(r)).await,
                 Err(e) => Ok(Response::new(AlterTopicConfigResponse { error: err(&e), ..Default::default() })),
             };
         }
@@ -381,6 +464,8 @@ impl Runnel for Api {
         &self,
         req: Request<DescribeReplicasRequest>,
     ) -> Result<Response<DescribeReplicasResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Describe)?;
+        self.gate.throttle(&who, None).await;
         let req = req.into_inner();
         let mut replicas: Vec<ReplicaStatus> = self
             .broker
@@ -430,10 +515,12 @@ impl Runnel for Api {
         &self,
         req: Request<DecommissionNodeRequest>,
     ) -> Result<Response<DecommissionNodeResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Admin)?;
+        self.gate.throttle(&who, None).await;
         let r = req.into_inner();
         if !self.controller.is_controller() {
             return match self.controller_client().await {
-                Ok(mut c) => c.decommission_node(r).await,
+                Ok(mut c) => c.decommission_node(self.forward(r)).await,
                 Err(e) => Ok(Response::new(DecommissionNodeResponse { error: err(&e), remaining_replicas: 0 })),
             };
         }
@@ -447,10 +534,12 @@ impl Runnel for Api {
         &self,
         req: Request<ReassignPartitionRequest>,
     ) -> Result<Response<ReassignPartitionResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Admin)?;
+        self.gate.throttle(&who, None).await;
         let r = req.into_inner();
         if !self.controller.is_controller() {
             return match self.controller_client().await {
-                Ok(mut c) => c.reassign_partition(r).await,
+                Ok(mut c) => c.reassign_partition(self.forward(r)).await,
                 Err(e) => Ok(Response::new(ReassignPartitionResponse { error: err(&e), partition: None })),
             };
         }
@@ -461,10 +550,12 @@ impl Runnel for Api {
     }
 
     async fn rebalance(&self, req: Request<RebalanceRequest>) -> Result<Response<RebalanceResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Admin)?;
+        self.gate.throttle(&who, None).await;
         let r = req.into_inner();
         if !self.controller.is_controller() {
             return match self.controller_client().await {
-                Ok(mut c) => c.rebalance(r).await,
+                Ok(mut c) => c.rebalance(self.forward(r)).await,
                 Err(e) => Ok(Response::new(RebalanceResponse { error: err(&e), moves: vec![] })),
             };
         }
@@ -481,10 +572,12 @@ impl Runnel for Api {
     }
 
     async fn replace_voter(&self, req: Request<ReplaceVoterRequest>) -> Result<Response<ReplaceVoterResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Admin)?;
+        self.gate.throttle(&who, None).await;
         let r = req.into_inner();
         if !self.controller.is_controller() {
             return match self.controller_client().await {
-                Ok(mut c) => c.replace_voter(r).await,
+                Ok(mut c) => c.replace_voter(self.forward(r)).await,
                 Err(e) => Ok(Response::new(ReplaceVoterResponse { error: err(&e), voters: vec![] })),
             };
         }
@@ -496,8 +589,10 @@ impl Runnel for Api {
 
     async fn cluster_health(
         &self,
-        _req: Request<ClusterHealthRequest>,
+        req: Request<ClusterHealthRequest>,
     ) -> Result<Response<ClusterHealthResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Describe)?;
+        self.gate.throttle(&who, None).await;
         let view = self.meta.current();
         let voters = self.controller.voters();
         let problems = partition_problems(&view.state);
@@ -516,6 +611,8 @@ impl Runnel for Api {
         &self,
         req: Request<TransferLeaderRequest>,
     ) -> Result<Response<TransferLeaderResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Admin)?;
+        self.gate.throttle(&who, None).await;
         let r = req.into_inner();
         let out = async {
             let p = self.local(&r.topic, r.partition)?;
@@ -569,7 +666,10 @@ impl Runnel for Api {
         &self,
         req: Request<FindCoordinatorRequest>,
     ) -> Result<Response<FindCoordinatorResponse>, Status> {
+        let who = self.gate.principal(&req)?;
         let r = req.into_inner();
+        self.gate.check(&who, Operation::Describe, ResourceType::Group, &r.group)?;
+        self.gate.throttle(&who, None).await;
         Ok(Response::new(match self.coordinator.find(&r.group).await {
             Ok((partition, node_id, addr)) => FindCoordinatorResponse { error: None, node_id, addr, partition },
             Err(e) => FindCoordinatorResponse { error: err(&e), ..Default::default() },
@@ -577,21 +677,33 @@ impl Runnel for Api {
     }
 
     async fn join_group(&self, req: Request<JoinGroupRequest>) -> Result<Response<JoinGroupResponse>, Status> {
-        Ok(Response::new(match self.coordinator.join(req.into_inner()).await {
+        let who = self.gate.principal(&req)?;
+        let r = req.into_inner();
+        self.gate.check(&who, Operation::Read, ResourceType::Group, &r.group)?;
+        self.gate.throttle(&who, None).await;
+        Ok(Response::new(match self.coordinator.join(r).await {
             Ok(r) => r,
             Err(e) => JoinGroupResponse { error: err(&e), ..Default::default() },
         }))
     }
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let who = self.gate.principal(&req)?;
+        let r = req.into_inner();
+        self.gate.check(&who, Operation::Read, ResourceType::Group, &r.group)?;
+        self.gate.throttle(&who, None).await;
         Ok(Response::new(HeartbeatResponse {
-            error: self.coordinator.heartbeat(req.into_inner()).await.err().as_ref().and_then(err),
+            error: self.coordinator.heartbeat(r).await.err().as_ref().and_then(err),
         }))
     }
 
     async fn leave_group(&self, req: Request<LeaveGroupRequest>) -> Result<Response<LeaveGroupResponse>, Status> {
+        let who = self.gate.principal(&req)?;
+        let r = req.into_inner();
+        self.gate.check(&who, Operation::Read, ResourceType::Group, &r.group)?;
+        self.gate.throttle(&who, None).await;
         Ok(Response::new(LeaveGroupResponse {
-            error: self.coordinator.leave(req.into_inner()).await.err().as_ref().and_then(err),
+            error: self.coordinator.leave(r).await.err().as_ref().and_then(err),
         }))
     }
 
@@ -599,21 +711,50 @@ impl Runnel for Api {
         &self,
         req: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
+        let who = self.gate.principal(&req)?;
+        let r = req.into_inner();
+        // As in Kafka: committing needs read access to the group and to every topic named.
+        self.gate.check(&who, Operation::Read, ResourceType::Group, &r.group)?;
+        let topics: std::collections::BTreeSet<&str> = r.offsets.iter().map(|o| o.topic.as_str()).collect();
+        for t in topics {
+            self.gate.check(&who, Operation::Read, ResourceType::Topic, t)?;
+        }
+        self.gate.throttle(&who, None).await;
         Ok(Response::new(CommitOffsetsResponse {
-            error: self.coordinator.commit(req.into_inner()).await.err().as_ref().and_then(err),
+            error: self.coordinator.commit(r).await.err().as_ref().and_then(err),
         }))
     }
 
     async fn fetch_offsets(&self, req: Request<FetchOffsetsRequest>) -> Result<Response<FetchOffsetsResponse>, Status> {
-        Ok(Response::new(match self.coordinator.fetch_offsets(req.into_inner()).await {
-            Ok(offsets) => FetchOffsetsResponse { error: None, offsets },
+        let who = self.gate.principal(&req)?;
+        let r = req.into_inner();
+        self.gate.check(&who, Operation::Describe, ResourceType::Group, &r.group)?;
+        self.gate.throttle(&who, None).await;
+        Ok(Response::new(match self.coordinator.fetch_offsets(r).await {
+            // Only offsets of topics the caller may see.
+            Ok(offsets) => FetchOffsetsResponse {
+                error: None,
+                offsets: offsets
+                    .into_iter()
+                    .filter(|o| self.gate.may(&who, Operation::Describe, ResourceType::Topic, &o.topic))
+                    .collect(),
+            },
             Err(e) => FetchOffsetsResponse { error: err(&e), offsets: vec![] },
         }))
     }
 
-    async fn list_groups(&self, _req: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
+    async fn list_groups(&self, req: Request<ListGroupsRequest>) -> Result<Response<ListGroupsResponse>, Status> {
+        let who = self.gate.principal(&req)?;
+        self.gate.throttle(&who, None).await;
+        let all = self.gate.may(&who, Operation::Describe, ResourceType::Cluster, CLUSTER);
         Ok(Response::new(match self.coordinator.list().await {
-            Ok(groups) => ListGroupsResponse { error: None, groups },
+            Ok(groups) => ListGroupsResponse {
+                error: None,
+                groups: groups
+                    .into_iter()
+                    .filter(|g| all || self.gate.may(&who, Operation::Describe, ResourceType::Group, &g.group))
+                    .collect(),
+            },
             Err(e) => ListGroupsResponse { error: err(&e), groups: vec![] },
         }))
     }
@@ -622,15 +763,204 @@ impl Runnel for Api {
         &self,
         req: Request<DescribeGroupRequest>,
     ) -> Result<Response<DescribeGroupResponse>, Status> {
-        Ok(Response::new(match self.coordinator.describe(&req.into_inner().group).await {
+        let who = self.gate.principal(&req)?;
+        let r = req.into_inner();
+        self.gate.check(&who, Operation::Describe, ResourceType::Group, &r.group)?;
+        self.gate.throttle(&who, None).await;
+        Ok(Response::new(match self.coordinator.describe(&r.group).await {
             Ok(r) => r,
             Err(e) => DescribeGroupResponse { error: err(&e), ..Default::default() },
         }))
     }
 
     async fn delete_group(&self, req: Request<DeleteGroupRequest>) -> Result<Response<DeleteGroupResponse>, Status> {
+        let who = self.gate.principal(&req)?;
+        let r = req.into_inner();
+        self.gate.check(&who, Operation::Delete, ResourceType::Group, &r.group)?;
+        self.gate.throttle(&who, None).await;
         Ok(Response::new(DeleteGroupResponse {
-            error: self.coordinator.delete(&req.into_inner().group).await.err().as_ref().and_then(err),
+            error: self.coordinator.delete(&r.group).await.err().as_ref().and_then(err),
         }))
+    }
+
+    async fn authenticate(&self, req: Request<AuthenticateRequest>) -> Result<Response<AuthenticateResponse>, Status> {
+        Ok(Response::new(self.gate.authenticate(req.into_inner())))
+    }
+
+    async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
+        let who = self.gate.principal(&req)?;
+        self.gate.throttle(&who, None).await;
+        let r = req.into_inner();
+        let user = match (&who, r.user.as_str()) {
+            (runnel_security::acl::Principal::User(me), "") => me.clone(),
+            (runnel_security::acl::Principal::User(me), other) if other == me => me.clone(),
+            (_, "") => {
+                return Ok(Response::new(CreateTokenResponse {
+                    error: err(&RunnelError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("{who} is no user: name the user the token is for"),
+                    )),
+                    ..Default::default()
+                }))
+            }
+            (_, other) => {
+                self.gate.check(&who, Operation::Admin, ResourceType::Cluster, CLUSTER)?;
+                other.to_string()
+            }
+        };
+        let max = crate::config::MAX_TOKEN_LIFETIME_SECS;
+        if r.lifetime_secs > max {
+            return Ok(Response::new(CreateTokenResponse {
+                error: err(&RunnelError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("a token lives at most {max} s (30 days), not {} s", r.lifetime_secs),
+                )),
+                ..Default::default()
+            }));
+        }
+        let lifetime =
+            if r.lifetime_secs == 0 { self.gate.token_lifetime() } else { Duration::from_secs(r.lifetime_secs) };
+        Ok(Response::new(match self.gate.issue_token(&user, lifetime) {
+            Ok((token, expires_at_ms)) => CreateTokenResponse { error: None, token, expires_at_ms },
+            Err(e) => CreateTokenResponse { error: err(&e), ..Default::default() },
+        }))
+    }
+
+    async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
+        let who = self.gate.principal(&req)?;
+        Ok(Response::new(WhoAmIResponse {
+            error: None,
+            principal: who.name(),
+            superuser: self.gate.is_superuser(&who),
+            authentication_required: self.gate.required(),
+        }))
+    }
+
+    async fn put_user(&self, req: Request<PutUserRequest>) -> Result<Response<PutUserResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Admin)?;
+        self.gate.throttle(&who, None).await;
+        let r = req.into_inner();
+        let out = async {
+            let credentials = security::credentials_from_proto(&r.credentials)?;
+            let cmd = MetaCommand::PutUser {
+                name: r.name.clone(),
+                credentials,
+                token_key: crate::auth::new_token_key(),
+                if_absent: false,
+            };
+            self.propose_forwarded(cmd, |mut c| async move { c.put_user(self.forward(r)).await.map(|x| x.into_inner().error) })
+                .await
+        }
+        .await;
+        Ok(Response::new(PutUserResponse { error: out.err().as_ref().and_then(err) }))
+    }
+
+    async fn delete_user(&self, req: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Admin)?;
+        self.gate.throttle(&who, None).await;
+        let r = req.into_inner();
+        let cmd = MetaCommand::DeleteUser { name: r.name.clone() };
+        let out = self
+            .propose_forwarded(cmd, |mut c| async move { c.delete_user(self.forward(r)).await.map(|x| x.into_inner().error) })
+            .await;
+        Ok(Response::new(DeleteUserResponse { error: out.err().as_ref().and_then(err) }))
+    }
+
+    async fn list_users(&self, req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Describe)?;
+        self.gate.throttle(&who, None).await;
+        let view = self.meta.current();
+        let users = view
+            .state
+            .security
+            .users
+            .values()
+            .map(|u| UserInfo {
+                name: u.name.clone(),
+                mechanisms: u.credentials.iter().map(|c| c.mechanism.name().to_string()).collect(),
+            })
+            .collect();
+        Ok(Response::new(ListUsersResponse { error: None, users }))
+    }
+
+    async fn add_acls(&self, req: Request<AddAclsRequest>) -> Result<Response<AddAclsResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Admin)?;
+        self.gate.throttle(&who, None).await;
+        let r = req.into_inner();
+        let out = async {
+            let rules = r.rules.iter().map(security::acl_from_proto).collect::<Result<Vec<_>, _>>()?;
+            let cmd = MetaCommand::AddAcls { rules };
+            self.propose_forwarded(cmd, |mut c| async move { c.add_acls(self.forward(r)).await.map(|x| x.into_inner().error) })
+                .await
+        }
+        .await;
+        Ok(Response::new(AddAclsResponse { error: out.err().as_ref().and_then(err) }))
+    }
+
+    async fn remove_acls(&self, req: Request<RemoveAclsRequest>) -> Result<Response<RemoveAclsResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Admin)?;
+        self.gate.throttle(&who, None).await;
+        let r = req.into_inner();
+        let rules = match r.rules.iter().map(security::acl_from_proto).collect::<Result<Vec<_>, _>>() {
+            Ok(rules) => rules,
+            Err(e) => return Ok(Response::new(RemoveAclsResponse { error: err(&e), removed: 0 })),
+        };
+        if !self.controller.is_controller() {
+            return match self.controller_client().await {
+                Ok(mut c) => c.remove_acls(self.forward(r)).await,
+                Err(e) => Ok(Response::new(RemoveAclsResponse { error: err(&e), removed: 0 })),
+            };
+        }
+        Ok(Response::new(match self.controller.propose(MetaCommand::RemoveAcls { rules }).await {
+            Ok(MetaResponse::Removed { count }) => RemoveAclsResponse { error: None, removed: count },
+            Ok(other) => RemoveAclsResponse {
+                error: err(&RunnelError::internal(format!("RemoveAcls answered {other:?}"))),
+                removed: 0,
+            },
+            Err(e) => RemoveAclsResponse { error: err(&e), removed: 0 },
+        }))
+    }
+
+    async fn list_acls(&self, req: Request<ListAclsRequest>) -> Result<Response<ListAclsResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Describe)?;
+        self.gate.throttle(&who, None).await;
+        let r = req.into_inner();
+        let view = self.meta.current();
+        let rules = view
+            .state
+            .security
+            .acls
+            .iter()
+            .filter(|a| r.principal.is_empty() || a.principal == r.principal)
+            .filter(|a| r.resource_type.is_empty() || a.resource.as_str() == r.resource_type.to_ascii_lowercase())
+            .filter(|a| r.name.is_empty() || a.name == r.name)
+            .map(security::acl_to_proto)
+            .collect();
+        Ok(Response::new(ListAclsResponse { error: None, rules }))
+    }
+
+    async fn set_quota(&self, req: Request<SetQuotaRequest>) -> Result<Response<SetQuotaResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Admin)?;
+        self.gate.throttle(&who, None).await;
+        let r = req.into_inner();
+        let cmd = MetaCommand::SetQuota { principal: r.principal.clone(), quota: r.quota.as_ref().map(security::quota_from_proto) };
+        let out = self
+            .propose_forwarded(cmd, |mut c| async move { c.set_quota(self.forward(r)).await.map(|x| x.into_inner().error) })
+            .await;
+        Ok(Response::new(SetQuotaResponse { error: out.err().as_ref().and_then(err) }))
+    }
+
+    async fn list_quotas(&self, req: Request<ListQuotasRequest>) -> Result<Response<ListQuotasResponse>, Status> {
+        let who = self.cluster_caller(&req, Operation::Describe)?;
+        self.gate.throttle(&who, None).await;
+        let view = self.meta.current();
+        let quotas = view
+            .state
+            .security
+            .quotas
+            .iter()
+            .map(|(p, q)| PrincipalQuota { principal: p.clone(), quota: Some(security::quota_to_proto(q)) })
+            .collect();
+        Ok(Response::new(ListQuotasResponse { error: None, quotas }))
     }
 }

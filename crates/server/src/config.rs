@@ -18,6 +18,9 @@ pub enum ConfigError {
     Figment(#[from] Box<figment::Error>),
 }
 
+/// Longest lifetime of a bearer token, seconds (30 days).
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = 30 * 24 * 3_600;
+
 fn invalid(field: &str, value: impl std::fmt::Display, why: &str) -> ConfigError {
     ConfigError::Invalid(format!("field '{field}' has value '{value}': {why}"))
 }
@@ -89,6 +92,20 @@ pub struct NodeConfig {
     /// Accept node-to-node calls from anyone who can reach the port, without TLS, on a listener
     /// that is not loopback-only. Without it such a node refuses to start unless TLS is set up.
     pub insecure: bool,
+    /// Every client call needs credentials — a bearer token (from a SCRAM login or
+    /// `runnel token create`) or a client certificate — and an ACL that allows it; only
+    /// `Authenticate` is open. Off, every caller may do everything (`runnel dev`).
+    pub require_auth: bool,
+    /// Principals (`User:<name>`) that pass every ACL check: the bootstrap administrators.
+    pub superusers: Vec<String>,
+    /// `name:password` of a user the controller creates when no user of that name exists, so a
+    /// new cluster has someone to log in as (list it in `superusers` to make it an admin). A
+    /// password changed later with `runnel user create` is not overwritten.
+    pub bootstrap_user: Option<String>,
+    /// How long a bearer token issued at login stays valid, seconds.
+    pub token_lifetime_secs: u64,
+    /// Most open connections from one IP address (TLS listeners; further ones are closed at once).
+    pub max_connections_per_ip: u32,
 }
 
 impl Default for NodeConfig {
@@ -117,12 +134,17 @@ impl Default for NodeConfig {
             tls_cert_file: None,
             tls_key_file: None,
             insecure: false,
+            require_auth: false,
+            superusers: vec![],
+            bootstrap_user: None,
+            token_lifetime_secs: 3_600,
+            max_connections_per_ip: 1_000,
         }
     }
 }
 
 /// The keys a node reads from `RUNNEL_<KEY>` environment variables.
-const ENV_KEYS: [&str; 23] = [
+const ENV_KEYS: [&str; 28] = [
     "node_id",
     "listen",
     "advertise",
@@ -146,7 +168,24 @@ const ENV_KEYS: [&str; 23] = [
     "tls_cert_file",
     "tls_key_file",
     "insecure",
+    "require_auth",
+    "superusers",
+    "bootstrap_user",
+    "token_lifetime_secs",
+    "max_connections_per_ip",
 ];
+
+/// Reads the comma-separated lists among the `RUNNEL_*` variables (figment takes each as one
+/// string): `RUNNEL_VOTERS` and `RUNNEL_SUPERUSERS`.
+fn merge_env_lists(mut fig: Figment, keys: &[&str]) -> Figment {
+    for key in keys {
+        if let Ok(v) = std::env::var(format!("RUNNEL_{}", key.to_ascii_uppercase())) {
+            let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            fig = fig.merge(Serialized::default(key, list));
+        }
+    }
+    fig
+}
 
 /// Command-line overrides; every field is optional so unset flags do not mask the file or env.
 #[derive(Debug, Clone, Default, Serialize, clap::Args)]
@@ -212,7 +251,8 @@ impl NodeConfig {
         env: Env,
     ) -> Result<NodeConfig, ConfigError> {
         let fig = Figment::from(Serialized::defaults(NodeConfig::default()))
-            .merge(env.map(|k| k.as_str().to_ascii_lowercase().into()).filter(|k| k != "voters"));
+            .merge(env.map(|k| k.as_str().to_ascii_lowercase().into()).filter(|k| k != "voters" && k != "superusers"));
+        let fig = merge_env_lists(fig, &["superusers"]);
         let mut cfg: NodeConfig = fig.extract().map_err(|e| ConfigError::Figment(Box::new(e)))?;
         if let Some(l) = listen {
             cfg.listen = l;
@@ -234,11 +274,8 @@ impl NodeConfig {
             fig = fig.merge(Toml::file(path));
         }
         // RUNNEL_VOTERS="1=a:1,2=b:2" is a list; figment reads it as one string, so split it here.
-        fig = fig.merge(env.map(|k| k.as_str().to_ascii_lowercase().into()).filter(|k| k != "voters"));
-        if let Ok(v) = std::env::var("RUNNEL_VOTERS") {
-            let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-            fig = fig.merge(Serialized::default("voters", list));
-        }
+        fig = fig.merge(env.map(|k| k.as_str().to_ascii_lowercase().into()).filter(|k| k != "voters" && k != "superusers"));
+        fig = merge_env_lists(fig, &["voters", "superusers"]);
         fig = fig.merge(Serialized::defaults(flags));
         let mut cfg: NodeConfig = fig.extract().map_err(|e| ConfigError::Figment(Box::new(e)))?;
         if cfg.node_id_from_hostname {
@@ -306,6 +343,31 @@ impl NodeConfig {
                  tls_key_file (docs/SECURITY.md; `runnel certs` makes them), or set insecure (--insecure, \
                  RUNNEL_INSECURE=true) to let anyone who can reach this port speak as any node",
             ));
+        }
+        for s in &self.superusers {
+            match s.strip_prefix("User:") {
+                Some(name) => runnel_security::acl::validate_user_name(name).map_err(|e| invalid("superusers", s, &e))?,
+                None => return Err(invalid("superusers", s, "a superuser is a principal like User:admin")),
+            }
+        }
+        if let Some(b) = &self.bootstrap_user {
+            let Some((name, password)) = b.split_once(':') else {
+                return Err(invalid("bootstrap_user", "(hidden)", "expected name:password"));
+            };
+            runnel_security::acl::validate_user_name(name).map_err(|e| invalid("bootstrap_user", name, &e))?;
+            if password.len() < 8 {
+                return Err(invalid("bootstrap_user", name, "the password must have at least 8 characters"));
+            }
+        }
+        if self.token_lifetime_secs == 0 || self.token_lifetime_secs > MAX_TOKEN_LIFETIME_SECS {
+            return Err(invalid(
+                "token_lifetime_secs",
+                self.token_lifetime_secs,
+                &format!("must be between 1 and {MAX_TOKEN_LIFETIME_SECS} (30 days)"),
+            ));
+        }
+        if self.max_connections_per_ip == 0 {
+            return Err(invalid("max_connections_per_ip", 0, "at least 1"));
         }
         let voters = self.voter_map()?;
         if voters.is_empty() {
@@ -544,6 +606,32 @@ mod tests {
             jail.set_env("RUNNEL_MIN_FREE_BYTES", "lots");
             let e = NodeConfig::load_dev_from(None, None, env).unwrap_err().to_string();
             assert!(e.contains("min_free_bytes") || e.contains("lots"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn security_settings_are_read_and_checked() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("RUNNEL_REQUIRE_AUTH", "true");
+            jail.set_env("RUNNEL_SUPERUSERS", "User:admin, User:ops");
+            jail.set_env("RUNNEL_BOOTSTRAP_USER", "admin:correct-horse");
+            let env = Env::prefixed("RUNNEL_").only(&ENV_KEYS);
+            let cfg = NodeConfig::load_dev_from(None, None, env.clone()).unwrap();
+            assert!(cfg.require_auth);
+            assert_eq!(cfg.superusers, vec!["User:admin".to_string(), "User:ops".to_string()]);
+            assert_eq!(cfg.bootstrap_user.as_deref(), Some("admin:correct-horse"));
+            jail.set_env("RUNNEL_SUPERUSERS", "admin");
+            let e = NodeConfig::load_dev_from(None, None, env.clone()).unwrap_err().to_string();
+            assert!(e.contains("superusers") && e.contains("User:admin"), "{e}");
+            jail.set_env("RUNNEL_SUPERUSERS", "User:admin");
+            jail.set_env("RUNNEL_BOOTSTRAP_USER", "admin:short");
+            let e = NodeConfig::load_dev_from(None, None, env.clone()).unwrap_err().to_string();
+            assert!(e.contains("bootstrap_user") && e.contains("8 characters") && !e.contains("short"), "{e}");
+            jail.set_env("RUNNEL_BOOTSTRAP_USER", "admin:correct-horse");
+            jail.set_env("RUNNEL_TOKEN_LIFETIME_SECS", "0");
+            let e = NodeConfig::load_dev_from(None, None, env).unwrap_err().to_string();
+            assert!(e.contains("token_lifetime_secs"), "{e}");
             Ok(())
         });
     }

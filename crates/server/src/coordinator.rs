@@ -165,8 +165,9 @@ impl Coordinator {
             let ch = self.controller.router.dialer().channel(&addr).map_err(|e| {
                 RunnelError::new(ErrorCode::CoordinatorLoading, format!("controller node {id} at {addr}: {e}"))
             })?;
+            // Sent as this node: with authentication on, a node passes every check.
             let resp = v1::runnel_client::RunnelClient::new(ch)
-                .create_topic(req)
+                .create_topic(crate::auth::node_request(&self.meta, self.broker.node_id(), req))
                 .await
                 .map_err(|s| RunnelError::new(ErrorCode::CoordinatorLoading, format!("creating {OFFSETS_TOPIC}: {s}")))?
                 .into_inner();

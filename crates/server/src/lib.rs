@@ -1,6 +1,8 @@
 //! Wiring: configuration, one gRPC server per node, the metadata group (controller), the broker.
 
 pub mod api;
+pub mod auth;
+pub mod security_wire;
 pub mod config;
 pub mod controller;
 pub mod coordinator;

@@ -170,10 +170,11 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
                 config: tls.client,
             });
             env.node_auth = NodeAuth::MutualTls;
+            let max_per_ip = cfg.max_connections_per_ip;
             let served = serve(
                 cfg,
                 env,
-                runnel_security::tls::incoming(listener, tls.server, runnel_security::tls::MAX_CONNECTIONS_PER_IP),
+                runnel_security::tls::incoming(listener, tls.server, max_per_ip),
                 shutdown_signal(),
             )
             .await;
@@ -418,7 +419,22 @@ where
         cfg.offsets_topic_replication_factor,
     );
     let coordinator_duties = tokio::spawn(coordinator.clone().run());
-    let api = Api { broker: broker.clone(), controller: controller.clone(), meta: meta_sm.clone(), coordinator };
+    let auth = crate::auth::AuthSettings {
+        require: cfg.require_auth,
+        superusers: cfg.superusers.clone(),
+        token_lifetime: Duration::from_secs(cfg.token_lifetime_secs),
+        bootstrap_user: cfg
+            .bootstrap_user
+            .as_ref()
+            .and_then(|b| b.split_once(':'))
+            .map(|(n, p)| (n.to_string(), p.to_string())),
+    };
+    if cfg.require_auth {
+        tracing::info!(superusers = ?cfg.superusers, "authentication required on the client API");
+    }
+    let security_bootstrap = tokio::spawn(crate::auth::run_bootstrap(controller.clone(), auth.clone()));
+    let gate = Arc::new(crate::auth::Gatekeeper::new(auth, meta_sm.clone()));
+    let api = Api { broker: broker.clone(), controller: controller.clone(), meta: meta_sm.clone(), coordinator, gate };
     tracing::info!(node_id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "runnel node ready");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
@@ -456,6 +472,7 @@ where
     elections.abort();
     leadership_tracker.abort();
     coordinator_duties.abort();
+    security_bootstrap.abort();
     leader_duties.abort();
     retention.abort();
     cleaner.abort();

@@ -37,6 +37,12 @@ pub enum ErrorCode {
     OutOfOrderSequence = 30,
     InvalidProducerEpoch = 31,
     UnknownProducerId = 32,
+    /// Security (50-59): no valid credentials (unknown user, wrong password, expired or revoked
+    /// token, none given).
+    AuthenticationFailed = 50,
+    /// The principal is authenticated but no ACL allows the operation (or one denies it).
+    AuthorizationFailed = 51,
+    UnknownUser = 52,
 }
 
 impl ErrorCode {
@@ -73,6 +79,9 @@ impl ErrorCode {
             30 => OutOfOrderSequence,
             31 => InvalidProducerEpoch,
             32 => UnknownProducerId,
+            50 => AuthenticationFailed,
+            51 => AuthorizationFailed,
+            52 => UnknownUser,
             _ => return None,
         })
     }
@@ -110,6 +119,9 @@ impl ErrorCode {
             OutOfOrderSequence => "OUT_OF_ORDER_SEQUENCE",
             InvalidProducerEpoch => "INVALID_PRODUCER_EPOCH",
             UnknownProducerId => "UNKNOWN_PRODUCER_ID",
+            AuthenticationFailed => "AUTHENTICATION_FAILED",
+            AuthorizationFailed => "AUTHORIZATION_FAILED",
+            UnknownUser => "UNKNOWN_USER",
         }
     }
 
