@@ -415,13 +415,18 @@ pub async fn partition(args: PartitionArgs) -> anyhow::Result<()> {
 /// `runnel start` does.
 async fn node_add(args: NodeAddArgs) -> anyhow::Result<()> {
     let join = args.join.join(",");
-    // A cluster that requires TLS is reached with this node's own TLS settings.
+    // A cluster that requires TLS is reached with this node's own TLS settings (its node
+    // certificate passes every check); without TLS, with the RUNNEL_USER/PASSWORD/TOKEN
+    // credentials if the cluster requires authentication.
     let tls = crate::ClientOpts {
         bootstrap: args.join.clone(),
         output: crate::OutputFormat::Text,
         tls_ca: std::env::var_os("RUNNEL_TLS_CA_FILE").map(PathBuf::from),
         tls_cert: std::env::var_os("RUNNEL_TLS_CERT_FILE").map(PathBuf::from),
         tls_key: std::env::var_os("RUNNEL_TLS_KEY_FILE").map(PathBuf::from),
+        user: std::env::var("RUNNEL_USER").ok(),
+        password: std::env::var("RUNNEL_PASSWORD").ok(),
+        token: std::env::var("RUNNEL_TOKEN").ok(),
     };
     let client = tls.connect().await.with_context(|| format!("could not reach the cluster to join (--join {join})"))?;
     let md = client.metadata(&[]).await.with_context(|| format!("reading the cluster's metadata via {join}"))?;

@@ -2,6 +2,7 @@
 //! (`topic`, `produce`, `consume`, `cluster`, `node`, `partition`). `main.rs` only parses
 //! arguments, sets up logging and maps errors to the exit code.
 
+pub mod access;
 pub mod admin;
 pub mod bench;
 pub mod bench_e2e;
@@ -57,6 +58,16 @@ pub enum Command {
     Bench(BenchArgs),
     /// Make a cluster CA and the node and client certificates it signs (TLS, node identity).
     Certs(certs::CertsArgs),
+    /// Create, delete and list users (SCRAM passwords).
+    User(access::UserArgs),
+    /// Add, remove and list access rules (principal × operation × resource).
+    Acl(access::AclArgs),
+    /// Set, remove and list per-principal quotas.
+    Quota(access::QuotaArgs),
+    /// Create bearer tokens.
+    Token(access::TokenArgs),
+    /// Show who the cluster takes you to be.
+    Whoami(access::WhoAmIArgs),
 }
 
 #[derive(Debug, Args)]
@@ -122,6 +133,15 @@ pub struct ClientOpts {
     /// The client certificate's private key (PEM).
     #[arg(long, env = "RUNNEL_TLS_KEY_FILE", global = true)]
     pub tls_key: Option<PathBuf>,
+    /// Log in as this user (SCRAM-SHA-512; with --password).
+    #[arg(long, env = "RUNNEL_USER", global = true)]
+    pub user: Option<String>,
+    /// The user's password (prefer the RUNNEL_PASSWORD variable: flags show in the process list).
+    #[arg(long, env = "RUNNEL_PASSWORD", global = true, hide_env_values = true)]
+    pub password: Option<String>,
+    /// A bearer token (from `runnel token create`) instead of a user and password.
+    #[arg(long, env = "RUNNEL_TOKEN", global = true, hide_env_values = true, conflicts_with_all = ["user", "password"])]
+    pub token: Option<String>,
 }
 
 /// Ends the command with this exit status and no further message: the command already printed
@@ -154,6 +174,15 @@ impl ClientOpts {
                 "--tls-cert and --tls-key need --tls-ca (the cluster CA that signed the servers' certificates)"
             );
         }
+        config.credentials = match (&self.user, &self.password, &self.token) {
+            (_, _, Some(token)) => Some(runnel_client::Credentials::Token(token.clone())),
+            (Some(user), Some(password), None) => {
+                Some(runnel_client::Credentials::Password { user: user.clone(), password: password.clone() })
+            }
+            (Some(_), None, None) => anyhow::bail!("--user needs --password (or RUNNEL_PASSWORD)"),
+            (None, Some(_), None) => anyhow::bail!("--password needs --user (or RUNNEL_USER)"),
+            (None, None, None) => None,
+        };
         Ok(Client::connect_with(&self.bootstrap, config).await?)
     }
 }
@@ -192,6 +221,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(args) => admin::node(args).await,
         Command::Partition(args) => admin::partition(args).await,
         Command::Certs(args) => certs::run(&args),
+        Command::User(args) => access::user(args).await,
+        Command::Acl(args) => access::acl(args).await,
+        Command::Quota(args) => access::quota(args).await,
+        Command::Token(args) => access::token(args).await,
+        Command::Whoami(args) => access::whoami(args).await,
         Command::Bench(args) => match &args.kind {
             BenchKind::Produce(b) => {
                 let client = args.client.connect().await?;

@@ -59,6 +59,7 @@ mod metadata;
 mod partitioner;
 mod producer;
 mod retry;
+mod security;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -293,6 +294,10 @@ impl Client {
         for addr in &client.inner.bootstrap {
             match client.metadata_from(addr, &[]).await {
                 Ok(_) => return Ok(client),
+                // The cluster answered and refused these credentials: asking another node changes nothing.
+                Err(e) if matches!(e.code(), Some(ErrorCode::AuthenticationFailed | ErrorCode::AuthorizationFailed)) => {
+                    return Err(e)
+                }
                 Err(e) => {
                     tracing::debug!(addr = %addr, error = %e, "bootstrap address did not answer");
                     last = Some(e);
@@ -683,33 +688,26 @@ impl Client {
         &self,
         topic: &str,
     ) -> Result<(BTreeMap<String, String>, Vec<String>), ClientError> {
-        let candidates = self.inner.meta.read().candidates(&self.inner.bootstrap, false);
-        let candidates = self.healthy_first(candidates);
+        let op = "describe the configuration of";
         let target = format!("topic '{topic}'");
-        let mut last = None;
-        for addr in candidates {
-            let req = v1::DescribeTopicConfigRequest { topic: topic.to_string() };
-            let result = self
-                .call("describe the configuration of", &target, &addr, Duration::ZERO, move |mut c, t| async move {
-                    c.describe_topic_config(with_timeout(req, t)).await
-                })
-                .await;
-            match result {
-                Ok(resp) => {
-                    broker_result("describe the configuration of", &target, &addr, resp.error.as_ref())?;
-                    let mut overridden = resp.overridden;
-                    overridden.sort();
-                    return Ok((resp.configs.into_iter().collect(), overridden));
+        let resp = self
+            .with_any_node(|addr| {
+                let req = v1::DescribeTopicConfigRequest { topic: topic.to_string() };
+                let target = target.clone();
+                async move {
+                    let resp = self
+                        .call(op, &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                            c.describe_topic_config(with_timeout(req, t)).await
+                        })
+                        .await?;
+                    broker_result(op, &target, &addr, resp.error.as_ref())?;
+                    Ok(resp)
                 }
-                Err(e) => {
-                    if e.is_transport() {
-                        self.evict(&addr);
-                    }
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| ClientError::InvalidArgument("no broker address known".into())))
+            })
+            .await?;
+        let mut overridden = resp.overridden;
+        overridden.sort();
+        Ok((resp.configs.into_iter().collect(), overridden))
     }
 
     /// Sets the keys in `set` and resets those in `delete` to their defaults, all or nothing
@@ -874,31 +872,16 @@ impl Client {
     /// is leaderless or under-replicated, with the reason. Tries the known nodes in turn (live
     /// brokers, then the bootstrap addresses).
     pub async fn cluster_health(&self) -> Result<v1::ClusterHealthResponse, ClientError> {
-        let candidates = self.inner.meta.read().candidates(&self.inner.bootstrap, false);
-        let candidates = self.healthy_first(candidates);
-        let mut last = None;
-        for addr in candidates {
-            let req = v1::ClusterHealthRequest {};
-            let result = self
+        self.with_any_node(|addr| async move {
+            let resp = self
                 .call("check", "cluster health", &addr, Duration::ZERO, move |mut c, t| async move {
-                    c.cluster_health(with_timeout(req, t)).await
+                    c.cluster_health(with_timeout(v1::ClusterHealthRequest {}, t)).await
                 })
-                .await;
-            match result {
-                Ok(resp) => {
-                    broker_result("check", "cluster health", &addr, resp.error.as_ref())?;
-                    return Ok(resp);
-                }
-                Err(e) => {
-                    tracing::debug!(addr = %addr, error = %e, "cluster health request failed; trying the next node");
-                    if e.is_transport() {
-                        self.evict(&addr);
-                    }
-                    last = Some(e);
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| ClientError::InvalidArgument("no broker address known".into())))
+                .await?;
+            broker_result("check", "cluster health", &addr, resp.error.as_ref())?;
+            Ok(resp)
+        })
+        .await
     }
 
     /// Hands the leadership of `topic`/`partition` to replica `to` (which must be a caught-up
@@ -1332,6 +1315,30 @@ impl Client {
     /// Runs `attempt(addr)` against the controller when known, else any node (which forwards to
     /// the controller). Retries only NOT_CONTROLLER and connection failures, moving to another
     /// node each time.
+    /// Runs `attempt` against the known nodes in turn (live brokers, then the bootstrap
+    /// addresses), until one answers: for what every node answers from its own copy of the
+    /// committed metadata. An answer that is an error (not a failure in transit) is returned.
+    async fn with_any_node<T, F, Fut>(&self, mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let candidates = self.inner.meta.read().candidates(&self.inner.bootstrap, false);
+        let mut last = None;
+        for addr in self.healthy_first(candidates) {
+            match attempt(addr.clone()).await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_transport() => {
+                    tracing::debug!(addr = %addr, error = %e, "request failed in transit; trying the next node");
+                    self.evict(&addr);
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::InvalidArgument("no broker address known".into())))
+    }
+
     async fn with_controller<T, F, Fut>(&self, op: &'static str, target: &str, mut attempt: F) -> Result<T, ClientError>
     where
         F: FnMut(String) -> Fut,
