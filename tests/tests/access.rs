@@ -46,7 +46,8 @@ async fn connect(cluster: &Cluster, user: &str, password: &str) -> Result<Client
 
 /// Logs in as admin (once the bootstrap user exists) and waits for a healthy cluster.
 async fn admin(cluster: &Cluster) -> Client {
-    let admin = wait_for(READY, "admin can log in", || async { connect(cluster, "admin", ADMIN_PASSWORD).await.ok() }).await;
+    let admin =
+        wait_for(READY, "admin can log in", || async { connect(cluster, "admin", ADMIN_PASSWORD).await.ok() }).await;
     wait_for(READY, "a healthy cluster with 3 brokers", || {
         let admin = admin.clone();
         async move { admin.cluster_health().await.ok().filter(|h| h.healthy && h.brokers.len() == 3).map(|_| ()) }
@@ -131,13 +132,26 @@ fn harmless_rule() -> AclRule {
 async fn call(c: &mut RunnelClient<Channel>, rpc: &str, token: Option<&str>) -> Result<(), Status> {
     let g = || "bobs-group".to_string();
     match rpc {
-        "Produce" => c.produce(req(ProduceRequest { topic: "orders".into(), ..Default::default() }, token)).await.map(drop),
-        "Fetch" => c.fetch(req(FetchRequest { topic: "orders".into(), max_bytes: 1024, ..Default::default() }, token)).await.map(drop),
-        "ListOffsets" => c.list_offsets(req(ListOffsetsRequest { topic: "orders".into(), ..Default::default() }, token)).await.map(drop),
+        "Produce" => {
+            c.produce(req(ProduceRequest { topic: "orders".into(), ..Default::default() }, token)).await.map(drop)
+        }
+        "Fetch" => c
+            .fetch(req(FetchRequest { topic: "orders".into(), max_bytes: 1024, ..Default::default() }, token))
+            .await
+            .map(drop),
+        "ListOffsets" => c
+            .list_offsets(req(ListOffsetsRequest { topic: "orders".into(), ..Default::default() }, token))
+            .await
+            .map(drop),
         "Metadata" => c.metadata(req(MetadataRequest { topics: vec![] }, token)).await.map(drop),
         "CreateTopic" => c
             .create_topic(req(
-                CreateTopicRequest { name: "bobs-topic".into(), partitions: 1, replication_factor: 1, ..Default::default() },
+                CreateTopicRequest {
+                    name: "bobs-topic".into(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    ..Default::default()
+                },
                 token,
             ))
             .await
@@ -174,7 +188,9 @@ async fn call(c: &mut RunnelClient<Channel>, rpc: &str, token: Option<&str>) -> 
         // No topics: refused as invalid after the gate, without waiting for a rebalance.
         "JoinGroup" => c.join_group(req(JoinGroupRequest { group: g(), ..Default::default() }, token)).await.map(drop),
         "Heartbeat" => c.heartbeat(req(HeartbeatRequest { group: g(), ..Default::default() }, token)).await.map(drop),
-        "LeaveGroup" => c.leave_group(req(LeaveGroupRequest { group: g(), ..Default::default() }, token)).await.map(drop),
+        "LeaveGroup" => {
+            c.leave_group(req(LeaveGroupRequest { group: g(), ..Default::default() }, token)).await.map(drop)
+        }
         "CommitOffsets" => {
             c.commit_offsets(req(CommitOffsetsRequest { group: g(), ..Default::default() }, token)).await.map(drop)
         }
@@ -187,23 +203,28 @@ async fn call(c: &mut RunnelClient<Channel>, rpc: &str, token: Option<&str>) -> 
         "InitProducerId" => c.init_producer_id(req(InitProducerIdRequest::default(), token)).await.map(drop),
         "Authenticate" => c
             .authenticate(req(
-                AuthenticateRequest { mechanism: "SCRAM-SHA-256".into(), message: "n,,n=x,r=abc".into(), session: String::new() },
+                AuthenticateRequest {
+                    mechanism: "SCRAM-SHA-256".into(),
+                    message: "n,,n=x,r=abc".into(),
+                    session: String::new(),
+                },
                 token,
             ))
             .await
             .map(drop),
         "CreateToken" => c.create_token(req(CreateTokenRequest::default(), token)).await.map(drop),
         "WhoAmI" => c.who_am_i(req(WhoAmIRequest {}, token)).await.map(drop),
-        "PutUser" => c.put_user(req(PutUserRequest { name: "mallory".into(), credentials: vec![] }, token)).await.map(drop),
+        "PutUser" => {
+            c.put_user(req(PutUserRequest { name: "mallory".into(), credentials: vec![] }, token)).await.map(drop)
+        }
         "DeleteUser" => c.delete_user(req(DeleteUserRequest { name: "no-such-user".into() }, token)).await.map(drop),
         "ListUsers" => c.list_users(req(ListUsersRequest {}, token)).await.map(drop),
         "AddAcls" => c.add_acls(req(AddAclsRequest { rules: vec![harmless_rule()] }, token)).await.map(drop),
         "RemoveAcls" => c.remove_acls(req(RemoveAclsRequest { rules: vec![harmless_rule()] }, token)).await.map(drop),
         "ListAcls" => c.list_acls(req(ListAclsRequest::default(), token)).await.map(drop),
-        "SetQuota" => c
-            .set_quota(req(SetQuotaRequest { principal: "User:nobody".into(), quota: None }, token))
-            .await
-            .map(drop),
+        "SetQuota" => {
+            c.set_quota(req(SetQuotaRequest { principal: "User:nobody".into(), quota: None }, token)).await.map(drop)
+        }
         "ListQuotas" => c.list_quotas(req(ListQuotasRequest {}, token)).await.map(drop),
         other => panic!("the matrix has no call for {other}"),
     }
@@ -442,7 +463,13 @@ async fn a_producer_over_its_quota_is_throttled_and_told_so() {
         async move {
             let r = c
                 .produce(req(
-                    ProduceRequest { topic: "metered".into(), partition: 0, batch: Some(batch), acks: Acks::All as i32, ..Default::default() },
+                    ProduceRequest {
+                        topic: "metered".into(),
+                        partition: 0,
+                        batch: Some(batch),
+                        acks: Acks::All as i32,
+                        ..Default::default()
+                    },
                     Some(&token),
                 ))
                 .await
@@ -468,7 +495,13 @@ async fn a_producer_over_its_quota_is_throttled_and_told_so() {
         async move {
             let r = c
                 .produce(req(
-                    ProduceRequest { topic: "metered".into(), partition: 0, batch: Some(batch), acks: Acks::All as i32, ..Default::default() },
+                    ProduceRequest {
+                        topic: "metered".into(),
+                        partition: 0,
+                        batch: Some(batch),
+                        acks: Acks::All as i32,
+                        ..Default::default()
+                    },
                     Some(&token),
                 ))
                 .await

@@ -40,8 +40,14 @@ async fn start_dev() -> Dev {
 }
 
 fn cli(addr: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    cli_as(addr, &[], args, stdin)
+}
+
+/// `cli` with extra environment (credentials).
+fn cli_as(addr: &str, env: &[(&str, &str)], args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(runnel_bin());
     cmd.args(args).env("RUNNEL_BOOTSTRAP", addr).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.envs(env.iter().copied());
     cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     let mut child = cmd.spawn().expect("spawn runnel cli");
     if let Some(input) = stdin {
@@ -348,4 +354,97 @@ async fn certificates_from_the_cli_secure_a_node() {
         .output()
         .expect("runnel start");
     fails_with(&out, &["'listen'", "0.0.0.0", "insecure"]);
+}
+
+/// Users, rules, quotas and tokens from the command line, on a `runnel dev` that requires
+/// authentication, as docs/SECURITY.md shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_rules_quotas_and_tokens_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut node = Command::new(runnel_bin())
+        .args(["dev", "--listen", &addr, "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUNNEL_REQUIRE_AUTH", "true")
+        .env("RUNNEL_SUPERUSERS", "User:admin")
+        .env("RUNNEL_BOOTSTRAP_USER", "admin:admin-password-1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn runnel dev");
+    let admin = [("RUNNEL_USER", "admin"), ("RUNNEL_PASSWORD", "admin-password-1")];
+    let bob = [("RUNNEL_USER", "bob"), ("RUNNEL_PASSWORD", "bob-password-1")];
+    wait_for(Duration::from_secs(60), "admin can log in", || {
+        let addr = addr.clone();
+        async move { cli_as(&addr, &admin, &["whoami"], None).status.success().then_some(()) }
+    })
+    .await;
+    assert_eq!(ok(&cli_as(&addr, &admin, &["whoami"], None)).trim(), "User:admin (superuser)");
+    fails_with(&cli(&addr, &["topic", "list"], None), &["requires authentication", "--user"]);
+    fails_with(
+        &cli_as(&addr, &[("RUNNEL_USER", "admin"), ("RUNNEL_PASSWORD", "wrong")], &["topic", "list"], None),
+        &["AUTHENTICATION_FAILED", "unknown user or wrong password"],
+    );
+
+    ok(&cli_as(&addr, &admin, &["user", "create", "bob", "--password-stdin"], Some("bob-password-1\n")));
+    let users = ok(&cli_as(&addr, &admin, &["user", "list"], None));
+    assert!(users.contains("bob") && users.contains("SCRAM-SHA-512"), "{users}");
+    for t in ["orders.eu", "secret"] {
+        ok(&cli_as(&addr, &admin, &["topic", "create", t, "--partitions", "1", "--replication-factor", "1"], None));
+    }
+    ok(&cli_as(
+        &addr,
+        &admin,
+        &[
+            "acl",
+            "add",
+            "--principal",
+            "User:bob",
+            "--operation",
+            "write",
+            "--operation",
+            "read",
+            "--topic",
+            "orders.",
+            "--prefixed",
+        ],
+        None,
+    ));
+    let rules = ok(&cli_as(&addr, &admin, &["acl", "list", "--principal", "User:bob", "--output", "json"], None));
+    let rules: serde_json::Value = serde_json::from_str(&rules).unwrap();
+    assert_eq!(rules.as_array().map(Vec::len), Some(2), "{rules}");
+    fails_with(
+        &cli_as(&addr, &admin, &["acl", "add", "--principal", "bob", "--operation", "read", "--topic", "x"], None),
+        &["'bob'", "User:"],
+    );
+
+    // Bob writes and reads what the rule allows, and nothing else.
+    ok(&cli_as(&addr, &bob, &["produce", "orders.eu"], Some("one\ntwo\n")));
+    let read = ok(&cli_as(&addr, &bob, &["consume", "orders.eu", "--from-beginning", "--max-records", "2"], None));
+    assert_eq!(read, "one\ntwo\n");
+    // The producer looks the topic up first: refused already there, as Kafka's metadata request is.
+    fails_with(
+        &cli_as(&addr, &bob, &["produce", "secret"], Some("x\n")),
+        &["AUTHORIZATION_FAILED", "User:bob may not describe topic 'secret'"],
+    );
+    let listed = ok(&cli_as(&addr, &bob, &["topic", "list"], None));
+    assert!(listed.contains("orders.eu") && !listed.contains("secret"), "{listed}");
+
+    ok(&cli_as(
+        &addr,
+        &admin,
+        &["quota", "set", "--principal", "User:bob", "--produce-bytes-per-sec", "1000000"],
+        None,
+    ));
+    let quotas = ok(&cli_as(&addr, &admin, &["quota", "list"], None));
+    assert!(quotas.contains("User:bob") && quotas.contains("1000000"), "{quotas}");
+
+    // A token stands in for the password, until the user is deleted.
+    let token = ok(&cli_as(&addr, &bob, &["token", "create"], None)).trim().to_string();
+    assert_eq!(ok(&cli(&addr, &["whoami", "--token", &token], None)).trim(), "User:bob");
+    ok(&cli_as(&addr, &admin, &["user", "delete", "bob"], None));
+    fails_with(&cli(&addr, &["whoami", "--token", &token], None), &["'bob'", "no longer exists"]);
+    let _ = node.kill();
+    let _ = node.wait();
 }

@@ -28,10 +28,11 @@ pub enum UserCommand {
     /// password.
     Create {
         name: String,
-        /// The password (visible in the process list; prefer --password-stdin).
+        /// The user's password (visible in the process list; prefer --password-stdin). Not
+        /// `--password`: that is the password of whoever runs the command.
         #[arg(long, conflicts_with = "password_stdin")]
-        password: Option<String>,
-        /// Read the password from the first line of stdin.
+        new_password: Option<String>,
+        /// Read the user's password from the first line of stdin.
         #[arg(long)]
         password_stdin: bool,
     },
@@ -198,7 +199,7 @@ fn read_password(password: Option<String>, stdin: bool) -> anyhow::Result<String
     if let Some(p) = password {
         return Ok(p);
     }
-    anyhow::ensure!(stdin, "give the password with --password-stdin (or --password)");
+    anyhow::ensure!(stdin, "give the new user's password with --password-stdin (or --new-password)");
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
     let p = line.trim_end_matches(['\n', '\r']).to_string();
@@ -209,8 +210,8 @@ fn read_password(password: Option<String>, stdin: bool) -> anyhow::Result<String
 pub async fn user(args: UserArgs) -> anyhow::Result<()> {
     let out = args.client.output;
     match args.command {
-        UserCommand::Create { name, password, password_stdin } => {
-            let password = read_password(password, password_stdin)?;
+        UserCommand::Create { name, new_password, password_stdin } => {
+            let password = read_password(new_password, password_stdin)?;
             let client = args.client.connect().await?;
             client.put_user(&name, &password).await?;
             match out {
@@ -331,7 +332,7 @@ pub async fn quota(args: QuotaArgs) -> anyhow::Result<()> {
         }
         QuotaCommand::List => {
             let quotas = client.list_quotas().await?;
-            let q = |p: &v1::PrincipalQuota| p.quota.clone().unwrap_or_default();
+            let q = |p: &v1::PrincipalQuota| p.quota.unwrap_or_default();
             match out {
                 OutputFormat::Json => print_json(&json!(quotas
                     .iter()

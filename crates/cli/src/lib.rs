@@ -384,4 +384,31 @@ mod tests {
         assert!(Cli::try_parse_from(["runnel", "cluster", "health", "--output", "json"]).is_ok());
         assert!(Cli::try_parse_from(["runnel", "cluster", "info"]).is_ok());
     }
+
+    /// The new user's password and the caller's own are different arguments: with
+    /// RUNNEL_PASSWORD set (the caller's), `user create` must not take it as the new user's.
+    #[test]
+    fn a_new_users_password_is_not_the_callers() {
+        let cli = Cli::try_parse_from([
+            "runnel",
+            "user",
+            "create",
+            "bob",
+            "--new-password",
+            "bobs",
+            "--user",
+            "admin",
+            "--password",
+            "admins",
+        ])
+        .unwrap();
+        let Command::User(u) = cli.command else { panic!("not user") };
+        let access::UserCommand::Create { new_password, .. } = u.command else { panic!("not create") };
+        assert_eq!(new_password.as_deref(), Some("bobs"));
+        assert_eq!(u.client.password.as_deref(), Some("admins"));
+        let cli = Cli::try_parse_from(["runnel", "user", "create", "bob", "--password", "admins"]).unwrap();
+        let Command::User(u) = cli.command else { panic!("not user") };
+        let access::UserCommand::Create { new_password, .. } = u.command else { panic!("not create") };
+        assert_eq!(new_password, None);
+    }
 }

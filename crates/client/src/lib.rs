@@ -295,7 +295,9 @@ impl Client {
             match client.metadata_from(addr, &[]).await {
                 Ok(_) => return Ok(client),
                 // The cluster answered and refused these credentials: asking another node changes nothing.
-                Err(e) if matches!(e.code(), Some(ErrorCode::AuthenticationFailed | ErrorCode::AuthorizationFailed)) => {
+                Err(e)
+                    if matches!(e.code(), Some(ErrorCode::AuthenticationFailed | ErrorCode::AuthorizationFailed)) =>
+                {
                     return Err(e)
                 }
                 Err(e) => {
@@ -927,7 +929,8 @@ impl Client {
             }
             Some(Credentials::Password { user, password }) => (user, password),
         };
-        let fresh = || self.inner.token.read().as_ref().filter(|(_, renew)| Instant::now() < *renew).map(|(h, _)| h.clone());
+        let fresh =
+            || self.inner.token.read().as_ref().filter(|(_, renew)| Instant::now() < *renew).map(|(h, _)| h.clone());
         if let Some(h) = fresh() {
             return Ok(auth::AuthHeader(Some(h)));
         }
@@ -972,8 +975,11 @@ impl Client {
             .await?;
         broker_result("log in", &target, addr, r1.error.as_ref())?;
         let (scram, client_final) = scram.respond(&r1.message).map_err(|e| failed(e.to_string()))?;
-        let second =
-            v1::AuthenticateRequest { mechanism: mechanism.name().to_string(), message: client_final, session: r1.session };
+        let second = v1::AuthenticateRequest {
+            mechanism: mechanism.name().to_string(),
+            message: client_final,
+            session: r1.session,
+        };
         let r2 = self
             .raw_call("log in", &target, addr, auth::AuthHeader(None), move |mut c, t| async move {
                 c.authenticate(with_timeout(second, t)).await

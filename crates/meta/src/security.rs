@@ -61,12 +61,7 @@ impl SecurityState {
             .unwrap_or_default()
     }
 
-    pub fn put_user(
-        &mut self,
-        name: &str,
-        credentials: &[Credentials],
-        token_key: &[u8],
-    ) -> Result<u64, RunnelError> {
+    pub fn put_user(&mut self, name: &str, credentials: &[Credentials], token_key: &[u8]) -> Result<u64, RunnelError> {
         validate_user_name(name).map_err(invalid)?;
         if credentials.is_empty() {
             return Err(invalid(format!("user '{name}' has no credentials")));
@@ -91,8 +86,10 @@ impl SecurityState {
         self.next_generation = self.next_generation.max(1);
         let generation = self.next_generation;
         self.next_generation += 1;
-        self.users
-            .insert(name.to_string(), UserRecord { name: name.to_string(), credentials: credentials.to_vec(), generation });
+        self.users.insert(
+            name.to_string(),
+            UserRecord { name: name.to_string(), credentials: credentials.to_vec(), generation },
+        );
         Ok(generation)
     }
 
@@ -102,10 +99,7 @@ impl SecurityState {
             return Ok(());
         }
         if key.len() != TOKEN_KEY_BYTES {
-            return Err(RunnelError::internal(format!(
-                "a token key has {TOKEN_KEY_BYTES} bytes, not {}",
-                key.len()
-            )));
+            return Err(RunnelError::internal(format!("a token key has {TOKEN_KEY_BYTES} bytes, not {}", key.len())));
         }
         self.token_key = key.to_vec();
         Ok(())

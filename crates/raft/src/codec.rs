@@ -22,7 +22,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 
 /// Decodes a `T` from the start of `bytes`; returns it and the bytes it took.
 pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard()).map_err(|e| CodecError(format!("decode: {e}")))
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| CodecError(format!("decode: {e}")))
 }
 
 /// The number of bytes `encode(v)` would produce, without producing them (byte strings are

@@ -190,7 +190,12 @@ mod tests {
         assert_eq!(decode_snapshot(&plain).unwrap(), state);
 
         let credentials = vec![Credentials::new(Mechanism::ScramSha512, "pw", b"0123456789abcdef", 4096)];
-        let r = state.apply(&MetaCommand::PutUser { name: "alice".into(), credentials, token_key: vec![9; 32], if_absent: false });
+        let r = state.apply(&MetaCommand::PutUser {
+            name: "alice".into(),
+            credentials,
+            token_key: vec![9; 32],
+            if_absent: false,
+        });
         assert_eq!(r, MetaResponse::Done);
         let with = encode_snapshot(&inner(state.clone())).unwrap();
         let back = decode_snapshot(&with).unwrap();

@@ -282,7 +282,7 @@ pub fn authorize<'a>(
         Principal::Anonymous | Principal::Node(_) => return Decision::Allowed,
         Principal::User(_) => principal.name(),
     };
-    if superusers.iter().any(|s| *s == who) {
+    if superusers.contains(&who) {
         return Decision::Allowed;
     }
     let relevant = rules.into_iter().filter(|r| r.matches_principal(&who) && r.matches_resource(resource, name));
@@ -315,7 +315,7 @@ pub fn allows_any<'a>(
         Principal::Anonymous | Principal::Node(_) => return true,
         Principal::User(_) => principal.name(),
     };
-    superusers.iter().any(|s| *s == who)
+    superusers.contains(&who)
         || rules.into_iter().any(|r| {
             r.permission == Permission::Allow
                 && r.resource == resource

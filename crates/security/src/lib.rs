@@ -14,8 +14,8 @@
 
 pub mod acl;
 pub mod certs;
-pub mod reload;
 pub mod quota;
+pub mod reload;
 pub mod scram;
 pub mod tls;
 pub mod token;

@@ -93,10 +93,7 @@ pub struct Throttles {
 
 impl Throttles {
     fn limiter(&mut self, principal: &str, kind: QuotaKind, limit: u64, now: Instant) -> &mut RateLimiter {
-        let l = self
-            .limiters
-            .entry((principal.to_string(), kind))
-            .or_insert_with(|| RateLimiter::new(limit, now));
+        let l = self.limiters.entry((principal.to_string(), kind)).or_insert_with(|| RateLimiter::new(limit, now));
         if l.rate() != limit.max(1) {
             // The quota changed: start afresh at the new rate.
             *l = RateLimiter::new(limit, now);

@@ -19,9 +19,9 @@ use runnel_types::{ErrorCode, NodeId, RunnelError};
 use tonic::{Request, Response, Status};
 
 use crate::auth::{node_request, Gatekeeper};
-use crate::security_wire as security;
 use crate::controller::Controller;
 use crate::coordinator::Coordinator;
+use crate::security_wire as security;
 
 pub struct Api {
     pub broker: Arc<Broker>,
@@ -692,9 +692,7 @@ impl Runnel for Api {
         let r = req.into_inner();
         self.gate.check(&who, Operation::Read, ResourceType::Group, &r.group)?;
         self.gate.throttle(&who, None).await;
-        Ok(Response::new(HeartbeatResponse {
-            error: self.coordinator.heartbeat(r).await.err().as_ref().and_then(err),
-        }))
+        Ok(Response::new(HeartbeatResponse { error: self.coordinator.heartbeat(r).await.err().as_ref().and_then(err) }))
     }
 
     async fn leave_group(&self, req: Request<LeaveGroupRequest>) -> Result<Response<LeaveGroupResponse>, Status> {
@@ -702,9 +700,7 @@ impl Runnel for Api {
         let r = req.into_inner();
         self.gate.check(&who, Operation::Read, ResourceType::Group, &r.group)?;
         self.gate.throttle(&who, None).await;
-        Ok(Response::new(LeaveGroupResponse {
-            error: self.coordinator.leave(r).await.err().as_ref().and_then(err),
-        }))
+        Ok(Response::new(LeaveGroupResponse { error: self.coordinator.leave(r).await.err().as_ref().and_then(err) }))
     }
 
     async fn commit_offsets(
@@ -848,8 +844,10 @@ impl Runnel for Api {
                 token_key: crate::auth::new_token_key(),
                 if_absent: false,
             };
-            self.propose_forwarded(cmd, |mut c| async move { c.put_user(self.forward(r)).await.map(|x| x.into_inner().error) })
-                .await
+            self.propose_forwarded(cmd, |mut c| async move {
+                c.put_user(self.forward(r)).await.map(|x| x.into_inner().error)
+            })
+            .await
         }
         .await;
         Ok(Response::new(PutUserResponse { error: out.err().as_ref().and_then(err) }))
@@ -861,7 +859,9 @@ impl Runnel for Api {
         let r = req.into_inner();
         let cmd = MetaCommand::DeleteUser { name: r.name.clone() };
         let out = self
-            .propose_forwarded(cmd, |mut c| async move { c.delete_user(self.forward(r)).await.map(|x| x.into_inner().error) })
+            .propose_forwarded(cmd, |mut c| async move {
+                c.delete_user(self.forward(r)).await.map(|x| x.into_inner().error)
+            })
             .await;
         Ok(Response::new(DeleteUserResponse { error: out.err().as_ref().and_then(err) }))
     }
@@ -890,8 +890,10 @@ impl Runnel for Api {
         let out = async {
             let rules = r.rules.iter().map(security::acl_from_proto).collect::<Result<Vec<_>, _>>()?;
             let cmd = MetaCommand::AddAcls { rules };
-            self.propose_forwarded(cmd, |mut c| async move { c.add_acls(self.forward(r)).await.map(|x| x.into_inner().error) })
-                .await
+            self.propose_forwarded(cmd, |mut c| async move {
+                c.add_acls(self.forward(r)).await.map(|x| x.into_inner().error)
+            })
+            .await
         }
         .await;
         Ok(Response::new(AddAclsResponse { error: out.err().as_ref().and_then(err) }))
@@ -943,9 +945,14 @@ impl Runnel for Api {
         let who = self.cluster_caller(&req, Operation::Admin)?;
         self.gate.throttle(&who, None).await;
         let r = req.into_inner();
-        let cmd = MetaCommand::SetQuota { principal: r.principal.clone(), quota: r.quota.as_ref().map(security::quota_from_proto) };
-        let out = self
-            .propose_forwarded(cmd, |mut c| async move { c.set_quota(self.forward(r)).await.map(|x| x.into_inner().error) })
+        let cmd = MetaCommand::SetQuota {
+            principal: r.principal.clone(),
+            quota: r.quota.as_ref().map(security::quota_from_proto),
+        };
+        let out =
+            self.propose_forwarded(cmd, |mut c| async move {
+                c.set_quota(self.forward(r)).await.map(|x| x.into_inner().error)
+            })
             .await;
         Ok(Response::new(SetQuotaResponse { error: out.err().as_ref().and_then(err) }))
     }

@@ -207,11 +207,7 @@ impl Gatekeeper {
         };
         self.denied.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(principal = %who, operation = op.as_str(), resource = resource.as_str(), name, reason = %why, "request denied");
-        Err(Status::permission_denied(format!(
-            "{who} may not {} {} '{name}': {why}",
-            op.as_str(),
-            resource.as_str()
-        )))
+        Err(Status::permission_denied(format!("{who} may not {} {} '{name}': {why}", op.as_str(), resource.as_str())))
     }
 
     /// Like [`check`](Self::check) without the log line: for leaving out what a list may not show.

@@ -274,7 +274,8 @@ impl NodeConfig {
             fig = fig.merge(Toml::file(path));
         }
         // RUNNEL_VOTERS="1=a:1,2=b:2" is a list; figment reads it as one string, so split it here.
-        fig = fig.merge(env.map(|k| k.as_str().to_ascii_lowercase().into()).filter(|k| k != "voters" && k != "superusers"));
+        fig = fig
+            .merge(env.map(|k| k.as_str().to_ascii_lowercase().into()).filter(|k| k != "voters" && k != "superusers"));
         fig = merge_env_lists(fig, &["voters", "superusers"]);
         fig = fig.merge(Serialized::defaults(flags));
         let mut cfg: NodeConfig = fig.extract().map_err(|e| ConfigError::Figment(Box::new(e)))?;
@@ -346,7 +347,9 @@ impl NodeConfig {
         }
         for s in &self.superusers {
             match s.strip_prefix("User:") {
-                Some(name) => runnel_security::acl::validate_user_name(name).map_err(|e| invalid("superusers", s, &e))?,
+                Some(name) => {
+                    runnel_security::acl::validate_user_name(name).map_err(|e| invalid("superusers", s, &e))?
+                }
                 None => return Err(invalid("superusers", s, "a superuser is a principal like User:admin")),
             }
         }

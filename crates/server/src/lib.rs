@@ -2,12 +2,12 @@
 
 pub mod api;
 pub mod auth;
-pub mod security_wire;
 pub mod config;
 pub mod controller;
 pub mod coordinator;
 pub mod data_format;
 mod node;
+pub mod security_wire;
 
 pub use config::{ConfigError, NodeConfig, NodeFlags};
 #[cfg(feature = "rocksdb")]

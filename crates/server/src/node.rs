@@ -171,13 +171,9 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
             });
             env.node_auth = NodeAuth::MutualTls;
             let max_per_ip = cfg.max_connections_per_ip;
-            let served = serve(
-                cfg,
-                env,
-                runnel_security::tls::incoming(listener, tls.server, max_per_ip),
-                shutdown_signal(),
-            )
-            .await;
+            let served =
+                serve(cfg, env, runnel_security::tls::incoming(listener, tls.server, max_per_ip), shutdown_signal())
+                    .await;
             reloader.abort();
             served
         }

@@ -34,9 +34,8 @@ pub fn acl_from_proto(r: &v1::AclRule) -> Result<AclRule, RunnelError> {
         "deny" => Permission::Deny,
         other => return Err(invalid(format!("unknown ACL permission '{other}'; use allow or deny"))),
     };
-    let operation = Operation::parse(&r.operation).ok_or_else(|| {
-        invalid(format!("unknown ACL operation '{}'; use one of {}", r.operation, Operation::NAMES))
-    })?;
+    let operation = Operation::parse(&r.operation)
+        .ok_or_else(|| invalid(format!("unknown ACL operation '{}'; use one of {}", r.operation, Operation::NAMES)))?;
     let resource = ResourceType::parse(&r.resource_type).ok_or_else(|| {
         invalid(format!("unknown ACL resource type '{}'; use one of {}", r.resource_type, ResourceType::NAMES))
     })?;
@@ -45,7 +44,8 @@ pub fn acl_from_proto(r: &v1::AclRule) -> Result<AclRule, RunnelError> {
         "prefixed" => PatternType::Prefixed,
         other => return Err(invalid(format!("unknown ACL pattern type '{other}'; use literal or prefixed"))),
     };
-    let rule = AclRule { principal: r.principal.clone(), permission, operation, resource, pattern, name: r.name.clone() };
+    let rule =
+        AclRule { principal: r.principal.clone(), permission, operation, resource, pattern, name: r.name.clone() };
     rule.validate().map_err(|e| invalid(format!("ACL {rule}: {e}")))?;
     Ok(rule)
 }
