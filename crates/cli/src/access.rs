@@ -216,14 +216,14 @@ pub async fn user(args: UserArgs) -> anyhow::Result<()> {
             client.put_user(&name, &password).await?;
             match out {
                 OutputFormat::Json => print_json(&json!({ "user": name, "created": true })),
-                OutputFormat::Text => print(&format!("user '{name}' created (or its password changed)")),
+                OutputFormat::Text => print(&format!("user '{name}' created (or its password changed)\n")),
             }
         }
         UserCommand::Delete { name } => {
             args.client.connect().await?.delete_user(&name).await?;
             match out {
                 OutputFormat::Json => print_json(&json!({ "user": name, "deleted": true })),
-                OutputFormat::Text => print(&format!("user '{name}' deleted")),
+                OutputFormat::Text => print(&format!("user '{name}' deleted\n")),
             }
         }
         UserCommand::List => {
@@ -262,14 +262,14 @@ pub async fn acl(args: AclArgs) -> anyhow::Result<()> {
             client.add_acls(rules.clone()).await?;
             match out {
                 OutputFormat::Json => print_json(&json!({ "added": rules.iter().map(rule_json).collect::<Vec<_>>() })),
-                OutputFormat::Text => print(&format!("{} rule(s) added", rules.len())),
+                OutputFormat::Text => print(&format!("{} rule(s) added\n", rules.len())),
             }
         }
         AclCommand::Remove(opts) => {
             let removed = client.remove_acls(opts.rules()).await?;
             match out {
                 OutputFormat::Json => print_json(&json!({ "removed": removed })),
-                OutputFormat::Text => print(&format!("{removed} rule(s) removed")),
+                OutputFormat::Text => print(&format!("{removed} rule(s) removed\n")),
             }
         }
         AclCommand::List { principal, resource_type, name } => {
@@ -320,14 +320,14 @@ pub async fn quota(args: QuotaArgs) -> anyhow::Result<()> {
             client.set_quota(&principal, Some(quota)).await?;
             match out {
                 OutputFormat::Json => print_json(&json!({ "principal": principal, "set": true })),
-                OutputFormat::Text => print(&format!("quota of {principal} set")),
+                OutputFormat::Text => print(&format!("quota of {principal} set\n")),
             }
         }
         QuotaCommand::Remove { principal } => {
             client.set_quota(&principal, None).await?;
             match out {
                 OutputFormat::Json => print_json(&json!({ "principal": principal, "removed": true })),
-                OutputFormat::Text => print(&format!("quota of {principal} removed")),
+                OutputFormat::Text => print(&format!("quota of {principal} removed\n")),
             }
         }
         QuotaCommand::List => {
@@ -368,7 +368,7 @@ pub async fn token(args: TokenArgs) -> anyhow::Result<()> {
     let (token, expires_at_ms) = client.create_token(user.as_deref(), lifetime_secs.map(Duration::from_secs)).await?;
     match args.client.output {
         OutputFormat::Json => print_json(&json!({ "token": token, "expires_at_ms": expires_at_ms })),
-        OutputFormat::Text => print(&token),
+        OutputFormat::Text => print(&format!("{token}\n")),
     }
 }
 
@@ -381,7 +381,7 @@ pub async fn whoami(args: WhoAmIArgs) -> anyhow::Result<()> {
             "authentication_required": me.authentication_required,
         })),
         OutputFormat::Text => print(&format!(
-            "{}{}{}",
+            "{}{}{}\n",
             me.principal,
             if me.superuser { " (superuser)" } else { "" },
             if me.authentication_required { "" } else { " — this cluster does not require authentication" }
