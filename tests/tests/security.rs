@@ -174,3 +174,60 @@ async fn only_the_node_a_certificate_names_may_speak_as_that_node() {
         (0..20).map(|i| format!("before-{i}")).chain((0..20).map(|i| format!("after-{i}"))).collect();
     assert_eq!(values, want, "every acknowledged record, once, in order");
 }
+
+/// With authentication required over TLS, a certificate is a credential: a client certificate
+/// is `User:<common name>` (subject to ACLs, a superuser when listed), a node certificate is
+/// `Node:<id>`, and no certificate and no token is no one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_is_a_principal_when_authentication_is_required() {
+    use runnel_proto::v1::{CreateTopicRequest, WhoAmIRequest};
+    let certs = tempfile::tempdir().unwrap();
+    pki(certs.path());
+    let path = |name: &str| -> String { certs.path().join(name).display().to_string() };
+    let env = [
+        ("RUNNEL_TLS_CA_FILE", path("ca.pem")),
+        ("RUNNEL_TLS_CERT_FILE", path("node-{id}.pem")),
+        ("RUNNEL_TLS_KEY_FILE", path("node-{id}.key")),
+        ("RUNNEL_REQUIRE_AUTH", "true".to_string()),
+        ("RUNNEL_SUPERUSERS", "User:alice".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let cluster = Cluster::start_with(1, 1, &env);
+    let addr = cluster.addrs()[0].clone();
+    let whoami = |d: TlsDialer| {
+        let addr = addr.clone();
+        async move { RunnelClient::new(d.channel(&addr).ok()?).who_am_i(WhoAmIRequest {}).await.ok() }
+    };
+    let alice =
+        wait_for(READY, "the node answers alice over TLS", || whoami(dialer(certs.path(), Some("client-alice"))))
+            .await
+            .into_inner();
+    assert_eq!((alice.principal.as_str(), alice.superuser), ("User:alice", true));
+    let node = whoami(dialer(certs.path(), Some("node-2"))).await.unwrap().into_inner();
+    assert_eq!((node.principal.as_str(), node.superuser), ("Node:2", true));
+
+    let anonymous = dialer(certs.path(), None);
+    let e = RunnelClient::new(anonymous.channel(&addr).unwrap()).who_am_i(WhoAmIRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    // Alice, a superuser by her certificate alone, administers the cluster.
+    let mut c = RunnelClient::new(dialer(certs.path(), Some("client-alice")).channel(&addr).unwrap());
+    let created = wait_for(READY, "alice creates a topic", || {
+        let mut c = c.clone();
+        async move {
+            let r = c
+                .create_topic(CreateTopicRequest {
+                    name: "alices".into(),
+                    partitions: 1,
+                    replication_factor: 1,
+                    ..Default::default()
+                })
+                .await
+                .ok()?
+                .into_inner();
+            r.error.is_none().then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(created.topic.map(|t| t.name).as_deref(), Some("alices"));
+    c.who_am_i(WhoAmIRequest {}).await.unwrap();
+}
