@@ -1,10 +1,7 @@
 //! Wiring: configuration, one gRPC server per node, the metadata group (controller), the broker.
 
 pub mod api;
-pub mod auth;
 pub mod config;
-pub mod controller;
-pub mod coordinator;
 pub mod data_format;
 mod node;
 pub mod security_wire;

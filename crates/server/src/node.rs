@@ -32,9 +32,9 @@ use runnel_types::{NodeId, META_GROUP_ID};
 use runnel_proto::peer::NodeAuth;
 
 use crate::api::Api;
-use crate::controller::{Controller, ControllerService};
-use crate::coordinator::Coordinator;
 use crate::NodeConfig;
+use runnel_service::controller::{Controller, ControllerService};
+use runnel_service::coordinator::Coordinator;
 
 /// See the server builder in [`serve`].
 const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 1024;
@@ -415,7 +415,7 @@ where
         cfg.offsets_topic_replication_factor,
     );
     let coordinator_duties = tokio::spawn(coordinator.clone().run());
-    let auth = crate::auth::AuthSettings {
+    let auth = runnel_service::access::AuthSettings {
         require: cfg.require_auth,
         superusers: cfg.superusers.clone(),
         token_lifetime: Duration::from_secs(cfg.token_lifetime_secs),
@@ -428,9 +428,16 @@ where
     if cfg.require_auth {
         tracing::info!(superusers = ?cfg.superusers, "authentication required on the client API");
     }
-    let security_bootstrap = tokio::spawn(crate::auth::run_bootstrap(controller.clone(), auth.clone()));
-    let gate = Arc::new(crate::auth::Gatekeeper::new(auth, meta_sm.clone()));
-    let api = Api { broker: broker.clone(), controller: controller.clone(), meta: meta_sm.clone(), coordinator, gate };
+    let security_bootstrap = tokio::spawn(runnel_service::access::run_bootstrap(controller.clone(), auth.clone()));
+    let gate = Arc::new(runnel_service::access::Gatekeeper::new(auth, meta_sm.clone()));
+    let service = Arc::new(runnel_service::Service {
+        broker: broker.clone(),
+        controller: controller.clone(),
+        meta: meta_sm.clone(),
+        coordinator,
+        gate,
+    });
+    let api = Api { service };
     tracing::info!(node_id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "runnel node ready");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

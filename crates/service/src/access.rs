@@ -1,15 +1,19 @@
 //! The access check of the service layer: who a caller is (authentication), whether it may do
-//! what it asks (ACLs), and how long it waits first (quotas). Every public RPC passes through
-//! [`Gatekeeper`] once, on the node the client called; a node forwarding a request to the
-//! controller sends it as itself ([`node_request`]), and nodes pass every check.
+//! what it asks (ACLs), and how long it waits first (quotas). Every client request passes through
+//! [`Gatekeeper`] once, on the node the client called, whatever its protocol; a change the
+//! controller must make is then forwarded as a node-to-node call, and nodes pass every check.
 //!
-//! Credentials, in the order they are looked at:
-//! 1. `authorization: Bearer <token>`: a token from a SCRAM login ([`Gatekeeper::authenticate`]),
-//!    from `runnel token create`, or a node's own; checked against the token key in the metadata
-//!    and, for a user, against the user's current credential generation (so a deleted user or a
-//!    changed password revokes every earlier token at once).
-//! 2. The TLS client certificate: a node certificate is `Node:<id>`, a client certificate
-//!    `User:<common name>`.
+//! A front-end finds the credentials its protocol carries and asks the gatekeeper what they are
+//! worth (the gRPC API looks at them in this order):
+//! 1. a bearer token ([`Gatekeeper::principal_of_token`]) from a SCRAM login
+//!    ([`Gatekeeper::authenticate`]) or `runnel token create`: checked against the token key in the
+//!    metadata and the user's current credential generation (so a deleted user or a changed
+//!    password revokes every earlier token at once);
+//! 2. the TLS client certificate ([`Gatekeeper::principal_of_certificate`]): a node certificate
+//!    is `Node:<id>`, a client certificate `User:<common name>`.
+//!
+//! Refusals are [`RunnelError`]s with `AUTHENTICATION_FAILED` or `AUTHORIZATION_FAILED`; each
+//! front-end answers them in its protocol's terms (gRPC: UNAUTHENTICATED, PERMISSION_DENIED).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,16 +24,14 @@ use base64::Engine as _;
 use parking_lot::Mutex;
 use runnel_meta::security::TOKEN_KEY_BYTES;
 use runnel_meta::MetaCommand;
-use runnel_proto::peer::{PeerIdentity, PeerInfo};
+use runnel_proto::peer::PeerIdentity;
 use runnel_proto::v1::{AuthenticateRequest, AuthenticateResponse};
 use runnel_raft::meta_sm::MetaStateMachine;
 use runnel_security::acl::{self, Decision, Operation, Principal, ResourceType};
 use runnel_security::quota::{Quota, QuotaKind, Throttles};
 use runnel_security::scram::{Credentials, Mechanism, ScramServer, MIN_ITERATIONS};
 use runnel_security::token::{self, TokenClaims};
-use runnel_types::{ErrorCode, NodeId, RunnelError};
-use tonic::metadata::AsciiMetadataValue;
-use tonic::{Request, Status};
+use runnel_types::{ErrorCode, RunnelError};
 
 use crate::controller::Controller;
 
@@ -37,8 +39,6 @@ use crate::controller::Controller;
 const SESSION_TTL: Duration = Duration::from_secs(30);
 /// Most SCRAM exchanges half done at once on one node (each holds a few hundred bytes).
 const MAX_PENDING_SESSIONS: usize = 10_000;
-/// Lifetime of the tokens nodes make for their own calls to other nodes.
-const NODE_TOKEN_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Authentication and authorisation settings of a node (from its configuration).
 #[derive(Debug, Clone, Default)]
@@ -68,9 +68,17 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn unauthenticated(message: impl Into<String>) -> Status {
-    Status::unauthenticated(message.into())
+fn unauthenticated(message: String) -> RunnelError {
+    RunnelError::new(ErrorCode::AuthenticationFailed, message)
 }
+
+fn denied(message: String) -> RunnelError {
+    RunnelError::new(ErrorCode::AuthorizationFailed, message)
+}
+
+/// What a caller without credentials is told, when the node requires them.
+pub const NO_CREDENTIALS: &str = "this node requires authentication: log in with SCRAM (runnel --user/--password, \
+     RUNNEL_USER and RUNNEL_PASSWORD), present a bearer token (--token, RUNNEL_TOKEN) or a client certificate";
 
 fn random_string(bytes: usize) -> String {
     let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
@@ -91,26 +99,6 @@ pub fn credentials_for(password: &str) -> Vec<Credentials> {
 /// A fresh random token key.
 pub fn new_token_key() -> Vec<u8> {
     (0..TOKEN_KEY_BYTES).map(|_| rand::random::<u8>()).collect()
-}
-
-/// `msg` as a request from this node to another node's public API, carrying a token naming this
-/// node when the cluster has a token key (a node passes every check). Over TLS the node
-/// certificate says the same.
-pub fn node_request<T>(meta: &MetaStateMachine, node_id: NodeId, msg: T) -> Request<T> {
-    let mut req = Request::new(msg);
-    let view = meta.current();
-    let key = &view.state.security.token_key;
-    if !key.is_empty() {
-        let claims = TokenClaims {
-            principal: Principal::Node(node_id).name(),
-            generation: 0,
-            expires_at_ms: now_ms() + NODE_TOKEN_LIFETIME.as_millis() as u64,
-        };
-        if let Ok(v) = AsciiMetadataValue::try_from(format!("Bearer {}", token::issue(key, &claims))) {
-            req.metadata_mut().insert("authorization", v);
-        }
-    }
-    req
 }
 
 impl Gatekeeper {
@@ -139,40 +127,43 @@ impl Gatekeeper {
         self.failed_logins.load(Ordering::Relaxed)
     }
 
-    fn refuse(&self, message: String) -> Status {
+    /// Refuses credentials: logged and counted.
+    pub fn refuse(&self, message: String) -> RunnelError {
         self.failed_logins.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(reason = %message, "request refused: no valid credentials");
         unauthenticated(message)
     }
 
-    /// Who sent `req`. Without `require_auth` everyone is [`Principal::Anonymous`] (allowed
-    /// everything).
-    pub fn principal<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        if !self.settings.require {
-            return Ok(Principal::Anonymous);
-        }
-        if let Some(v) = req.metadata().get("authorization") {
-            let header = v.to_str().map_err(|_| self.refuse("the authorization header is not ASCII".into()))?;
-            let token = header
-                .strip_prefix("Bearer ")
-                .ok_or_else(|| self.refuse("the authorization header must be 'Bearer <token>'".into()))?;
-            return self.verify_token(token.trim());
-        }
-        match req.extensions().get::<PeerInfo>().map(|p| &p.identity) {
-            Some(PeerIdentity::Node(id)) => Ok(Principal::Node(*id)),
-            Some(PeerIdentity::Client(cn)) => match acl::validate_user_name(cn) {
-                Ok(()) => Ok(Principal::User(cn.clone())),
-                Err(e) => Err(self.refuse(format!("the client certificate's common name is no user name: {e}"))),
-            },
-            _ => Err(self.refuse(
-                "this node requires authentication: log in with SCRAM (runnel --user/--password, RUNNEL_USER and \
-                 RUNNEL_PASSWORD), present a bearer token (--token, RUNNEL_TOKEN) or a client certificate"
-                    .into(),
-            )),
+    /// The caller of a request that carries no credentials: everyone when authentication is not
+    /// required ([`Principal::Anonymous`], allowed everything), else no one.
+    pub fn principal_without_credentials(&self) -> Result<Principal, RunnelError> {
+        if self.settings.require {
+            Err(self.refuse(NO_CREDENTIALS.into()))
+        } else {
+            Ok(Principal::Anonymous)
         }
     }
 
-    fn verify_token(&self, token: &str) -> Result<Principal, Status> {
+    /// The caller a verified TLS certificate names.
+    pub fn principal_of_certificate(&self, identity: &PeerIdentity) -> Result<Principal, RunnelError> {
+        if !self.settings.require {
+            return Ok(Principal::Anonymous);
+        }
+        match identity {
+            PeerIdentity::Node(id) => Ok(Principal::Node(*id)),
+            PeerIdentity::Client(cn) => match acl::validate_user_name(cn) {
+                Ok(()) => Ok(Principal::User(cn.clone())),
+                Err(e) => Err(self.refuse(format!("the client certificate's common name is no user name: {e}"))),
+            },
+            PeerIdentity::Anonymous => self.principal_without_credentials(),
+        }
+    }
+
+    /// The caller a bearer token names (always a user: tokens never name nodes).
+    pub fn principal_of_token(&self, token: &str) -> Result<Principal, RunnelError> {
+        if !self.settings.require {
+            return Ok(Principal::Anonymous);
+        }
         let view = self.meta.current();
         let security = &view.state.security;
         if security.token_key.is_empty() {
@@ -180,7 +171,6 @@ impl Gatekeeper {
         }
         let claims = token::verify(&security.token_key, token, now_ms()).map_err(|e| self.refuse(e.to_string()))?;
         match Principal::parse(&claims.principal) {
-            Some(Principal::Node(id)) => Ok(Principal::Node(id)),
             Some(Principal::User(name)) => match security.users.get(&name) {
                 Some(u) if u.generation == claims.generation => Ok(Principal::User(name)),
                 Some(_) => Err(self.refuse(format!(
@@ -198,8 +188,8 @@ impl Gatekeeper {
     }
 
     /// Whether `who` may do `op` to `resource` `name`; a refusal is logged, counted and answered
-    /// PERMISSION_DENIED with what was refused and why.
-    pub fn check(&self, who: &Principal, op: Operation, resource: ResourceType, name: &str) -> Result<(), Status> {
+    /// AUTHORIZATION_FAILED with what was refused and why.
+    pub fn check(&self, who: &Principal, op: Operation, resource: ResourceType, name: &str) -> Result<(), RunnelError> {
         let why = match self.decide(who, op, resource, name) {
             Decision::Allowed => return Ok(()),
             Decision::Denied(rule) => format!("denied by the ACL '{rule}'"),
@@ -207,7 +197,7 @@ impl Gatekeeper {
         };
         self.denied.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(principal = %who, operation = op.as_str(), resource = resource.as_str(), name, reason = %why, "request denied");
-        Err(Status::permission_denied(format!("{who} may not {} {} '{name}': {why}", op.as_str(), resource.as_str())))
+        Err(denied(format!("{who} may not {} {} '{name}': {why}", op.as_str(), resource.as_str())))
     }
 
     /// Like [`check`](Self::check) without the log line: for leaving out what a list may not show.
@@ -216,18 +206,14 @@ impl Gatekeeper {
     }
 
     /// Whether `who` may do `op` to at least one resource of type `resource`.
-    pub fn check_any(&self, who: &Principal, op: Operation, resource: ResourceType) -> Result<(), Status> {
+    pub fn check_any(&self, who: &Principal, op: Operation, resource: ResourceType) -> Result<(), RunnelError> {
         let view = self.meta.current();
         if acl::allows_any(&view.state.security.acls, &self.settings.superusers, who, op, resource) {
             return Ok(());
         }
         self.denied.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(principal = %who, operation = op.as_str(), resource = resource.as_str(), "request denied");
-        Err(Status::permission_denied(format!(
-            "{who} may not {} any {}: no ACL allows it",
-            op.as_str(),
-            resource.as_str()
-        )))
+        Err(denied(format!("{who} may not {} any {}: no ACL allows it", op.as_str(), resource.as_str())))
     }
 
     pub fn is_superuser(&self, who: &Principal) -> bool {

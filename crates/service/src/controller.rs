@@ -17,12 +17,16 @@ use runnel_meta::{
     place_partitions, plan_rebalance, plan_replacements, BrokerStatus, MetaCommand, MetaResponse, PartitionRecord,
     TopicRecord,
 };
+use runnel_proto::internal::controller_client::ControllerClient;
 use runnel_proto::internal::controller_server::Controller as ControllerRpc;
-use runnel_proto::internal::{BrokerHeartbeatRequest, BrokerHeartbeatResponse};
+use runnel_proto::internal::{BrokerHeartbeatRequest, BrokerHeartbeatResponse, ExecuteRequest, ExecuteResponse};
+use runnel_raft::codec;
 use runnel_raft::meta_sm::MetaStateMachine;
 use runnel_raft::network::Router;
 use runnel_raft::MetaRaft;
-use runnel_types::limits::{MAX_PARTITIONS_PER_TOPIC, MAX_REPLICATION_FACTOR};
+use runnel_types::limits::{MAX_GRPC_MESSAGE_BYTES, MAX_PARTITIONS_PER_TOPIC, MAX_REPLICATION_FACTOR};
+
+use crate::admin::{AdminAnswer, AdminCommand, AdminError};
 use runnel_types::topic::{validate_topic_name, TopicConfig};
 use runnel_types::{ErrorCode, GroupId, NodeId, RunnelError};
 use std::collections::BTreeSet;
@@ -79,6 +83,84 @@ impl Controller {
             reports: Mutex::new(HashMap::new()),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
         })
+    }
+
+    /// Carries out a cluster change: here when this node is the controller, else forwarded to the
+    /// controller over `Controller.Execute` (one hop: a controller that lost its role on the way
+    /// answers NOT_CONTROLLER naming the new one, and the caller retries). The caller has checked
+    /// the requester's rights already.
+    pub async fn execute(&self, cmd: AdminCommand) -> Result<AdminAnswer, RunnelError> {
+        if self.is_controller() {
+            return self.execute_here(cmd).await;
+        }
+        let (id, addr) = self.controller().ok_or_else(|| {
+            RunnelError::new(ErrorCode::NotController, "no metadata leader (controller) is known yet; retry shortly")
+        })?;
+        let what = cmd.describe();
+        let command = codec::encode(&cmd).map_err(|e| RunnelError::internal(format!("encoding '{what}': {e}")))?;
+        let channel =
+            self.router.dialer().channel(&addr).map_err(|e| {
+                RunnelError::new(ErrorCode::NotController, format!("controller node {id} at {addr}: {e}"))
+            })?;
+        let resp = ControllerClient::new(channel)
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .execute(ExecuteRequest { from_node: self.node_id, command: command.into() })
+            .await
+            .map_err(|s| {
+                let mut e = RunnelError::new(
+                    ErrorCode::NotController,
+                    format!("forwarding '{what}' to controller node {id} at {addr}: {}", s.message()),
+                );
+                e.leader = Some((id, addr.clone()));
+                e
+            })?
+            .into_inner();
+        let answer: Result<AdminAnswer, AdminError> = codec::decode(&resp.answer)
+            .map_err(|e| RunnelError::internal(format!("the controller's answer to '{what}': {e}")))?;
+        answer.map_err(RunnelError::from)
+    }
+
+    async fn execute_here(&self, cmd: AdminCommand) -> Result<AdminAnswer, RunnelError> {
+        match cmd {
+            AdminCommand::CreateTopic { name, partitions, replication_factor, configs } => {
+                self.create_topic(&name, partitions, replication_factor, &configs).await.map(AdminAnswer::Topic)
+            }
+            AdminCommand::DeleteTopic { name } => self.delete_topic(&name).await.map(|_| AdminAnswer::Done),
+            AdminCommand::AlterTopicConfig { topic, set, delete } => {
+                self.alter_topic_config(&topic, &set, &delete).await.map(AdminAnswer::Topic)
+            }
+            AdminCommand::Decommission { node, cancel } => {
+                self.decommission(node, cancel).await.map(AdminAnswer::Remaining)
+            }
+            AdminCommand::Reassign { topic, partition, replicas } => {
+                self.reassign(&topic, partition, replicas).await.map(AdminAnswer::Partition)
+            }
+            AdminCommand::Rebalance { dry_run } => self.rebalance(dry_run).await.map(AdminAnswer::Moves),
+            AdminCommand::ReplaceVoter { remove, add } => {
+                self.replace_voter(remove, add).await.map(AdminAnswer::Voters)
+            }
+            AdminCommand::NewProducerId => self.new_producer_id().await.map(AdminAnswer::ProducerId),
+            AdminCommand::PutUser { name, credentials } => {
+                // The token key is drawn here, by the proposer: applying must be deterministic.
+                let token_key = crate::access::new_token_key();
+                let cmd = MetaCommand::PutUser { name, credentials, token_key, if_absent: false };
+                self.propose(cmd).await.map(|_| AdminAnswer::Done)
+            }
+            AdminCommand::DeleteUser { name } => {
+                self.propose(MetaCommand::DeleteUser { name }).await.map(|_| AdminAnswer::Done)
+            }
+            AdminCommand::AddAcls { rules } => {
+                self.propose(MetaCommand::AddAcls { rules }).await.map(|_| AdminAnswer::Done)
+            }
+            AdminCommand::RemoveAcls { rules } => match self.propose(MetaCommand::RemoveAcls { rules }).await? {
+                MetaResponse::Removed { count } => Ok(AdminAnswer::Removed(count)),
+                other => Err(RunnelError::internal(format!("RemoveAcls answered {other:?}"))),
+            },
+            AdminCommand::SetQuota { principal, quota } => {
+                self.propose(MetaCommand::SetQuota { principal, quota }).await.map(|_| AdminAnswer::Done)
+            }
+        }
     }
 
     /// A new idempotent-producer id (epoch 0), from the reserved block; reserves a new block
@@ -583,5 +665,23 @@ impl ControllerRpc for ControllerService {
             },
         };
         Ok(tonic::Response::new(resp))
+    }
+
+    async fn execute(
+        &self,
+        req: tonic::Request<ExecuteRequest>,
+    ) -> Result<tonic::Response<ExecuteResponse>, tonic::Status> {
+        self.1.check(req.extensions(), req.get_ref().from_node, "forwarded cluster change")?;
+        let r = req.into_inner();
+        let cmd: AdminCommand = codec::decode(&r.command).map_err(|e| {
+            tonic::Status::invalid_argument(format!(
+                "a cluster change forwarded by node {} does not decode: {e}",
+                r.from_node
+            ))
+        })?;
+        let answer = self.0.execute_here(cmd).await.map_err(|e| AdminError::from(&e));
+        let answer =
+            codec::encode(&answer).map_err(|e| tonic::Status::internal(format!("encoding the answer: {e}")))?;
+        Ok(tonic::Response::new(ExecuteResponse { answer: answer.into() }))
     }
 }

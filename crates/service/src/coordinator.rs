@@ -24,6 +24,7 @@ use runnel_raft::meta_sm::MetaStateMachine;
 use runnel_types::{ErrorCode, NodeId, RunnelError};
 use tokio::sync::oneshot;
 
+use crate::admin::AdminCommand;
 use crate::controller::Controller;
 
 /// How long a coordinator write may wait for its commit.
@@ -142,7 +143,7 @@ impl Coordinator {
         // From the committed metadata: only the controller tracks liveness in memory.
         let live = self.meta.current().state.brokers.values().filter(|b| b.is_alive()).count().max(1) as u32;
         let rf = self.offsets_replication.min(live);
-        let req = v1::CreateTopicRequest {
+        let cmd = AdminCommand::CreateTopic {
             name: OFFSETS_TOPIC.to_string(),
             partitions: self.offsets_partitions,
             replication_factor: rf,
@@ -152,27 +153,7 @@ impl Coordinator {
                 .into_iter()
                 .collect(),
         };
-        let out = if self.controller.is_controller() {
-            let configs = req.configs.into_iter().collect();
-            self.controller.create_topic(OFFSETS_TOPIC, req.partitions, rf, &configs).await.map(|_| ())
-        } else {
-            let (id, addr) = self.controller.controller().ok_or_else(|| {
-                RunnelError::new(
-                    ErrorCode::CoordinatorLoading,
-                    "no controller is known yet to create the offsets topic",
-                )
-            })?;
-            let ch = self.controller.router.dialer().channel(&addr).map_err(|e| {
-                RunnelError::new(ErrorCode::CoordinatorLoading, format!("controller node {id} at {addr}: {e}"))
-            })?;
-            // Sent as this node: with authentication on, a node passes every check.
-            let resp = v1::runnel_client::RunnelClient::new(ch)
-                .create_topic(crate::auth::node_request(&self.meta, self.broker.node_id(), req))
-                .await
-                .map_err(|s| RunnelError::new(ErrorCode::CoordinatorLoading, format!("creating {OFFSETS_TOPIC}: {s}")))?
-                .into_inner();
-            runnel_proto::check_error(resp.error.as_ref())
-        };
+        let out = self.controller.execute(cmd).await.map(|_| ());
         match out {
             Err(e) if e.code == ErrorCode::TopicAlreadyExists => Ok(()),
             Err(e) if e.code.is_retriable() => Err(RunnelError::new(ErrorCode::CoordinatorLoading, e.message)),
