@@ -430,6 +430,18 @@ async fn prefixed_rules_match_only_their_prefix_and_deny_wins() {
     assert_eq!(seen, vec!["team-a.", "team-a.orders"]);
 }
 
+/// One acks=all produce of `batch` to metered/0 with `token`; `None` if the call failed.
+async fn produce_metered(c: &mut RunnelClient<Channel>, batch: RecordBatch, token: &str) -> Option<ProduceResponse> {
+    let r = ProduceRequest {
+        topic: "metered".into(),
+        partition: 0,
+        batch: Some(batch),
+        acks: Acks::All as i32,
+        ..Default::default()
+    };
+    c.produce(req(r, Some(token))).await.ok().map(|r| r.into_inner())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_producer_over_its_quota_is_throttled_and_told_so() {
     let cluster = secure_cluster();
@@ -461,20 +473,7 @@ async fn a_producer_over_its_quota_is_throttled_and_told_so() {
         let batch = batch.clone();
         let token = token.clone();
         async move {
-            let r = c
-                .produce(req(
-                    ProduceRequest {
-                        topic: "metered".into(),
-                        partition: 0,
-                        batch: Some(batch),
-                        acks: Acks::All as i32,
-                        ..Default::default()
-                    },
-                    Some(&token),
-                ))
-                .await
-                .ok()?
-                .into_inner();
+            let r = produce_metered(&mut c, batch, &token).await?;
             assert!(r.error.is_none(), "{:?}", r.error);
             (r.throttle_time_ms > 0).then_some(r.throttle_time_ms)
         }
@@ -492,23 +491,7 @@ async fn a_producer_over_its_quota_is_throttled_and_told_so() {
         let mut c = c.clone();
         let batch = batch.clone();
         let token = token.clone();
-        async move {
-            let r = c
-                .produce(req(
-                    ProduceRequest {
-                        topic: "metered".into(),
-                        partition: 0,
-                        batch: Some(batch),
-                        acks: Acks::All as i32,
-                        ..Default::default()
-                    },
-                    Some(&token),
-                ))
-                .await
-                .ok()?
-                .into_inner();
-            (r.throttle_time_ms == 0).then_some(())
-        }
+        async move { (produce_metered(&mut c, batch, &token).await?.throttle_time_ms == 0).then_some(()) }
     })
     .await;
 }

@@ -56,6 +56,19 @@ fn dialer(dir: &Path, stem: Option<&str>) -> TlsDialer {
     TlsDialer { connect_timeout: Duration::from_secs(2), config: files.client_config().unwrap() }
 }
 
+/// `n` nodes (all voters) with the node certificates in `dir`, and `extra` settings.
+fn tls_cluster(dir: &Path, n: usize, extra: &[(&str, &str)]) -> Cluster {
+    let path = |name: &str| -> String { dir.join(name).display().to_string() };
+    let files = [
+        ("RUNNEL_TLS_CA_FILE", path("ca.pem")),
+        ("RUNNEL_TLS_CERT_FILE", path("node-{id}.pem")),
+        ("RUNNEL_TLS_KEY_FILE", path("node-{id}.key")),
+    ];
+    let mut env: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.extend_from_slice(extra);
+    Cluster::start_with(n, n, &env)
+}
+
 async fn metadata(d: &TlsDialer, addr: &str) -> Option<MetadataResponse> {
     let mut c = RunnelClient::new(d.channel(addr).ok()?);
     c.metadata(MetadataRequest { topics: vec![] }).await.ok().map(|r| r.into_inner())
@@ -70,14 +83,7 @@ fn hijack() -> BrokerHeartbeatRequest {
 async fn only_the_node_a_certificate_names_may_speak_as_that_node() {
     let certs = tempfile::tempdir().unwrap();
     pki(certs.path());
-    let path = |name: &str| -> String { certs.path().join(name).display().to_string() };
-    let env = [
-        ("RUNNEL_TLS_CA_FILE", path("ca.pem")),
-        ("RUNNEL_TLS_CERT_FILE", path("node-{id}.pem")),
-        ("RUNNEL_TLS_KEY_FILE", path("node-{id}.key")),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let mut cluster = Cluster::start_with(3, 3, &env);
+    let mut cluster = tls_cluster(certs.path(), 3, &[]);
     let addrs = cluster.addrs();
     let anonymous = dialer(certs.path(), None);
 
@@ -183,16 +189,7 @@ async fn a_certificate_is_a_principal_when_authentication_is_required() {
     use runnel_proto::v1::{CreateTopicRequest, WhoAmIRequest};
     let certs = tempfile::tempdir().unwrap();
     pki(certs.path());
-    let path = |name: &str| -> String { certs.path().join(name).display().to_string() };
-    let env = [
-        ("RUNNEL_TLS_CA_FILE", path("ca.pem")),
-        ("RUNNEL_TLS_CERT_FILE", path("node-{id}.pem")),
-        ("RUNNEL_TLS_KEY_FILE", path("node-{id}.key")),
-        ("RUNNEL_REQUIRE_AUTH", "true".to_string()),
-        ("RUNNEL_SUPERUSERS", "User:alice".to_string()),
-    ];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let cluster = Cluster::start_with(1, 1, &env);
+    let cluster = tls_cluster(certs.path(), 1, &[("RUNNEL_REQUIRE_AUTH", "true"), ("RUNNEL_SUPERUSERS", "User:alice")]);
     let addr = cluster.addrs()[0].clone();
     let whoami = |d: TlsDialer| {
         let addr = addr.clone();

@@ -51,6 +51,30 @@
 //! [`Client::produce`] calls are *at least once*: a retry may duplicate the records. A produce
 //! answered with an error that is not retriable was not appended.
 
+/// One unary call routed by `$route` (`with_controller`: to the controller, following it; or
+/// `with_any_node`: to the first node that answers), with the answer's `error` checked.
+macro_rules! routed_call {
+    ($self:ident, $route:ident, $op:expr, $target:expr, $method:ident, $req:expr) => {{
+        let op = $op;
+        let target: String = $target;
+        $self
+            .$route(op, &target, |addr| {
+                let req = $req;
+                let target = target.clone();
+                async move {
+                    let resp = $self
+                        .call(op, &target, &addr, Duration::ZERO, move |mut c, t| async move {
+                            c.$method(with_timeout(req, t)).await
+                        })
+                        .await?;
+                    broker_result(op, &target, &addr, resp.error.as_ref())?;
+                    Ok(resp)
+                }
+            })
+            .await
+    }};
+}
+
 mod auth;
 mod consumer;
 mod error;
@@ -690,23 +714,15 @@ impl Client {
         &self,
         topic: &str,
     ) -> Result<(BTreeMap<String, String>, Vec<String>), ClientError> {
-        let op = "describe the configuration of";
-        let target = format!("topic '{topic}'");
-        let resp = self
-            .with_any_node(|addr| {
-                let req = v1::DescribeTopicConfigRequest { topic: topic.to_string() };
-                let target = target.clone();
-                async move {
-                    let resp = self
-                        .call(op, &target, &addr, Duration::ZERO, move |mut c, t| async move {
-                            c.describe_topic_config(with_timeout(req, t)).await
-                        })
-                        .await?;
-                    broker_result(op, &target, &addr, resp.error.as_ref())?;
-                    Ok(resp)
-                }
-            })
-            .await?;
+        let req = v1::DescribeTopicConfigRequest { topic: topic.to_string() };
+        let resp = routed_call!(
+            self,
+            with_any_node,
+            "describe the configuration of",
+            format!("topic '{topic}'"),
+            describe_topic_config,
+            req.clone()
+        )?;
         let mut overridden = resp.overridden;
         overridden.sort();
         Ok((resp.configs.into_iter().collect(), overridden))
@@ -756,22 +772,8 @@ impl Client {
     /// [`Client::metadata`] (`BrokerInfo::replica_count`) to follow the progress.
     pub async fn decommission_node(&self, node_id: NodeId, cancel: bool) -> Result<u32, ClientError> {
         let op = if cancel { "cancel decommissioning" } else { "decommission" };
-        let target = format!("node {node_id}");
-        let resp = self
-            .with_controller(op, &target, |addr| {
-                let req = v1::DecommissionNodeRequest { node_id, cancel };
-                let target = target.clone();
-                async move {
-                    let resp = self
-                        .call(op, &target, &addr, Duration::ZERO, move |mut c, t| async move {
-                            c.decommission_node(with_timeout(req, t)).await
-                        })
-                        .await?;
-                    broker_result(op, &target, &addr, resp.error.as_ref())?;
-                    Ok(resp)
-                }
-            })
-            .await?;
+        let req = v1::DecommissionNodeRequest { node_id, cancel };
+        let resp = routed_call!(self, with_controller, op, format!("node {node_id}"), decommission_node, req.clone())?;
         Ok(resp.remaining_replicas)
     }
 
@@ -874,7 +876,7 @@ impl Client {
     /// is leaderless or under-replicated, with the reason. Tries the known nodes in turn (live
     /// brokers, then the bootstrap addresses).
     pub async fn cluster_health(&self) -> Result<v1::ClusterHealthResponse, ClientError> {
-        self.with_any_node(|addr| async move {
+        self.with_any_node("check", "cluster health", |addr| async move {
             let resp = self
                 .call("check", "cluster health", &addr, Duration::ZERO, move |mut c, t| async move {
                     c.cluster_health(with_timeout(v1::ClusterHealthRequest {}, t)).await
@@ -1324,7 +1326,7 @@ impl Client {
     /// Runs `attempt` against the known nodes in turn (live brokers, then the bootstrap
     /// addresses), until one answers: for what every node answers from its own copy of the
     /// committed metadata. An answer that is an error (not a failure in transit) is returned.
-    async fn with_any_node<T, F, Fut>(&self, mut attempt: F) -> Result<T, ClientError>
+    async fn with_any_node<T, F, Fut>(&self, op: &'static str, target: &str, mut attempt: F) -> Result<T, ClientError>
     where
         F: FnMut(String) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
@@ -1335,7 +1337,7 @@ impl Client {
             match attempt(addr.clone()).await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_transport() => {
-                    tracing::debug!(addr = %addr, error = %e, "request failed in transit; trying the next node");
+                    tracing::debug!(op, target, addr = %addr, error = %e, "request failed in transit; trying the next node");
                     self.evict(&addr);
                     last = Some(e);
                 }

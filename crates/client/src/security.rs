@@ -27,54 +27,10 @@ pub fn scram_credentials(password: &str) -> Vec<v1::ScramCredential> {
         .collect()
 }
 
-/// Runs one call through the controller and checks its `error`.
-macro_rules! through_controller {
-    ($self:ident, $op:expr, $target:expr, $method:ident, $req:expr) => {{
-        let target: String = $target;
-        $self
-            .with_controller($op, &target, |addr| {
-                let req = $req;
-                let target = target.clone();
-                async move {
-                    let resp = $self
-                        .call($op, &target, &addr, Duration::ZERO, move |mut c, t| async move {
-                            c.$method(with_timeout(req, t)).await
-                        })
-                        .await?;
-                    broker_result($op, &target, &addr, resp.error.as_ref())?;
-                    Ok(resp)
-                }
-            })
-            .await
-    }};
-}
-
-/// Runs one call on the first node that answers and checks its `error`.
-macro_rules! on_any_node {
-    ($self:ident, $op:expr, $target:expr, $method:ident, $req:expr) => {{
-        let target: String = $target;
-        $self
-            .with_any_node(|addr| {
-                let req = $req;
-                let target = target.clone();
-                async move {
-                    let resp = $self
-                        .call($op, &target, &addr, Duration::ZERO, move |mut c, t| async move {
-                            c.$method(with_timeout(req, t)).await
-                        })
-                        .await?;
-                    broker_result($op, &target, &addr, resp.error.as_ref())?;
-                    Ok(resp)
-                }
-            })
-            .await
-    }};
-}
-
 impl Client {
     /// Who the cluster takes this client to be.
     pub async fn who_am_i(&self) -> Result<v1::WhoAmIResponse, ClientError> {
-        on_any_node!(self, "ask", "who am I".to_string(), who_am_i, v1::WhoAmIRequest {})
+        routed_call!(self, with_any_node, "ask", "who am I".to_string(), who_am_i, v1::WhoAmIRequest {})
     }
 
     /// A bearer token for this client's user (`user` `None`), or for another user (which needs
@@ -93,7 +49,7 @@ impl Client {
             Some(u) => format!("for user '{u}'"),
             None => "for this user".to_string(),
         };
-        let resp = on_any_node!(self, "create a token", target, create_token, req.clone())?;
+        let resp = routed_call!(self, with_any_node, "create a token", target, create_token, req.clone())?;
         Ok((resp.token, resp.expires_at_ms))
     }
 
@@ -105,42 +61,44 @@ impl Client {
         }
         let credentials = scram_credentials(password);
         let req = v1::PutUserRequest { name: name.to_string(), credentials };
-        through_controller!(self, "create user", format!("'{name}'"), put_user, req.clone()).map(|_| ())
+        routed_call!(self, with_controller, "create user", format!("'{name}'"), put_user, req.clone()).map(|_| ())
     }
 
     pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
         let req = v1::DeleteUserRequest { name: name.to_string() };
-        through_controller!(self, "delete user", format!("'{name}'"), delete_user, req.clone()).map(|_| ())
+        routed_call!(self, with_controller, "delete user", format!("'{name}'"), delete_user, req.clone()).map(|_| ())
     }
 
     pub async fn list_users(&self) -> Result<Vec<v1::UserInfo>, ClientError> {
-        Ok(on_any_node!(self, "list", "users".to_string(), list_users, v1::ListUsersRequest {})?.users)
+        Ok(routed_call!(self, with_any_node, "list", "users".to_string(), list_users, v1::ListUsersRequest {})?.users)
     }
 
     /// Adds access rules (all or nothing; each is checked and a bad one named).
     pub async fn add_acls(&self, rules: Vec<v1::AclRule>) -> Result<(), ClientError> {
         let req = v1::AddAclsRequest { rules };
-        through_controller!(self, "add", "ACLs".to_string(), add_acls, req.clone()).map(|_| ())
+        routed_call!(self, with_controller, "add", "ACLs".to_string(), add_acls, req.clone()).map(|_| ())
     }
 
     /// Removes these exact rules; returns how many existed.
     pub async fn remove_acls(&self, rules: Vec<v1::AclRule>) -> Result<u64, ClientError> {
         let req = v1::RemoveAclsRequest { rules };
-        Ok(through_controller!(self, "remove", "ACLs".to_string(), remove_acls, req.clone())?.removed)
+        Ok(routed_call!(self, with_controller, "remove", "ACLs".to_string(), remove_acls, req.clone())?.removed)
     }
 
     /// The rules matching `filter` (empty fields match everything).
     pub async fn list_acls(&self, filter: v1::ListAclsRequest) -> Result<Vec<v1::AclRule>, ClientError> {
-        Ok(on_any_node!(self, "list", "ACLs".to_string(), list_acls, filter.clone())?.rules)
+        Ok(routed_call!(self, with_any_node, "list", "ACLs".to_string(), list_acls, filter.clone())?.rules)
     }
 
     /// Sets `principal`'s quota (`None`, or every limit unset: removes it).
     pub async fn set_quota(&self, principal: &str, quota: Option<v1::Quota>) -> Result<(), ClientError> {
         let req = v1::SetQuotaRequest { principal: principal.to_string(), quota };
-        through_controller!(self, "set the quota of", format!("'{principal}'"), set_quota, req.clone()).map(|_| ())
+        routed_call!(self, with_controller, "set the quota of", format!("'{principal}'"), set_quota, req.clone())
+            .map(|_| ())
     }
 
     pub async fn list_quotas(&self) -> Result<Vec<v1::PrincipalQuota>, ClientError> {
-        Ok(on_any_node!(self, "list", "quotas".to_string(), list_quotas, v1::ListQuotasRequest {})?.quotas)
+        Ok(routed_call!(self, with_any_node, "list", "quotas".to_string(), list_quotas, v1::ListQuotasRequest {})?
+            .quotas)
     }
 }
