@@ -12,4 +12,4 @@ pub mod producer_state;
 
 pub use leadership::Leaderships;
 pub use manager::{Broker, BrokerDeps};
-pub use partition::{system_clock, Clock, Fence, FetchOutcome, Partition, ProduceOutcome};
+pub use partition::{system_clock, Clock, Fence, FetchOutcome, Partition, ProduceOutcome, RaftStatus};

@@ -40,7 +40,9 @@ pub struct Partition {
     pub config: RwLock<TopicConfig>,
     /// Wall-clock milliseconds since the Unix epoch (the simulator passes a deterministic one).
     pub clock: Clock,
-    pub raft: PartitionRaft,
+    /// The Raft group itself: only this crate drives it; others use the methods below
+    /// (`raft_status`, `transfer_leadership`, `await_leader`).
+    pub(crate) raft: PartitionRaft,
     pub sm: PartitionStateMachine,
     pub log: LogStore<PartitionTypes>,
     pub engine: Arc<dyn Engine>,
@@ -123,7 +125,57 @@ pub struct FetchOutcome {
     pub leader_epoch: u64,
 }
 
+/// Where this replica's Raft group stands, as openraft sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftStatus {
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+}
+
 impl Partition {
+    pub fn raft_status(&self) -> RaftStatus {
+        let m = self.metrics_rx.borrow_watched();
+        RaftStatus {
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            committed_index: m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
+        }
+    }
+
+    /// Waits (at most `timeout`) until node `to` leads in a term after `after_term`; that term.
+    pub async fn await_leader(&self, to: NodeId, after_term: u64, timeout: Duration) -> Option<u64> {
+        let mut rx = self.raft.metrics();
+        tokio::time::timeout(timeout, async {
+            loop {
+                let (leader, term) = {
+                    let m = rx.borrow_watched();
+                    (m.current_leader, m.current_term)
+                };
+                if leader == Some(to) && term > after_term {
+                    return Some(term);
+                }
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     /// (is leader, term, current leader id) from openraft's view.
     pub fn leadership(&self) -> (bool, u64, Option<NodeId>) {
         let m = self.metrics_rx.borrow_watched();

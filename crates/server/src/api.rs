@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::type_config::async_runtime::WatchReceiver;
 use runnel_meta::{BrokerRecord, PartitionRecord, TopicRecord};
 use runnel_proto::peer::PeerInfo;
 use runnel_proto::v1::runnel_server::Runnel;
@@ -326,24 +325,16 @@ impl Runnel for Api {
                     Some(Ok((_, end, crc))) => (Some(crc), end, String::new()),
                     Some(Err(e)) => (None, 0, e.to_string()),
                 };
-                let m = p.raft.metrics();
-                let m = m.borrow_watched();
+                let raft = p.raft_status();
                 ReplicaStatus {
                     topic: p.topic.clone(),
                     partition: p.partition,
                     group_id: p.group,
-                    role: match m.state {
-                        openraft::ServerState::Leader => "leader",
-                        openraft::ServerState::Follower => "follower",
-                        openraft::ServerState::Candidate => "candidate",
-                        openraft::ServerState::Learner => "learner",
-                        openraft::ServerState::Shutdown => "shutdown",
-                    }
-                    .to_string(),
-                    term: m.current_term,
-                    leader: m.current_leader,
-                    last_log_index: m.last_log_index.unwrap_or(0),
-                    committed_index: m.local_committed.as_ref().map(|l| l.index).unwrap_or(0),
+                    role: raft.role.to_string(),
+                    term: raft.term,
+                    leader: raft.leader,
+                    last_log_index: raft.last_log_index,
+                    committed_index: raft.committed_index,
                     high_watermark: p.sm.high_watermark(),
                     replicas: p.replicas(),
                     log_start_offset: p.sm.log_start(),

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::type_config::async_runtime::WatchReceiver;
 use runnel_broker::{Broker, Partition};
 use runnel_meta::{BrokerRecord, ClusterState, PartitionRecord, TopicRecord};
 use runnel_proto::v1::{FetchedBatch, RecordBatch};
@@ -403,25 +402,9 @@ impl Service {
             ));
         }
         p.transfer_leadership(to).await?;
-        let mut rx = p.raft.metrics();
-        let moved = tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                let (leader, t) = {
-                    let m = rx.borrow_watched();
-                    (m.current_leader, m.current_term)
-                };
-                if leader == Some(to) && t > term {
-                    return t;
-                }
-                if rx.changed().await.is_err() {
-                    return 0;
-                }
-            }
-        })
-        .await;
-        match moved {
-            Ok(t) if t > term => Ok(t),
-            _ => Err(RunnelError::new(
+        match p.await_leader(to, term, Duration::from_secs(5)).await {
+            Some(t) => Ok(t),
+            None => Err(RunnelError::new(
                 ErrorCode::Timeout,
                 format!("{topic}/{partition}: node {to} did not take leadership within 5 s"),
             )),
