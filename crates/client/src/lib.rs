@@ -773,7 +773,7 @@ impl Client {
     pub async fn decommission_node(&self, node_id: NodeId, cancel: bool) -> Result<u32, ClientError> {
         let op = if cancel { "cancel decommissioning" } else { "decommission" };
         let req = v1::DecommissionNodeRequest { node_id, cancel };
-        let resp = routed_call!(self, with_controller, op, format!("node {node_id}"), decommission_node, req.clone())?;
+        let resp = routed_call!(self, with_controller, op, format!("node {node_id}"), decommission_node, req)?;
         Ok(resp.remaining_replicas)
     }
 
