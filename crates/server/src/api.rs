@@ -14,8 +14,7 @@ use runnel_proto::v1::*;
 use runnel_raft::ProducerStamp;
 use runnel_security::acl::{Operation, Principal, ResourceType, CLUSTER};
 use runnel_service::access::Gatekeeper;
-use runnel_service::admin::AdminCommand;
-use runnel_service::service::{FetchCommand, OffsetQuery, ProduceCommand, RequestContext, Service};
+use runnel_service::service::{AclFilter, FetchCommand, OffsetQuery, ProduceCommand, RequestContext, Service};
 use runnel_types::{ErrorCode, NodeId, RunnelError};
 use tonic::{Request, Response, Status};
 
@@ -560,160 +559,146 @@ impl Runnel for Api {
     }
 
     async fn authenticate(&self, req: Request<AuthenticateRequest>) -> Result<Response<AuthenticateResponse>, Status> {
-        Ok(Response::new(self.gate().authenticate(req.into_inner())))
+        let r = req.into_inner();
+        Ok(Response::new(match self.gate().authenticate(&r.mechanism, &r.message, &r.session) {
+            Ok(step) => {
+                let (token, expires_at_ms, principal) = match step.done {
+                    Some(l) => (l.token, l.expires_at_ms, l.principal.name()),
+                    None => Default::default(),
+                };
+                AuthenticateResponse {
+                    error: None,
+                    message: step.message,
+                    session: step.session,
+                    token,
+                    expires_at_ms,
+                    principal,
+                }
+            }
+            Err(e) => AuthenticateResponse { error: err(&e), ..Default::default() },
+        }))
     }
 
     async fn create_token(&self, req: Request<CreateTokenRequest>) -> Result<Response<CreateTokenResponse>, Status> {
-        let who = self.principal(&req)?;
-        self.gate().throttle(&who, None).await;
+        let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        let user = match (&who, r.user.as_str()) {
-            (Principal::User(me), "") => me.clone(),
-            (Principal::User(me), other) if other == me => me.clone(),
-            (_, "") => {
-                return Ok(Response::new(CreateTokenResponse {
-                    error: err(&RunnelError::new(
-                        ErrorCode::InvalidRequest,
-                        format!("{who} is no user: name the user the token is for"),
-                    )),
-                    ..Default::default()
-                }))
-            }
-            (_, other) => {
-                self.check(&who, Operation::Admin, ResourceType::Cluster, CLUSTER)?;
-                other.to_string()
-            }
-        };
-        let max = crate::config::MAX_TOKEN_LIFETIME_SECS;
-        if r.lifetime_secs > max {
-            return Ok(Response::new(CreateTokenResponse {
-                error: err(&RunnelError::new(
-                    ErrorCode::InvalidRequest,
-                    format!("a token lives at most {max} s (30 days), not {} s", r.lifetime_secs),
-                )),
-                ..Default::default()
-            }));
-        }
-        let lifetime =
-            if r.lifetime_secs == 0 { self.gate().token_lifetime() } else { Duration::from_secs(r.lifetime_secs) };
-        Ok(Response::new(match self.gate().issue_token(&user, lifetime) {
+        let user = (!r.user.is_empty()).then_some(r.user.as_str());
+        let lifetime = (r.lifetime_secs != 0).then(|| Duration::from_secs(r.lifetime_secs));
+        Ok(Response::new(match outcome(self.service.create_token(&ctx, user, lifetime).await)? {
             Ok((token, expires_at_ms)) => CreateTokenResponse { error: None, token, expires_at_ms },
             Err(e) => CreateTokenResponse { error: err(&e), ..Default::default() },
         }))
     }
 
     async fn who_am_i(&self, req: Request<WhoAmIRequest>) -> Result<Response<WhoAmIResponse>, Status> {
-        let who = self.principal(&req)?;
+        let me = self.service.who_am_i(&self.ctx(&req)?);
         Ok(Response::new(WhoAmIResponse {
             error: None,
-            principal: who.name(),
-            superuser: self.gate().is_superuser(&who),
-            authentication_required: self.gate().required(),
+            principal: me.principal.name(),
+            superuser: me.superuser,
+            authentication_required: me.authentication_required,
         }))
     }
 
     async fn put_user(&self, req: Request<PutUserRequest>) -> Result<Response<PutUserResponse>, Status> {
-        let who = self.cluster_caller(&req, Operation::Admin)?;
-        self.gate().throttle(&who, None).await;
+        let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        let out = async {
-            let credentials = security::credentials_from_proto(&r.credentials)?;
-            self.service.controller.execute(AdminCommand::PutUser { name: r.name, credentials }).await
-        }
-        .await;
-        Ok(Response::new(PutUserResponse { error: out.err().as_ref().and_then(err) }))
+        let out = match security::credentials_from_proto(&r.credentials) {
+            Ok(credentials) => self.service.put_user(&ctx, &r.name, credentials).await,
+            Err(e) => Err(e),
+        };
+        Ok(Response::new(PutUserResponse { error: outcome(out)?.err().as_ref().and_then(err) }))
     }
 
     async fn delete_user(&self, req: Request<DeleteUserRequest>) -> Result<Response<DeleteUserResponse>, Status> {
-        let who = self.cluster_caller(&req, Operation::Admin)?;
-        self.gate().throttle(&who, None).await;
-        let out = self.service.controller.execute(AdminCommand::DeleteUser { name: req.into_inner().name }).await;
+        let ctx = self.ctx(&req)?;
+        let out = outcome(self.service.delete_user(&ctx, &req.into_inner().name).await)?;
         Ok(Response::new(DeleteUserResponse { error: out.err().as_ref().and_then(err) }))
     }
 
     async fn list_users(&self, req: Request<ListUsersRequest>) -> Result<Response<ListUsersResponse>, Status> {
-        let who = self.cluster_caller(&req, Operation::Describe)?;
-        self.gate().throttle(&who, None).await;
-        let view = self.service.meta.current();
-        let users = view
-            .state
-            .security
-            .users
-            .values()
-            .map(|u| UserInfo {
-                name: u.name.clone(),
-                mechanisms: u.credentials.iter().map(|c| c.mechanism.name().to_string()).collect(),
-            })
-            .collect();
-        Ok(Response::new(ListUsersResponse { error: None, users }))
+        let ctx = self.ctx(&req)?;
+        Ok(Response::new(match outcome(self.service.list_users(&ctx).await)? {
+            Ok(users) => ListUsersResponse {
+                error: None,
+                users: users
+                    .into_iter()
+                    .map(|u| UserInfo {
+                        name: u.name,
+                        mechanisms: u.mechanisms.iter().map(|m| m.to_string()).collect(),
+                    })
+                    .collect(),
+            },
+            Err(e) => ListUsersResponse { error: err(&e), users: vec![] },
+        }))
     }
 
     async fn add_acls(&self, req: Request<AddAclsRequest>) -> Result<Response<AddAclsResponse>, Status> {
-        let who = self.cluster_caller(&req, Operation::Admin)?;
-        self.gate().throttle(&who, None).await;
+        let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        let out = async {
-            let rules = r.rules.iter().map(security::acl_from_proto).collect::<Result<Vec<_>, _>>()?;
-            self.service.controller.execute(AdminCommand::AddAcls { rules }).await
-        }
-        .await;
-        Ok(Response::new(AddAclsResponse { error: out.err().as_ref().and_then(err) }))
+        let out = match r.rules.iter().map(security::acl_from_proto).collect::<Result<Vec<_>, _>>() {
+            Ok(rules) => self.service.add_acls(&ctx, rules).await,
+            Err(e) => Err(e),
+        };
+        Ok(Response::new(AddAclsResponse { error: outcome(out)?.err().as_ref().and_then(err) }))
     }
 
     async fn remove_acls(&self, req: Request<RemoveAclsRequest>) -> Result<Response<RemoveAclsResponse>, Status> {
-        let who = self.cluster_caller(&req, Operation::Admin)?;
-        self.gate().throttle(&who, None).await;
+        let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        let out = async {
-            let rules = r.rules.iter().map(security::acl_from_proto).collect::<Result<Vec<_>, _>>()?;
-            self.service.controller.execute(AdminCommand::RemoveAcls { rules }).await?.into_removed()
-        }
-        .await;
-        Ok(Response::new(match out {
+        let out = match r.rules.iter().map(security::acl_from_proto).collect::<Result<Vec<_>, _>>() {
+            Ok(rules) => self.service.remove_acls(&ctx, rules).await,
+            Err(e) => Err(e),
+        };
+        Ok(Response::new(match outcome(out)? {
             Ok(removed) => RemoveAclsResponse { error: None, removed },
             Err(e) => RemoveAclsResponse { error: err(&e), removed: 0 },
         }))
     }
 
     async fn list_acls(&self, req: Request<ListAclsRequest>) -> Result<Response<ListAclsResponse>, Status> {
-        let who = self.cluster_caller(&req, Operation::Describe)?;
-        self.gate().throttle(&who, None).await;
+        let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        let view = self.service.meta.current();
-        let rules = view
-            .state
-            .security
-            .acls
-            .iter()
-            .filter(|a| r.principal.is_empty() || a.principal == r.principal)
-            .filter(|a| r.resource_type.is_empty() || a.resource.as_str() == r.resource_type.to_ascii_lowercase())
-            .filter(|a| r.name.is_empty() || a.name == r.name)
-            .map(security::acl_to_proto)
-            .collect();
-        Ok(Response::new(ListAclsResponse { error: None, rules }))
+        let nonempty = |s: String| (!s.is_empty()).then_some(s);
+        let resource = match nonempty(r.resource_type) {
+            None => None,
+            Some(t) => match ResourceType::parse(&t) {
+                Some(rt) => Some(rt),
+                None => {
+                    let e = RunnelError::new(
+                        ErrorCode::InvalidRequest,
+                        format!("unknown resource type '{t}'; use one of {}", ResourceType::NAMES),
+                    );
+                    return Ok(Response::new(ListAclsResponse { error: err(&e), rules: vec![] }));
+                }
+            },
+        };
+        let filter = AclFilter { principal: nonempty(r.principal), resource, name: nonempty(r.name) };
+        Ok(Response::new(match outcome(self.service.list_acls(&ctx, &filter).await)? {
+            Ok(rules) => ListAclsResponse { error: None, rules: rules.iter().map(security::acl_to_proto).collect() },
+            Err(e) => ListAclsResponse { error: err(&e), rules: vec![] },
+        }))
     }
 
     async fn set_quota(&self, req: Request<SetQuotaRequest>) -> Result<Response<SetQuotaResponse>, Status> {
-        let who = self.cluster_caller(&req, Operation::Admin)?;
-        self.gate().throttle(&who, None).await;
+        let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        let cmd =
-            AdminCommand::SetQuota { principal: r.principal, quota: r.quota.as_ref().map(security::quota_from_proto) };
-        let out = self.service.controller.execute(cmd).await;
+        let quota = r.quota.as_ref().map(security::quota_from_proto);
+        let out = outcome(self.service.set_quota(&ctx, &r.principal, quota).await)?;
         Ok(Response::new(SetQuotaResponse { error: out.err().as_ref().and_then(err) }))
     }
 
     async fn list_quotas(&self, req: Request<ListQuotasRequest>) -> Result<Response<ListQuotasResponse>, Status> {
-        let who = self.cluster_caller(&req, Operation::Describe)?;
-        self.gate().throttle(&who, None).await;
-        let view = self.service.meta.current();
-        let quotas = view
-            .state
-            .security
-            .quotas
-            .iter()
-            .map(|(p, q)| PrincipalQuota { principal: p.clone(), quota: Some(security::quota_to_proto(q)) })
-            .collect();
-        Ok(Response::new(ListQuotasResponse { error: None, quotas }))
+        let ctx = self.ctx(&req)?;
+        Ok(Response::new(match outcome(self.service.list_quotas(&ctx).await)? {
+            Ok(quotas) => ListQuotasResponse {
+                error: None,
+                quotas: quotas
+                    .iter()
+                    .map(|(p, q)| PrincipalQuota { principal: p.clone(), quota: Some(security::quota_to_proto(q)) })
+                    .collect(),
+            },
+            Err(e) => ListQuotasResponse { error: err(&e), quotas: vec![] },
+        }))
     }
 }

@@ -19,7 +19,7 @@ pub enum ConfigError {
 }
 
 /// Longest lifetime of a bearer token, seconds (30 days).
-pub const MAX_TOKEN_LIFETIME_SECS: u64 = 30 * 24 * 3_600;
+pub const MAX_TOKEN_LIFETIME_SECS: u64 = runnel_service::access::MAX_TOKEN_LIFETIME.as_secs();
 
 fn invalid(field: &str, value: impl std::fmt::Display, why: &str) -> ConfigError {
     ConfigError::Invalid(format!("field '{field}' has value '{value}': {why}"))

@@ -25,7 +25,6 @@ use parking_lot::Mutex;
 use runnel_meta::security::TOKEN_KEY_BYTES;
 use runnel_meta::MetaCommand;
 use runnel_proto::peer::PeerIdentity;
-use runnel_proto::v1::{AuthenticateRequest, AuthenticateResponse};
 use runnel_raft::meta_sm::MetaStateMachine;
 use runnel_security::acl::{self, Decision, Operation, Principal, ResourceType};
 use runnel_security::quota::{Quota, QuotaKind, Throttles};
@@ -34,6 +33,9 @@ use runnel_security::token::{self, TokenClaims};
 use runnel_types::{ErrorCode, RunnelError};
 
 use crate::controller::Controller;
+
+/// Longest lifetime of a bearer token (30 days).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3_600);
 
 /// How long the second half of a SCRAM exchange may take.
 const SESSION_TTL: Duration = Duration::from_secs(30);
@@ -48,6 +50,25 @@ pub struct AuthSettings {
     pub token_lifetime: Duration,
     /// `(name, password)` created by the controller if absent.
     pub bootstrap_user: Option<(String, String)>,
+}
+
+/// The answer to one step of a login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginStep {
+    /// The SCRAM server-first or server-final message.
+    pub message: String,
+    /// After the first step: the session the second step names.
+    pub session: String,
+    /// After the second step: the token.
+    pub done: Option<Login>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    pub token: String,
+    /// Milliseconds since the Unix epoch.
+    pub expires_at_ms: u64,
+    pub principal: Principal,
 }
 
 struct Pending {
@@ -277,63 +298,52 @@ impl Gatekeeper {
         self.settings.token_lifetime
     }
 
-    /// One step of a SCRAM login: the first call (no session) answers the server-first message,
-    /// the second checks the client's proof and answers a bearer token.
-    pub fn authenticate(&self, r: AuthenticateRequest) -> AuthenticateResponse {
-        let fail = |e: RunnelError| AuthenticateResponse { error: Some((&e).into()), ..Default::default() };
+    /// One step of a SCRAM login (any front-end: the gRPC `Authenticate` call; SASL later). The
+    /// first step (`session` empty) reads the client-first message and answers the server-first
+    /// one with a session id; the second checks the client's proof and answers the server-final
+    /// message with a bearer token.
+    pub fn authenticate(&self, mechanism: &str, message: &str, session: &str) -> Result<LoginStep, RunnelError> {
         let failed = |message: String| {
             self.failed_logins.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(reason = %message, "login failed");
-            fail(RunnelError::new(ErrorCode::AuthenticationFailed, message))
+            RunnelError::new(ErrorCode::AuthenticationFailed, message)
         };
-        let Some(mechanism) = Mechanism::from_name(&r.mechanism) else {
-            return failed(format!("unknown mechanism '{}'; use SCRAM-SHA-256 or SCRAM-SHA-512", r.mechanism));
+        let Some(mechanism) = Mechanism::from_name(mechanism) else {
+            return Err(failed(format!("unknown mechanism '{mechanism}'; use SCRAM-SHA-256 or SCRAM-SHA-512")));
         };
-        if r.session.is_empty() {
+        if session.is_empty() {
             let view = self.meta.current();
             let lookup = |user: &str| {
                 view.state.security.users.get(user)?.credentials.iter().find(|c| c.mechanism == mechanism).cloned()
             };
-            let (server, server_first) = match ScramServer::start(mechanism, &r.message, &random_string(18), lookup) {
-                Ok(s) => s,
-                Err(e) => return failed(e.to_string()),
-            };
+            let (server, server_first) = ScramServer::start(mechanism, message, &random_string(18), lookup)
+                .map_err(|e| failed(e.to_string()))?;
             let session = random_string(16);
             let mut sessions = self.sessions.lock();
             sessions.retain(|_, p| p.started.elapsed() < SESSION_TTL);
             if sessions.len() >= MAX_PENDING_SESSIONS {
-                return fail(RunnelError::new(
+                return Err(RunnelError::new(
                     ErrorCode::Timeout,
                     format!("{MAX_PENDING_SESSIONS} logins are in progress on this node; retry shortly"),
                 ));
             }
             sessions.insert(session.clone(), Pending { server, started: Instant::now() });
-            return AuthenticateResponse { message: server_first, session, ..Default::default() };
+            return Ok(LoginStep { message: server_first, session, done: None });
         }
-        let Some(pending) = self.sessions.lock().remove(&r.session) else {
-            return failed("unknown login session (it expired after 30 s, or was started on another node)".into());
+        let Some(pending) = self.sessions.lock().remove(session) else {
+            return Err(failed("unknown login session (it expired after 30 s, or was started on another node)".into()));
         };
         if pending.started.elapsed() >= SESSION_TTL {
-            return failed("the login session expired (30 s); start again".into());
+            return Err(failed("the login session expired (30 s); start again".into()));
         }
-        let (server_final, user) = match pending.server.finish(&r.message) {
-            Ok(done) => done,
-            Err(e) => return failed(e.to_string()),
-        };
-        match self.issue_token(&user, self.settings.token_lifetime) {
-            Ok((token, expires_at_ms)) => {
-                tracing::info!(user = %user, mechanism = mechanism.name(), "login");
-                AuthenticateResponse {
-                    error: None,
-                    message: server_final,
-                    session: String::new(),
-                    token,
-                    expires_at_ms,
-                    principal: format!("User:{user}"),
-                }
-            }
-            Err(e) => fail(e),
-        }
+        let (server_final, user) = pending.server.finish(message).map_err(|e| failed(e.to_string()))?;
+        let (token, expires_at_ms) = self.issue_token(&user, self.settings.token_lifetime)?;
+        tracing::info!(user = %user, mechanism = mechanism.name(), "login");
+        Ok(LoginStep {
+            message: server_final,
+            session: String::new(),
+            done: Some(Login { token, expires_at_ms, principal: Principal::User(user) }),
+        })
     }
 }
 

@@ -148,3 +148,35 @@ impl AdminAnswer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forwarded command and its answer survive the node-to-node encoding, and an error keeps
+    /// its code, message and leader hint (a client follows NOT_CONTROLLER to the new controller).
+    #[test]
+    fn commands_answers_and_errors_cross_the_wire_intact() {
+        let cmd = AdminCommand::CreateTopic {
+            name: "orders".into(),
+            partitions: 3,
+            replication_factor: 2,
+            configs: [("retention.ms".to_string(), "1000".to_string())].into_iter().collect(),
+        };
+        let bytes = runnel_raft::codec::encode(&cmd).unwrap();
+        assert_eq!(runnel_raft::codec::decode::<AdminCommand>(&bytes).unwrap(), cmd);
+        assert_eq!(cmd.describe(), "create topic 'orders'");
+
+        let mut e = RunnelError::new(ErrorCode::NotController, "node 2 is not the controller");
+        e.leader = Some((3, "10.0.0.3:9292".into()));
+        let answer: Result<AdminAnswer, AdminError> = Err(AdminError::from(&e));
+        let bytes = runnel_raft::codec::encode(&answer).unwrap();
+        let back: Result<AdminAnswer, AdminError> = runnel_raft::codec::decode(&bytes).unwrap();
+        assert_eq!(RunnelError::from(back.unwrap_err()), e);
+
+        assert_eq!(AdminAnswer::Removed(2).into_removed().unwrap(), 2);
+        let wrong = AdminAnswer::Done.into_topic().unwrap_err();
+        assert_eq!(wrong.code, ErrorCode::Internal);
+        assert!(wrong.message.contains("Done"), "{}", wrong.message);
+    }
+}

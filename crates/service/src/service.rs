@@ -13,13 +13,15 @@ use runnel_meta::{BrokerRecord, ClusterState, PartitionRecord, TopicRecord};
 use runnel_proto::v1::{FetchedBatch, RecordBatch};
 use runnel_raft::meta_sm::{MetaStateMachine, MetaView};
 use runnel_raft::ProducerStamp;
-use runnel_security::acl::{Operation, Principal, ResourceType, CLUSTER};
+use runnel_security::acl::{AclRule, Operation, Principal, ResourceType, CLUSTER};
+use runnel_security::quota::Quota;
 use runnel_security::quota::QuotaKind;
+use runnel_security::scram::Credentials;
 use runnel_types::limits::DEFAULT_PRODUCE_TIMEOUT_MS;
 use runnel_types::topic::TopicConfig;
 use runnel_types::{ErrorCode, NodeId, RunnelError};
 
-use crate::access::Gatekeeper;
+use crate::access::{Gatekeeper, MAX_TOKEN_LIFETIME};
 use crate::admin::{AdminCommand, PlannedMove};
 use crate::controller::Controller;
 use crate::coordinator::Coordinator;
@@ -409,6 +411,151 @@ impl Service {
                 format!("{topic}/{partition}: node {to} did not take leadership within 5 s"),
             )),
         }
+    }
+}
+
+/// Who the node takes a caller to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhoAmI {
+    pub principal: Principal,
+    pub superuser: bool,
+    pub authentication_required: bool,
+}
+
+/// A user as lists show it: never its credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSummary {
+    pub name: String,
+    pub mechanisms: Vec<&'static str>,
+}
+
+/// Which rules a list shows; `None` matches every rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AclFilter {
+    pub principal: Option<String>,
+    pub resource: Option<ResourceType>,
+    pub name: Option<String>,
+}
+
+impl Service {
+    pub fn who_am_i(&self, ctx: &RequestContext) -> WhoAmI {
+        WhoAmI {
+            principal: ctx.principal.clone(),
+            superuser: self.gate.is_superuser(&ctx.principal),
+            authentication_required: self.gate.required(),
+        }
+    }
+
+    /// A bearer token for the caller (`user` `None` or the caller's own name) or, with the admin
+    /// operation on the cluster, for another user; valid `lifetime` (`None`: the node's default).
+    pub async fn create_token(
+        &self,
+        ctx: &RequestContext,
+        user: Option<&str>,
+        lifetime: Option<Duration>,
+    ) -> Result<(String, u64), RunnelError> {
+        let who = &ctx.principal;
+        self.gate.throttle(who, None).await;
+        let user = match (who, user) {
+            (Principal::User(me), None) => me.clone(),
+            (Principal::User(me), Some(other)) if other == me => me.clone(),
+            (_, None) => {
+                return Err(RunnelError::new(
+                    ErrorCode::InvalidRequest,
+                    format!("{who} is no user: name the user the token is for"),
+                ))
+            }
+            (_, Some(other)) => {
+                self.gate.check(who, Operation::Admin, ResourceType::Cluster, CLUSTER)?;
+                other.to_string()
+            }
+        };
+        let lifetime = lifetime.unwrap_or_else(|| self.gate.token_lifetime());
+        if lifetime > MAX_TOKEN_LIFETIME {
+            return Err(RunnelError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "a token lives at most {} s (30 days), not {} s",
+                    MAX_TOKEN_LIFETIME.as_secs(),
+                    lifetime.as_secs()
+                ),
+            ));
+        }
+        self.gate.issue_token(&user, lifetime)
+    }
+
+    /// Creates a user or sets its new credentials (which revokes its tokens).
+    pub async fn put_user(
+        &self,
+        ctx: &RequestContext,
+        name: &str,
+        credentials: Vec<Credentials>,
+    ) -> Result<(), RunnelError> {
+        self.admit_cluster(ctx, Operation::Admin).await?;
+        self.controller.execute(AdminCommand::PutUser { name: name.to_string(), credentials }).await.map(|_| ())
+    }
+
+    pub async fn delete_user(&self, ctx: &RequestContext, name: &str) -> Result<(), RunnelError> {
+        self.admit_cluster(ctx, Operation::Admin).await?;
+        self.controller.execute(AdminCommand::DeleteUser { name: name.to_string() }).await.map(|_| ())
+    }
+
+    pub async fn list_users(&self, ctx: &RequestContext) -> Result<Vec<UserSummary>, RunnelError> {
+        self.admit_cluster(ctx, Operation::Describe).await?;
+        let view = self.meta.current();
+        Ok(view
+            .state
+            .security
+            .users
+            .values()
+            .map(|u| UserSummary {
+                name: u.name.clone(),
+                mechanisms: u.credentials.iter().map(|c| c.mechanism.name()).collect(),
+            })
+            .collect())
+    }
+
+    pub async fn add_acls(&self, ctx: &RequestContext, rules: Vec<AclRule>) -> Result<(), RunnelError> {
+        self.admit_cluster(ctx, Operation::Admin).await?;
+        self.controller.execute(AdminCommand::AddAcls { rules }).await.map(|_| ())
+    }
+
+    /// Removes these exact rules; how many existed.
+    pub async fn remove_acls(&self, ctx: &RequestContext, rules: Vec<AclRule>) -> Result<u64, RunnelError> {
+        self.admit_cluster(ctx, Operation::Admin).await?;
+        self.controller.execute(AdminCommand::RemoveAcls { rules }).await?.into_removed()
+    }
+
+    pub async fn list_acls(&self, ctx: &RequestContext, filter: &AclFilter) -> Result<Vec<AclRule>, RunnelError> {
+        self.admit_cluster(ctx, Operation::Describe).await?;
+        let view = self.meta.current();
+        Ok(view
+            .state
+            .security
+            .acls
+            .iter()
+            .filter(|a| filter.principal.as_ref().is_none_or(|p| a.principal == *p))
+            .filter(|a| filter.resource.is_none_or(|r| a.resource == r))
+            .filter(|a| filter.name.as_ref().is_none_or(|n| a.name == *n))
+            .cloned()
+            .collect())
+    }
+
+    /// Sets (or with `None` removes) a principal's quota.
+    pub async fn set_quota(
+        &self,
+        ctx: &RequestContext,
+        principal: &str,
+        quota: Option<Quota>,
+    ) -> Result<(), RunnelError> {
+        self.admit_cluster(ctx, Operation::Admin).await?;
+        self.controller.execute(AdminCommand::SetQuota { principal: principal.to_string(), quota }).await.map(|_| ())
+    }
+
+    pub async fn list_quotas(&self, ctx: &RequestContext) -> Result<Vec<(String, Quota)>, RunnelError> {
+        self.admit_cluster(ctx, Operation::Describe).await?;
+        let view = self.meta.current();
+        Ok(view.state.security.quotas.iter().map(|(p, q)| (p.clone(), *q)).collect())
     }
 }
 
