@@ -44,6 +44,12 @@ async fn connect(cluster: &Cluster, user: &str, password: &str) -> Result<Client
     Client::connect_with(&cluster.addrs(), config(user, password)).await
 }
 
+/// Logs in as `user` once the node the client asks has applied the user's creation (a new user or
+/// password reaches each node's copy of the metadata a few milliseconds after the controller's).
+async fn connect_applied(cluster: &Cluster, user: &str, password: &str) -> Client {
+    wait_for(APPLIED, &format!("{user} can log in"), || async { connect(cluster, user, password).await.ok() }).await
+}
+
 /// Logs in as admin (once the bootstrap user exists) and waits for a healthy cluster.
 async fn admin(cluster: &Cluster) -> Client {
     let admin =
@@ -270,11 +276,17 @@ async fn every_public_rpc_needs_credentials_and_the_right_acl() {
     let admin = admin(&cluster).await;
     admin.create_topic("orders", 1, 3, Default::default()).await.unwrap();
     admin.put_user("bob", "bob-password-1").await.unwrap();
-    let bob = connect(&cluster, "bob", "bob-password-1").await.unwrap();
+    let bob = connect_applied(&cluster, "bob", "bob-password-1").await;
     let (token, _) = bob.create_token(None, None).await.unwrap();
     let addr = follower(&admin, &cluster).await;
     let mut c = stub(&addr).await;
     let t = Some(token.as_str());
+    // That node knows bob once it has applied his creation.
+    wait_for(APPLIED, "the follower knows bob", || {
+        let mut c = c.clone();
+        async move { c.who_am_i(req(WhoAmIRequest {}, t)).await.ok() }
+    })
+    .await;
 
     for (rpc, need) in CASES {
         // 1. No credentials.
@@ -350,7 +362,7 @@ async fn wrong_passwords_and_revoked_or_expired_tokens_are_refused() {
     let none = Client::connect_with(&cluster.addrs(), runnel_tests::client_config()).await.unwrap_err().to_string();
     assert!(none.contains("requires authentication") && none.contains("--user"), "{none}");
 
-    let carol = connect(&cluster, "carol", "carol-password-1").await.unwrap();
+    let carol = connect_applied(&cluster, "carol", "carol-password-1").await;
     let who = carol.who_am_i().await.unwrap();
     assert_eq!(who.principal, "User:carol");
     let addr = cluster.addrs()[0].clone();
@@ -362,7 +374,11 @@ async fn wrong_passwords_and_revoked_or_expired_tokens_are_refused() {
 
     // A new password revokes the tokens issued before it.
     let (old, _) = carol.create_token(None, None).await.unwrap();
-    assert!(whoami(&mut c, old.clone()).await.is_ok());
+    wait_for(APPLIED, "the token works on the first node", || {
+        let fut = whoami(&mut c, old.clone());
+        async move { fut.await.ok() }
+    })
+    .await;
     admin.put_user("carol", "carol-password-2").await.unwrap();
     let e = wait_for(APPLIED, "the old token refused", || {
         let fut = whoami(&mut c, old.clone());
@@ -373,7 +389,7 @@ async fn wrong_passwords_and_revoked_or_expired_tokens_are_refused() {
     assert!(e.message().contains("revoked"), "{}", e.message());
 
     // Deleting the user revokes its tokens too.
-    let carol = connect(&cluster, "carol", "carol-password-2").await.unwrap();
+    let carol = connect_applied(&cluster, "carol", "carol-password-2").await;
     let (token, _) = carol.create_token(None, None).await.unwrap();
     admin.delete_user("carol").await.unwrap();
     let e = wait_for(APPLIED, "a deleted user's token refused", || {
@@ -410,7 +426,7 @@ async fn prefixed_rules_match_only_their_prefix_and_deny_wins() {
         ])
         .await
         .unwrap();
-    let dan = connect(&cluster, "dan", "dan-password-1").await.unwrap();
+    let dan = connect_applied(&cluster, "dan", "dan-password-1").await;
 
     // Allowed by the prefix; the SDK waits until the node it asks has applied the rules.
     wait_for(APPLIED, "dan may write to team-a.orders", || {
@@ -453,11 +469,18 @@ async fn a_producer_over_its_quota_is_throttled_and_told_so() {
         .set_quota("User:erin", Some(Quota { produce_bytes_per_sec: Some(20_000), ..Default::default() }))
         .await
         .unwrap();
-    let quotas = admin.list_quotas().await.unwrap();
+    // Lists are answered from the answering node's copy of the metadata (the controller's, when
+    // the client knows it), which has the change once that node applied it.
+    let quotas = wait_for(APPLIED, "the quota listed", || {
+        let admin = admin.clone();
+        async move { admin.list_quotas().await.ok().filter(|q| !q.is_empty()) }
+    })
+    .await;
     assert_eq!(quotas.len(), 1);
+    assert_eq!(quotas[0].principal, "User:erin");
     assert_eq!(quotas[0].quota.as_ref().and_then(|q| q.produce_bytes_per_sec), Some(20_000));
 
-    let erin = connect(&cluster, "erin", "erin-password-1").await.unwrap();
+    let erin = connect_applied(&cluster, "erin", "erin-password-1").await;
     let (token, _) = erin.create_token(None, None).await.unwrap();
     let leader = wait_for(READY, "a leader for metered/0", || {
         let admin = admin.clone();

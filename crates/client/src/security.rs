@@ -1,5 +1,6 @@
 //! Users, ACLs, quotas and tokens (docs/SECURITY.md). Changes go through the controller like
-//! topic administration; lists are answered by any node from its committed metadata.
+//! topic administration. Lists are asked of the controller first: any node answers from its own
+//! committed metadata, and the controller's has every change it acknowledged.
 
 use std::time::Duration;
 
@@ -70,7 +71,7 @@ impl Client {
     }
 
     pub async fn list_users(&self) -> Result<Vec<v1::UserInfo>, ClientError> {
-        Ok(routed_call!(self, with_any_node, "list", "users".to_string(), list_users, v1::ListUsersRequest {})?.users)
+        Ok(routed_call!(self, with_controller, "list", "users".to_string(), list_users, v1::ListUsersRequest {})?.users)
     }
 
     /// Adds access rules (all or nothing; each is checked and a bad one named).
@@ -87,7 +88,7 @@ impl Client {
 
     /// The rules matching `filter` (empty fields match everything).
     pub async fn list_acls(&self, filter: v1::ListAclsRequest) -> Result<Vec<v1::AclRule>, ClientError> {
-        Ok(routed_call!(self, with_any_node, "list", "ACLs".to_string(), list_acls, filter.clone())?.rules)
+        Ok(routed_call!(self, with_controller, "list", "ACLs".to_string(), list_acls, filter.clone())?.rules)
     }
 
     /// Sets `principal`'s quota (`None`, or every limit unset: removes it).
@@ -98,7 +99,7 @@ impl Client {
     }
 
     pub async fn list_quotas(&self) -> Result<Vec<v1::PrincipalQuota>, ClientError> {
-        Ok(routed_call!(self, with_any_node, "list", "quotas".to_string(), list_quotas, v1::ListQuotasRequest {})?
+        Ok(routed_call!(self, with_controller, "list", "quotas".to_string(), list_quotas, v1::ListQuotasRequest {})?
             .quotas)
     }
 }
