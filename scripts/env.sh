@@ -12,3 +12,6 @@ export RUNNEL_BIN
 SIM_TARGET_DIR="${SIM_TARGET_DIR:-$HOME/.cache/runnel/target-sim}"
 SIM_RUSTFLAGS="--cfg tokio_unstable"
 sim_cargo() { CARGO_TARGET_DIR="$SIM_TARGET_DIR" RUSTFLAGS="$SIM_RUSTFLAGS" cargo "$@"; }
+# Python Kafka clients (confluent-kafka on librdkafka, kafka-python, aiokafka) for the Kafka
+# protocol tests, in a virtualenv outside the clone (scripts/setup.sh creates it).
+export RUNNEL_VENV="${RUNNEL_VENV:-$HOME/.cache/runnel/venv}"

@@ -96,6 +96,8 @@ where
 pub struct Node {
     pub id: u64,
     pub addr: String,
+    /// The node's Kafka-protocol listener (every test node has one).
+    pub kafka_addr: String,
     pub data_dir: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -158,6 +160,7 @@ impl Cluster {
         self.nodes.push(Node {
             id,
             addr: format!("127.0.0.1:{}", free_port()),
+            kafka_addr: format!("127.0.0.1:{}", free_port()),
             data_dir: self.dir.path().join(format!("node{id}")),
             log: self.dir.path().join(format!("node{id}.log")),
             child: None,
@@ -185,6 +188,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&node.data_dir)
             .args(["--voters", &self.voters])
+            .env("RUNNEL_KAFKA_LISTEN", &node.kafka_addr)
             .env("RUNNEL_LOG", std::env::var("RUNNEL_LOG").unwrap_or_else(|_| "info,openraft=error".into()))
             // `{id}` in a value is this node's id (per-node files, e.g. its certificate).
             .envs(self.env.iter().map(|(k, v)| (k.clone(), v.replace("{id}", &node.id.to_string()))))
@@ -198,6 +202,11 @@ impl Cluster {
 
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+
+    /// Every node's Kafka listener, comma-separated (a Kafka client's `bootstrap.servers`).
+    pub fn kafka_bootstrap(&self) -> String {
+        self.nodes.iter().map(|n| n.kafka_addr.clone()).collect::<Vec<_>>().join(",")
     }
 
     pub fn index_of(&self, id: u64) -> usize {
@@ -357,6 +366,7 @@ pub fn record_at(key: &str, value: String, timestamp_ms: i64) -> runnel_proto::v
         headers: vec![],
         timestamp_ms,
         offset_delta: None,
+        ..Default::default()
     }
 }
 

@@ -30,12 +30,12 @@ pub struct CompactionStats {
 }
 
 /// Whether compaction keeps a record: it must be the latest record of its key (offsets compared
-/// against `latest`, built over the same range), and if it is a tombstone (empty value) it must be
-/// younger than `delete_retention_ms`. Keyless records are kept (a topic switched to compaction
-/// may hold some; producing new ones is refused).
+/// against `latest`, built over the same range), and if it is a tombstone (see
+/// `runnel_records::is_tombstone`) it must be younger than `delete_retention_ms`. Keyless records
+/// are kept (a topic switched to compaction may hold some; producing new ones is refused).
 pub fn keeps(
     key: &[u8],
-    value_is_empty: bool,
+    tombstone: bool,
     offset: u64,
     timestamp_ms: i64,
     latest: &HashMap<Bytes, u64>,
@@ -48,14 +48,16 @@ pub fn keeps(
     if latest.get(key).is_some_and(|&l| l != offset) {
         return false;
     }
-    !(value_is_empty && timestamp_ms < now_ms.saturating_sub(delete_retention_ms))
+    !(tombstone && timestamp_ms < now_ms.saturating_sub(delete_retention_ms))
 }
 
 /// The records of a batch at `base` that compaction keeps, each carrying its offset delta, or
 /// None when it keeps them all (nothing to rewrite). Records without a timestamp (<= 0) count
-/// as `batch_timestamp_ms` (the time the leader stamped on their batch).
+/// as `batch_timestamp_ms` (the time the leader stamped on their batch). `batch_format` is the
+/// batch's `compression` tag: it decides whether an empty value is a tombstone.
 pub fn compact_records(
     records: Vec<v1::Record>,
+    batch_format: i32,
     base: u64,
     batch_timestamp_ms: i64,
     latest: &HashMap<Bytes, u64>,
@@ -68,7 +70,8 @@ pub fn compact_records(
         .filter(|r| {
             let offset = base + u64::from(r.offset_delta.unwrap_or(0));
             let ts = if r.timestamp_ms <= 0 { batch_timestamp_ms } else { r.timestamp_ms };
-            keeps(&r.key, r.value.is_empty(), offset, ts, latest, now_ms, delete_retention_ms)
+            let tombstone = runnel_records::is_tombstone(r, batch_format);
+            keeps(&r.key, tombstone, offset, ts, latest, now_ms, delete_retention_ms)
         })
         .collect();
     (kept.len() < before).then_some(kept)
@@ -88,7 +91,7 @@ fn storage(e: std::io::Error) -> RunnelError {
     RunnelError::new(ErrorCode::Storage, e.to_string())
 }
 
-/// The rows of `[from, to)` in steps, calling `f` with each row and its decoded records.
+/// The rows of `[from, to)` in steps, calling `f` with each row and its records (either format).
 async fn for_each_batch<F>(p: &Partition, from: u64, to: u64, mut f: F) -> Result<(), RunnelError>
 where
     F: FnMut(&IndexEntry, &StoredBatch, Vec<v1::Record>) -> std::ops::ControlFlow<()>,
@@ -108,7 +111,7 @@ where
             if b.is_hollow() {
                 continue;
             }
-            let records = runnel_proto::decode_batch(&to_wire(&b))?;
+            let records = runnel_records::records(&to_wire(&b))?;
             if f(&row, &b, records).is_break() {
                 return Ok(());
             }
@@ -186,12 +189,22 @@ impl Partition {
         let mut plans: Vec<(IndexEntry, StoredBatch, usize)> = Vec::new();
         for_each_batch(self, from, to, |row, b, records| {
             let before = records.len();
-            if let Some(kept) =
-                compact_records(records, row.base_offset, b.max_timestamp_ms, &latest, now, config.delete_retention_ms)
-            {
+            if let Some(kept) = compact_records(
+                records,
+                b.compression,
+                row.base_offset,
+                b.max_timestamp_ms,
+                &latest,
+                now,
+                config.delete_retention_ms,
+            ) {
                 let removed = before - kept.len();
+                // Written as a Runnel batch whatever the original's format (a Kafka batch cannot
+                // lose records and keep its producer's CRC): every kept record carries its offset
+                // delta and null markers, so every replica computes the same bytes and a Kafka
+                // fetch transcodes them back. Uncompressed: the batch names its compression, so
+                // readers cope.
                 let bytes = Bytes::from(v1::Records { records: kept }.encode_to_vec());
-                // Written uncompressed: the batch names its compression, so readers cope.
                 plans.push((*row, b.rewritten(bytes, v1::Compression::None as i32), removed));
             }
             std::ops::ControlFlow::Continue(())
@@ -227,6 +240,7 @@ mod tests {
             headers: vec![],
             timestamp_ms: ts,
             offset_delta: Some(delta),
+            ..Default::default()
         }
     }
 
@@ -239,7 +253,7 @@ mod tests {
         // Batch at base 10: a@10, b@11, a@12, c@13; later a@20 and b@11 is the latest b.
         let recs = vec![rec("a", "1", 100, 0), rec("b", "1", 100, 1), rec("a", "2", 100, 2), rec("c", "1", 100, 3)];
         let l = latest(&[("a", 20), ("b", 11), ("c", 13)]);
-        let kept = compact_records(recs, 10, 100, &l, 1000, 10_000).unwrap();
+        let kept = compact_records(recs, 0, 10, 100, &l, 1000, 10_000).unwrap();
         let kept: Vec<(String, u32)> =
             kept.iter().map(|r| (String::from_utf8_lossy(&r.key).to_string(), r.offset_delta.unwrap())).collect();
         assert_eq!(kept, vec![("b".to_string(), 1), ("c".to_string(), 3)]);
@@ -248,7 +262,7 @@ mod tests {
     #[test]
     fn nothing_to_rewrite_when_everything_is_latest() {
         let recs = vec![rec("a", "1", 100, 0), rec("b", "1", 100, 1)];
-        assert_eq!(compact_records(recs, 0, 100, &latest(&[("a", 0), ("b", 1)]), 1000, 10_000), None);
+        assert_eq!(compact_records(recs, 0, 0, 100, &latest(&[("a", 0), ("b", 1)]), 1000, 10_000), None);
     }
 
     #[test]
@@ -266,14 +280,26 @@ mod tests {
         assert!(keeps(b"", false, 3, 100, &l, 1000, 500));
         // Unstamped records take their batch's timestamp.
         let recs = vec![rec("a", "", 0, 0)];
-        assert_eq!(compact_records(recs.clone(), 5, 900, &l, 1000, 500), None);
-        assert_eq!(compact_records(recs, 5, 100, &l, 1000, 500), Some(vec![]));
+        assert_eq!(compact_records(recs.clone(), 0, 5, 900, &l, 1000, 500), None);
+        assert_eq!(compact_records(recs, 0, 5, 100, &l, 1000, 500), Some(vec![]));
+    }
+
+    #[test]
+    fn in_a_kafka_batch_only_a_null_value_is_a_tombstone() {
+        let l = latest(&[("a", 5), ("b", 6)]);
+        let null = v1::Record { value_null: true, ..rec("a", "", 100, 0) };
+        let empty = rec("b", "", 100, 1);
+        let old = |format| compact_records(vec![null.clone(), empty.clone()], format, 5, 100, &l, 1000, 500);
+        // Both old enough to expire as tombstones: Kafka drops the null one and keeps the empty one.
+        assert_eq!(old(runnel_records::KAFKA_BATCH), Some(vec![empty.clone()]));
+        // A Runnel batch drops both: an empty value is its tombstone, and so is a null one.
+        assert_eq!(old(v1::Compression::None as i32), Some(vec![]));
     }
 
     #[test]
     fn a_compacted_batch_decodes_with_its_offsets() {
         let recs = vec![rec("a", "1", 1, 0), rec("b", "1", 1, 1), rec("a", "2", 1, 2)];
-        let kept = compact_records(recs, 0, 1, &latest(&[("a", 2), ("b", 1)]), 10, 10).unwrap();
+        let kept = compact_records(recs, 0, 0, 1, &latest(&[("a", 2), ("b", 1)]), 10, 10).unwrap();
         let bytes = Bytes::from(v1::Records { records: kept }.encode_to_vec());
         let original =
             StoredBatch { crc32c: 0, record_count: 3, records: Bytes::new(), compression: 0, max_timestamp_ms: 1 };

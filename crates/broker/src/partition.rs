@@ -308,20 +308,25 @@ impl Partition {
         if batch.record_count == 0 {
             return Err(RunnelError::new(ErrorCode::InvalidRequest, "produce request carries no records"));
         }
-        // Checks the CRC and that every record decodes, before anything reaches the log.
-        let records = runnel_proto::decode_batch(&batch)?;
+        // Checks the CRC and that every record decodes, before anything reaches the log; a Kafka
+        // batch also its Kafka header, CRC and codec.
+        let records = runnel_records::records(&batch)?;
         if records.len() != batch.record_count as usize {
             return Err(RunnelError::new(
                 ErrorCode::InvalidRequest,
                 "a produced batch must hold one record per offset it spans (offset deltas are for compaction)",
             ));
         }
-        // A batch whose records carry no timestamp (0, the wire default) is stamped with the
-        // leader's clock, so time retention and seek-by-time treat it as appended now.
-        let max_timestamp_ms = match records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0) {
-            t if t <= 0 => (self.clock)(),
-            t => t,
+        // A Kafka batch's max timestamp is its header's (the Kafka front-end stored it in the batch),
+        // which Kafka fetches serve as is; a Runnel batch's is its records'. One with no timestamp
+        // (0, the wire default) is stamped with the leader's clock, so time retention and
+        // seek-by-time treat it as appended now.
+        let max_timestamp_ms = if batch.compression == runnel_records::KAFKA_BATCH {
+            batch.max_timestamp_ms
+        } else {
+            records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0)
         };
+        let max_timestamp_ms = if max_timestamp_ms <= 0 { (self.clock)() } else { max_timestamp_ms };
         let config = self.current_config();
         for (i, r) in records.iter().enumerate() {
             let size = runnel_proto::record_size(r);
@@ -334,7 +339,8 @@ impl Partition {
                     ),
                 ));
             }
-            if config.cleanup_policy.compacts() && r.key.is_empty() {
+            // A Kafka null key is empty too.
+            if config.cleanup_policy.compacts() && (r.key.is_empty() || r.key_null) {
                 return Err(RunnelError::new(
                     ErrorCode::InvalidRequest,
                     format!(
@@ -594,7 +600,7 @@ impl Partition {
                     compression: b.compression,
                     max_timestamp_ms: b.max_timestamp_ms,
                 };
-                let records = runnel_proto::decode_batch(&batch)?;
+                let records = runnel_records::records(&batch)?;
                 let at = |r: &v1::Record| row.base_offset + u64::from(r.offset_delta.unwrap_or(0));
                 if let Some(r) = records.iter().find(|r| r.timestamp_ms >= ts && at(r) >= self.sm.log_start()) {
                     return Ok(Some((at(r), r.timestamp_ms)));

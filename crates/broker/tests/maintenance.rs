@@ -107,6 +107,7 @@ fn rec(k: &str, v: &str, ts: i64) -> Record {
         headers: vec![],
         timestamp_ms: ts,
         offset_delta: None,
+        ..Default::default()
     }
 }
 
@@ -289,4 +290,89 @@ async fn a_live_config_change_takes_effect_and_min_insync_refuses_acks_all() {
         p.produce(encode_batch(vec![rec("k", "x", 10_000)]), None, false, T, None).await.is_ok(),
         "acks=none is allowed"
     );
+}
+
+/// A Kafka client's batch of `records`, gzip-compressed, as the Kafka front-end stores it.
+fn kafka_batch(records: &[Record]) -> runnel_proto::v1::RecordBatch {
+    let bytes = runnel_records::encode_kafka_batch(records, 1, None).unwrap();
+    let (header, bytes) = runnel_records::split_kafka_batches(&bytes).unwrap().remove(0);
+    runnel_records::kafka_to_stored(&header, bytes)
+}
+
+/// Every record readable from the log start through the records view (either format), as
+/// (offset, key, value or None when null).
+async fn read_view(p: &Partition) -> Vec<(u64, String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut next = p.sm.log_start();
+    loop {
+        let f = p.fetch(next, 1 << 20, 0, None).await.unwrap();
+        if f.batches.is_empty() {
+            return out;
+        }
+        for b in &f.batches {
+            let batch = b.batch.as_ref().unwrap();
+            for r in runnel_records::records(batch).unwrap() {
+                let o = b.base_offset + u64::from(r.offset_delta.unwrap());
+                if o >= next {
+                    let value = (!r.value_null).then(|| String::from_utf8_lossy(&r.value).into());
+                    out.push((o, String::from_utf8_lossy(&r.key).into(), value));
+                }
+            }
+            next = next.max(b.base_offset + u64::from(batch.record_count));
+        }
+    }
+}
+
+#[tokio::test]
+async fn kafka_batches_are_validated_and_a_null_value_is_compacted_as_a_tombstone() {
+    let engine: Arc<dyn Engine> = Arc::new(MemEngine::new());
+    let now = Arc::new(AtomicI64::new(50_000));
+    let f = start(engine, &[("cleanup.policy", "compact"), ("delete.retention.ms", "1000")], now.clone()).await;
+    let p = f.p();
+    let tombstone = |k: &str| Record { value_null: true, ..rec(k, "", 50_000) };
+
+    // A null key is no key.
+    let null_key = Record { key_null: true, ..rec("", "v", 50_000) };
+    let e = p.produce(kafka_batch(&[null_key]), None, true, T, None).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidRequest);
+    assert!(e.message.contains("no key"), "{e}");
+    // A damaged Kafka batch is refused before it reaches the log.
+    let mut bad = kafka_batch(&[rec("a", "x", 50_000)]);
+    let mut raw = bad.records.to_vec();
+    raw[30] ^= 1;
+    bad.records = Bytes::from(raw);
+    bad.crc32c = crc32c::crc32c(&bad.records);
+    let e = p.produce(bad, None, true, T, None).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::CorruptBatch);
+    assert!(e.message.contains("Kafka record batch CRC mismatch"), "{e}");
+
+    // a@0 b@1 | b=null@2 c@3 | a@4 d=""@5 (empty, not null: a value in Kafka).
+    p.produce(kafka_batch(&[rec("a", "a1", 50_000), rec("b", "b1", 50_000)]), None, true, T, None).await.unwrap();
+    p.produce(kafka_batch(&[tombstone("b"), rec("c", "c1", 50_000)]), None, true, T, None).await.unwrap();
+    p.produce(kafka_batch(&[rec("a", "a2", 50_000), rec("d", "", 50_000)]), None, true, T, None).await.unwrap();
+    assert_eq!(p.sm.high_watermark(), 6);
+    // The time index reads Kafka batches too.
+    assert_eq!(p.offset_for_timestamp(40_000).unwrap(), Some((0, 50_000)));
+
+    let stats = p.compact().await.unwrap().unwrap();
+    assert_eq!((stats.batches_rewritten, stats.records_removed), (1, 2));
+    let some = |s: &str| Some(s.to_string());
+    let want = vec![
+        (2, "b".to_string(), None),
+        (3, "c".to_string(), some("c1")),
+        (4, "a".to_string(), some("a2")),
+        (5, "d".to_string(), some("")),
+    ];
+    assert_eq!(read_view(&p).await, want, "the young null tombstone stays, null");
+
+    now.store(60_000, Ordering::SeqCst);
+    let stats = p.compact().await.unwrap().unwrap();
+    assert_eq!((stats.batches_rewritten, stats.records_removed), (1, 1), "the null tombstone expired");
+    let want = vec![(3, "c".to_string(), some("c1")), (4, "a".to_string(), some("a2")), (5, "d".to_string(), some(""))];
+    assert_eq!(read_view(&p).await, want, "offsets kept; an empty Kafka value is no tombstone");
+    // The rewritten batch is a Runnel batch now; the untouched one is still the client's bytes.
+    let out = p.fetch(3, 1 << 20, 0, None).await.unwrap();
+    let formats: Vec<i32> = out.batches.iter().map(|b| b.batch.as_ref().unwrap().compression).collect();
+    assert_eq!(formats, vec![0, runnel_records::KAFKA_BATCH]);
+    assert_eq!(p.compact().await.unwrap().unwrap().records_removed, 0, "a third pass changes nothing");
 }

@@ -25,6 +25,7 @@ fn rec(v: &str) -> Record {
         headers: vec![],
         timestamp_ms: 0,
         offset_delta: None,
+        ..Default::default()
     }
 }
 

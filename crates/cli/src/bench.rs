@@ -204,6 +204,7 @@ pub async fn produce(client: &Client, b: &ProduceBench) -> anyhow::Result<BenchR
                         headers: vec![],
                         timestamp_ms: 0,
                         offset_delta: None,
+                        ..Default::default()
                     })
                     .collect();
                 let t = Instant::now();
@@ -337,8 +338,7 @@ async fn produce_sdk(client: &Client, b: &ProduceBench, acks: Acks) -> anyhow::R
                         tokio::time::sleep_until(due.into()).await;
                     }
                     let key = if keyed { Bytes::from(format!("{k}-{i}")) } else { Bytes::new() };
-                    let record =
-                        Record { key, value: value.clone(), headers: vec![], timestamp_ms: 0, offset_delta: None };
+                    let record = Record { key, value: value.clone(), ..Default::default() };
                     let t = Instant::now();
                     let f = producer.send(&topic, record).await?;
                     if tx.send((t, f)).await.is_err() {

@@ -6,6 +6,11 @@ use clap::Parser;
 use runnel_cli::Cli;
 use tracing_subscriber::EnvFilter;
 
+/// A malformed request claiming billions of elements reserves address space instead of aborting
+/// the node (runnel-alloc explains why).
+#[global_allocator]
+static ALLOC: runnel_alloc::GuardedAlloc = runnel_alloc::GuardedAlloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.command.default_log_level());

@@ -196,7 +196,7 @@ async fn read_stdin(
         };
         let entry = pending.entry(partition).or_default();
         entry.bytes += key.len() + value.len();
-        entry.records.push(Record { key, value, headers: vec![], timestamp_ms: now_ms(), offset_delta: None });
+        entry.records.push(Record { key, value, timestamp_ms: now_ms(), ..Default::default() });
         let full = entry.records.len() >= MAX_BATCH_RECORDS || entry.bytes >= MAX_BATCH_BYTES;
         if full || reader.buffer().is_empty() {
             let flush: Flush = if full {

@@ -14,12 +14,20 @@
 //!   keeps.
 //! - Commits are accepted from members of the current generation only (invariant 8); a group with
 //!   no members accepts commits from outside any generation (admin resets, `assign` consumers).
+//!
+//! A group may instead be a group of Kafka consumers speaking Kafka's *classic* protocol
+//! ([`Groups::kafka_join`], [`Groups::kafka_sync`]): the coordinator does not assign, it picks a
+//! protocol and a leader when the rebalance completes ([`GroupState::CompletingRebalance`]), hands
+//! the leader every member's opaque metadata, and the leader's SyncGroup brings the assignment
+//! back, which the coordinator stores and distributes. Which protocol a group speaks is decided by
+//! its first member; the committed offsets are the same either way, so a Kafka consumer and a
+//! Runnel consumer of the same group name see the same positions.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use runnel_types::{ErrorCode, RunnelError};
 
-use crate::record::{GroupValue, MemberValue, OffsetValue};
+use crate::record::{GroupValue, KafkaGroupValue, MemberValue, OffsetValue};
 use crate::{Assignor, TopicPartition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +36,9 @@ pub enum GroupState {
     Empty,
     /// Waiting for the members to rejoin.
     PreparingRebalance,
+    /// Kafka groups only: the generation is formed, the leader's SyncGroup (the assignment) has not
+    /// been stored yet.
+    CompletingRebalance,
     /// Every member has its partitions for the current generation.
     Stable,
 }
@@ -37,10 +48,24 @@ impl GroupState {
         match self {
             GroupState::Empty => "empty",
             GroupState::PreparingRebalance => "preparing-rebalance",
+            GroupState::CompletingRebalance => "completing-rebalance",
             GroupState::Stable => "stable",
         }
     }
+
+    /// The name Kafka's DescribeGroups and ListGroups use.
+    pub fn kafka_name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::PreparingRebalance => "PreparingRebalance",
+            GroupState::CompletingRebalance => "CompletingRebalance",
+            GroupState::Stable => "Stable",
+        }
+    }
 }
+
+/// The `protocol_type` a Runnel-protocol group reports to Kafka tools.
+pub const RUNNEL_PROTOCOL_TYPE: &str = "runnel";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -55,6 +80,38 @@ pub struct Member {
     /// What the member said it owns when it last joined (cooperative protocol).
     pub owned: BTreeSet<TopicPartition>,
     pub assignment: BTreeSet<TopicPartition>,
+    /// Kafka: `group.instance.id` as the client gave it (kept and shown; static membership, which
+    /// would use it, is not implemented).
+    pub group_instance_id: Option<String>,
+    /// Kafka: where the member connected from (shown by DescribeGroups).
+    pub client_host: String,
+    /// Kafka: (protocol name, metadata) in the member's order of preference; empty for a Runnel
+    /// member.
+    pub protocols: Vec<(String, Vec<u8>)>,
+    /// Kafka: what the leader assigned this member in the current generation; `None` until the
+    /// leader's SyncGroup has been stored.
+    pub assignment_bytes: Option<Vec<u8>>,
+    /// When the member last (re)joined, counted per group: the first to join leads a new Kafka
+    /// generation when the previous leader is gone.
+    join_order: u64,
+}
+
+impl Member {
+    /// Kafka: this member's metadata for `protocol`.
+    pub fn metadata_for(&self, protocol: &str) -> Option<&[u8]> {
+        self.protocols.iter().find(|(name, _)| name == protocol).map(|(_, m)| m.as_slice())
+    }
+}
+
+/// What a Kafka classic-protocol group has on top of a Runnel one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaGroup {
+    /// Every member's `protocol_type` (e.g. `consumer`); kept while the group is empty, as Kafka
+    /// shows it.
+    pub protocol_type: String,
+    /// Chosen when a generation forms; `None` while the group is empty.
+    pub protocol: Option<String>,
+    pub leader: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -67,9 +124,16 @@ pub struct Group {
     /// Committed offsets, each with the offsets-topic position of the record that set it, so that
     /// commits answered out of order still leave the latest written value.
     pub offsets: BTreeMap<TopicPartition, (OffsetValue, u64)>,
+    /// `Some` for a group of Kafka consumers (classic protocol).
+    pub kafka: Option<KafkaGroup>,
     rebalance_deadline_ms: u64,
     /// Offsets-topic position of the latest group record applied.
     record_position: u64,
+    /// Counts (re)joins, for [`Member::join_order`].
+    joins: u64,
+    /// Kafka: the leader's assignment while the coordinator stores it (a second SyncGroup of the
+    /// leader meanwhile waits like a follower's instead of storing it twice).
+    pending_assignment: Option<BTreeMap<String, Vec<u8>>>,
 }
 
 impl Group {
@@ -81,13 +145,36 @@ impl Group {
             assignor: None,
             members: BTreeMap::new(),
             offsets: BTreeMap::new(),
+            kafka: None,
             rebalance_deadline_ms: 0,
             record_position: 0,
+            joins: 0,
+            pending_assignment: None,
+        }
+    }
+
+    /// Kafka's `protocol_type`: the Kafka members' one, [`RUNNEL_PROTOCOL_TYPE`] for a group that
+    /// has had Runnel generations, empty for a group that only has offsets.
+    pub fn protocol_type(&self) -> &str {
+        match &self.kafka {
+            Some(k) => &k.protocol_type,
+            None if self.generation > 0 || self.assignor.is_some() => RUNNEL_PROTOCOL_TYPE,
+            None => "",
+        }
+    }
+
+    /// The generation's protocol: the Kafka protocol chosen, or the Runnel assignor.
+    pub fn protocol(&self) -> String {
+        match &self.kafka {
+            Some(k) => k.protocol.clone().unwrap_or_default(),
+            None => self.assignor.map(|a| a.name().to_string()).unwrap_or_default(),
         }
     }
 
     fn start_rebalance(&mut self, now_ms: u64, except: Option<&str>) {
         self.state = GroupState::PreparingRebalance;
+        // A leader's assignment still being stored belongs to the generation being replaced.
+        self.pending_assignment = None;
         for m in self.members.values_mut() {
             m.joined = except == Some(m.id.as_str());
         }
@@ -106,6 +193,13 @@ impl Group {
 
     /// The record that makes this generation survive a coordinator failover.
     pub fn to_value(&self) -> GroupValue {
+        self.value_with(None)
+    }
+
+    /// [`Group::to_value`], with the Kafka members' assignments taken from `assignment` (the
+    /// leader's, about to be stored) when given.
+    fn value_with(&self, assignment: Option<&BTreeMap<String, Vec<u8>>>) -> GroupValue {
+        let protocol = self.kafka.as_ref().and_then(|k| k.protocol.as_deref());
         GroupValue {
             generation: self.generation,
             assignor: self.assignor.map(|a| a.name().to_string()),
@@ -119,10 +213,137 @@ impl Group {
                     session_timeout_ms: m.session_timeout_ms,
                     rebalance_timeout_ms: m.rebalance_timeout_ms,
                     assignment: m.assignment.iter().cloned().collect(),
+                    group_instance_id: m.group_instance_id.clone(),
+                    client_host: m.client_host.clone(),
+                    protocol_metadata: protocol.and_then(|p| m.metadata_for(p)).map(<[u8]>::to_vec),
+                    assignment_bytes: match assignment {
+                        Some(a) => Some(a.get(&m.id).cloned().unwrap_or_default()),
+                        None => m.assignment_bytes.clone(),
+                    },
                 })
                 .collect(),
+            kafka: self.kafka.as_ref().map(|k| KafkaGroupValue {
+                protocol_type: k.protocol_type.clone(),
+                protocol: k.protocol.clone(),
+                leader: k.leader.clone(),
+            }),
         }
     }
+
+    /// What a Kafka member's JoinGroup is answered for the current generation: the leader also
+    /// gets every member's metadata for the chosen protocol.
+    fn kafka_answer(&self, member_id: &str) -> KafkaJoinAnswer {
+        let protocol = self.kafka.as_ref().and_then(|k| k.protocol.clone()).unwrap_or_default();
+        let leader = self.kafka.as_ref().and_then(|k| k.leader.clone()).unwrap_or_default();
+        let members = if leader == member_id {
+            self.members
+                .values()
+                .map(|m| KafkaMemberMetadata {
+                    member_id: m.id.clone(),
+                    group_instance_id: m.group_instance_id.clone(),
+                    metadata: m.metadata_for(&protocol).map(<[u8]>::to_vec).unwrap_or_default(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        KafkaJoinAnswer { generation: self.generation, protocol, leader, member_id: member_id.to_string(), members }
+    }
+
+    /// Forms a Kafka generation from the members that rejoined: the leader (the previous one if it
+    /// is still a member, else the first to rejoin) and the protocol (the first of the leader's
+    /// that every member supports — Kafka has the members vote; preferring the leader's order is
+    /// simpler and picks a protocol every member supports all the same).
+    fn form_kafka_generation(&mut self, now_ms: u64) -> BTreeMap<String, KafkaJoinAnswer> {
+        let previous = self.kafka.as_ref().and_then(|k| k.leader.clone()).filter(|l| self.members.contains_key(l));
+        let first_joined = self.members.values().min_by_key(|m| m.join_order).map(|m| m.id.clone());
+        let leader = previous.or(first_joined).unwrap_or_default();
+        let leader_protocols: Vec<&str> = self
+            .members
+            .get(&leader)
+            .map(|m| m.protocols.iter().map(|(p, _)| p.as_str()).collect())
+            .unwrap_or_default();
+        let everyone = |p: &str| self.members.values().all(|m| m.metadata_for(p).is_some());
+        // kafka_join refuses a member sharing no protocol with the others, so one is always found;
+        // the leader's first is only a fallback should that ever not hold.
+        let protocol = leader_protocols
+            .iter()
+            .find(|p| everyone(p))
+            .or(leader_protocols.first())
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        for m in self.members.values_mut() {
+            m.joined = false;
+            m.last_seen_ms = now_ms;
+            m.assignment_bytes = None;
+            m.assignment.clear();
+        }
+        if let Some(k) = self.kafka.as_mut() {
+            k.protocol = Some(protocol);
+            k.leader = Some(leader);
+        }
+        self.state = GroupState::CompletingRebalance;
+        self.pending_assignment = None;
+        self.members.keys().map(|id| (id.clone(), self.kafka_answer(id))).collect()
+    }
+}
+
+/// A Kafka classic-protocol JoinGroup.
+#[derive(Debug, Clone)]
+pub struct KafkaJoinRequest {
+    pub group: String,
+    /// Empty for a new member.
+    pub member_id: String,
+    /// The id a new member gets (the caller makes it unique).
+    pub fresh_member_id: String,
+    pub group_instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub session_timeout_ms: u64,
+    pub rebalance_timeout_ms: u64,
+    pub protocol_type: String,
+    /// (protocol name, metadata), most preferred first.
+    pub protocols: Vec<(String, Vec<u8>)>,
+}
+
+/// A member as the Kafka leader's JoinGroup answer lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaMemberMetadata {
+    pub member_id: String,
+    pub group_instance_id: Option<String>,
+    /// The member's metadata for the generation's protocol.
+    pub metadata: Vec<u8>,
+}
+
+/// A Kafka JoinGroup's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaJoinAnswer {
+    pub generation: u64,
+    pub protocol: String,
+    pub leader: String,
+    pub member_id: String,
+    /// Every member, in the leader's answer only.
+    pub members: Vec<KafkaMemberMetadata>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KafkaJoinOutcome {
+    /// A known member rejoined with unchanged protocols while no rebalance is under way.
+    Ready(KafkaJoinAnswer),
+    /// Answer once the rebalance completes ([`Groups::complete_if_ready`]).
+    Wait { member_id: String },
+}
+
+/// What to do with a Kafka SyncGroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// The generation's assignment is known: this member's part.
+    Ready(Vec<u8>),
+    /// The leader's assignment: store `value` (the generation with every member's assignment),
+    /// then call [`Groups::kafka_sync_stored`] (or [`Groups::kafka_sync_failed`]).
+    Store(GroupValue),
+    /// Wait for the leader's assignment to be stored, at most `rebalance_timeout_ms`.
+    Wait { rebalance_timeout_ms: u64 },
 }
 
 /// A JoinGroup.
@@ -155,7 +376,10 @@ pub enum JoinOutcome {
 pub struct Completed {
     pub group: String,
     pub generation: u64,
+    /// Runnel groups: each member's partitions.
     pub assignments: BTreeMap<String, BTreeSet<TopicPartition>>,
+    /// Kafka groups: each member's JoinGroup answer.
+    pub kafka_answers: BTreeMap<String, KafkaJoinAnswer>,
     /// Members removed because they did not rejoin in time.
     pub removed: Vec<String>,
     pub value: GroupValue,
@@ -187,6 +411,20 @@ impl Groups {
                 ),
             ));
         }
+        if let Some(k) = g.kafka.as_ref().filter(|_| !g.members.is_empty()) {
+            return Err(error(
+                ErrorCode::InconsistentGroupProtocol,
+                format!(
+                    "group '{}' is a group of {} Kafka consumer(s) (protocol_type '{}'); a Runnel consumer \
+                     cannot join it until they have left",
+                    req.group,
+                    g.members.len(),
+                    k.protocol_type
+                ),
+            ));
+        }
+        // An empty group takes the kind of its first member.
+        g.kafka = None;
         if let Some(a) = g.assignor.filter(|_| !g.members.is_empty()) {
             if a != req.assignor {
                 return Err(error(
@@ -201,6 +439,7 @@ impl Groups {
             }
         }
         g.assignor = Some(req.assignor);
+        g.joins += 1;
         if req.member_id.is_empty() {
             let id = req.fresh_member_id.clone();
             g.members.insert(
@@ -215,6 +454,11 @@ impl Groups {
                     joined: true,
                     owned: req.owned,
                     assignment: BTreeSet::new(),
+                    group_instance_id: None,
+                    client_host: String::new(),
+                    protocols: Vec::new(),
+                    assignment_bytes: None,
+                    join_order: g.joins,
                 },
             );
             if g.state != GroupState::PreparingRebalance {
@@ -242,10 +486,223 @@ impl Groups {
         }
         m.topics = req.topics;
         m.joined = true;
+        m.join_order = g.joins;
         if g.state != GroupState::PreparingRebalance {
             g.start_rebalance(now_ms, Some(&id));
         }
         Ok(JoinOutcome::Wait { member_id: id })
+    }
+
+    /// A Kafka classic-protocol JoinGroup. Every member must give the same `protocol_type` and
+    /// share at least one protocol with all the others; a group of Runnel members is refused.
+    pub fn kafka_join(&mut self, req: KafkaJoinRequest, now_ms: u64) -> Result<KafkaJoinOutcome, RunnelError> {
+        if req.protocol_type.is_empty() || req.protocols.is_empty() {
+            return Err(error(
+                ErrorCode::InconsistentGroupProtocol,
+                format!(
+                    "a JoinGroup for group '{}' needs a protocol_type and at least one protocol (got type '{}' and \
+                     {} protocol(s))",
+                    req.group,
+                    req.protocol_type,
+                    req.protocols.len()
+                ),
+            ));
+        }
+        let g = self.groups.entry(req.group.clone()).or_insert_with(|| Group::new(&req.group));
+        if !req.member_id.is_empty() && !g.members.contains_key(&req.member_id) {
+            return Err(error(
+                ErrorCode::UnknownMember,
+                format!(
+                    "member '{}' is not in group '{}' (its session may have expired); rejoin as a new member",
+                    req.member_id, req.group
+                ),
+            ));
+        }
+        let offered: Vec<&str> = req.protocols.iter().map(|(p, _)| p.as_str()).collect();
+        if !g.members.is_empty() {
+            let Some(k) = &g.kafka else {
+                return Err(error(
+                    ErrorCode::InconsistentGroupProtocol,
+                    format!(
+                        "group '{}' is a Runnel-protocol group with {} member(s); a Kafka consumer cannot join it \
+                         until they have left",
+                        req.group,
+                        g.members.len()
+                    ),
+                ));
+            };
+            if k.protocol_type != req.protocol_type {
+                return Err(error(
+                    ErrorCode::InconsistentGroupProtocol,
+                    format!(
+                        "group '{}' has protocol_type '{}'; this member asked for '{}'",
+                        req.group, k.protocol_type, req.protocol_type
+                    ),
+                ));
+            }
+            // The protocols every other member supports: the joiner must support one of them too.
+            let mut others = g.members.values().filter(|m| m.id != req.member_id).peekable();
+            if others.peek().is_some() {
+                let common: Vec<&str> = offered
+                    .iter()
+                    .copied()
+                    .filter(|p| {
+                        g.members.values().filter(|m| m.id != req.member_id).all(|m| m.metadata_for(p).is_some())
+                    })
+                    .collect();
+                if common.is_empty() {
+                    let theirs: BTreeSet<&str> =
+                        others.flat_map(|m| m.protocols.iter().map(|(p, _)| p.as_str())).collect();
+                    return Err(error(
+                        ErrorCode::InconsistentGroupProtocol,
+                        format!(
+                            "group '{}': this member offers protocols {offered:?}, none of which every other member \
+                             supports (they offer {theirs:?}); use an assignor the group already uses",
+                            req.group
+                        ),
+                    ));
+                }
+            }
+        } else {
+            // An empty group takes the kind (and protocol_type) of its first member.
+            g.assignor = None;
+            g.kafka = Some(KafkaGroup { protocol_type: req.protocol_type.clone(), protocol: None, leader: None });
+        }
+        g.joins += 1;
+        if req.member_id.is_empty() {
+            let id = req.fresh_member_id.clone();
+            g.members.insert(
+                id.clone(),
+                Member {
+                    id: id.clone(),
+                    client_id: req.client_id,
+                    topics: BTreeSet::new(),
+                    session_timeout_ms: req.session_timeout_ms,
+                    rebalance_timeout_ms: req.rebalance_timeout_ms,
+                    last_seen_ms: now_ms,
+                    joined: true,
+                    owned: BTreeSet::new(),
+                    assignment: BTreeSet::new(),
+                    group_instance_id: req.group_instance_id,
+                    client_host: req.client_host,
+                    protocols: req.protocols,
+                    assignment_bytes: None,
+                    join_order: g.joins,
+                },
+            );
+            if g.state != GroupState::PreparingRebalance {
+                g.start_rebalance(now_ms, Some(&id));
+            }
+            return Ok(KafkaJoinOutcome::Wait { member_id: id });
+        }
+        let id = req.member_id.clone();
+        let state = g.state;
+        let Some(m) = g.members.get_mut(&id) else {
+            return Err(error(ErrorCode::UnknownMember, format!("member '{id}' is not in group '{}'", req.group)));
+        };
+        let unchanged = m.protocols == req.protocols;
+        m.last_seen_ms = now_ms;
+        m.session_timeout_ms = req.session_timeout_ms;
+        m.rebalance_timeout_ms = req.rebalance_timeout_ms;
+        m.client_id = req.client_id;
+        m.client_host = req.client_host;
+        m.group_instance_id = req.group_instance_id;
+        if unchanged && matches!(state, GroupState::Stable | GroupState::CompletingRebalance) {
+            // A rejoin that changes nothing (e.g. a retried JoinGroup whose answer was lost): the
+            // current generation, as Kafka answers it.
+            return Ok(KafkaJoinOutcome::Ready(g.kafka_answer(&id)));
+        }
+        m.protocols = req.protocols;
+        m.joined = true;
+        m.join_order = g.joins;
+        if state != GroupState::PreparingRebalance {
+            g.start_rebalance(now_ms, Some(&id));
+        }
+        Ok(KafkaJoinOutcome::Wait { member_id: id })
+    }
+
+    /// A Kafka SyncGroup: a follower waits for the leader's; the leader's brings the assignment
+    /// (member id → bytes; members it names that are not in the group are ignored, members it
+    /// leaves out get empty bytes, as in Kafka).
+    pub fn kafka_sync(
+        &mut self,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        assignment: Vec<(String, Vec<u8>)>,
+        now_ms: u64,
+    ) -> Result<SyncOutcome, RunnelError> {
+        let g = self.member_group(group, member_id)?;
+        let Some(k) = &g.kafka else {
+            return Err(error(
+                ErrorCode::InconsistentGroupProtocol,
+                format!(
+                    "group '{group}' speaks the Runnel protocol, which has no SyncGroup (its JoinGroup answers carry \
+                     the assignment)"
+                ),
+            ));
+        };
+        let is_leader = k.leader.as_deref() == Some(member_id);
+        if generation != g.generation {
+            return Err(error(
+                ErrorCode::IllegalGeneration,
+                format!("group '{group}' is at generation {}, not {generation}; rejoin", g.generation),
+            ));
+        }
+        let Some(m) = g.members.get_mut(member_id) else {
+            return Err(error(ErrorCode::UnknownMember, format!("member '{member_id}' is not in group '{group}'")));
+        };
+        m.last_seen_ms = now_ms;
+        let rebalance_timeout_ms = m.rebalance_timeout_ms;
+        match g.state {
+            GroupState::Empty | GroupState::PreparingRebalance => Err(error(
+                ErrorCode::RebalanceInProgress,
+                format!("group '{group}' is rebalancing; rejoin to get this member's assignment"),
+            )),
+            GroupState::Stable => Ok(SyncOutcome::Ready(m.assignment_bytes.clone().unwrap_or_default())),
+            GroupState::CompletingRebalance if is_leader && g.pending_assignment.is_none() => {
+                let mut pending: BTreeMap<String, Vec<u8>> =
+                    g.members.keys().map(|id| (id.clone(), Vec::new())).collect();
+                for (id, bytes) in assignment {
+                    if let Some(slot) = pending.get_mut(&id) {
+                        *slot = bytes;
+                    }
+                }
+                let value = g.value_with(Some(&pending));
+                g.pending_assignment = Some(pending);
+                Ok(SyncOutcome::Store(value))
+            }
+            GroupState::CompletingRebalance => Ok(SyncOutcome::Wait { rebalance_timeout_ms }),
+        }
+    }
+
+    /// The leader's assignment for `generation` is stored: the group is stable. Returns each
+    /// member's assignment, to answer the waiting SyncGroups; `None` when the group has moved on
+    /// meanwhile (a rebalance started: the waiting members were told to rejoin).
+    pub fn kafka_sync_stored(&mut self, group: &str, generation: u64) -> Option<BTreeMap<String, Vec<u8>>> {
+        let g = self.groups.get_mut(group)?;
+        if g.generation != generation || g.state != GroupState::CompletingRebalance {
+            return None;
+        }
+        let pending = g.pending_assignment.take()?;
+        let mut out = BTreeMap::new();
+        for (id, m) in g.members.iter_mut() {
+            let bytes = pending.get(id).cloned().unwrap_or_default();
+            m.assignment_bytes = Some(bytes.clone());
+            out.insert(id.clone(), bytes);
+        }
+        g.state = GroupState::Stable;
+        Some(out)
+    }
+
+    /// Storing the leader's assignment failed: the members rejoin, as in Kafka (the caller then
+    /// calls [`Groups::complete_if_ready`] as after any rebalance start).
+    pub fn kafka_sync_failed(&mut self, group: &str, generation: u64, now_ms: u64) {
+        if let Some(g) = self.groups.get_mut(group) {
+            if g.generation == generation && g.state == GroupState::CompletingRebalance {
+                g.start_rebalance(now_ms, None);
+            }
+        }
     }
 
     /// Completes `group`'s rebalance if every member has rejoined or its deadline has passed.
@@ -272,10 +729,26 @@ impl Groups {
         if g.members.is_empty() {
             g.state = GroupState::Empty;
             g.assignor = None;
+            if let Some(k) = g.kafka.as_mut() {
+                k.protocol = None;
+                k.leader = None;
+            }
             return Some(Completed {
                 group: group.to_string(),
                 generation: g.generation,
                 assignments: BTreeMap::new(),
+                kafka_answers: BTreeMap::new(),
+                removed,
+                value: g.to_value(),
+            });
+        }
+        if g.kafka.is_some() {
+            let kafka_answers = g.form_kafka_generation(now_ms);
+            return Some(Completed {
+                group: group.to_string(),
+                generation: g.generation,
+                assignments: BTreeMap::new(),
+                kafka_answers,
                 removed,
                 value: g.to_value(),
             });
@@ -299,8 +772,14 @@ impl Groups {
             assignments.insert(id.clone(), mine);
         }
         g.state = GroupState::Stable;
-        let done =
-            Completed { group: group.to_string(), generation: g.generation, assignments, removed, value: g.to_value() };
+        let done = Completed {
+            group: group.to_string(),
+            generation: g.generation,
+            assignments,
+            kafka_answers: BTreeMap::new(),
+            removed,
+            value: g.to_value(),
+        };
         if withheld {
             // The members giving partitions up learn of this rebalance from their next heartbeat,
             // let those partitions go, and rejoin; then they are handed over.
@@ -346,7 +825,9 @@ impl Groups {
     pub fn leave(&mut self, group: &str, member_id: &str, now_ms: u64) -> Result<(), RunnelError> {
         let g = self.member_group(group, member_id)?;
         g.members.remove(member_id);
-        if g.state == GroupState::Stable || g.members.is_empty() {
+        // A rebalance under way keeps its deadline; a stable (or, for Kafka, completing) group
+        // starts one.
+        if g.state != GroupState::PreparingRebalance || g.members.is_empty() {
             g.start_rebalance(now_ms, None);
         }
         Ok(())
@@ -364,7 +845,9 @@ impl Groups {
     pub fn tick(&mut self, now_ms: u64, partitions: &BTreeMap<String, u32>) -> Vec<String> {
         let mut rebalancing = Vec::new();
         for g in self.groups.values_mut() {
-            if g.state == GroupState::Stable && !g.covers_subscription(partitions) {
+            // Kafka members' subscriptions are opaque to the coordinator (their clients watch the
+            // metadata and rejoin themselves).
+            if g.state == GroupState::Stable && g.kafka.is_none() && !g.covers_subscription(partitions) {
                 g.start_rebalance(now_ms, None);
             }
             let waiting = g.state == GroupState::PreparingRebalance;
@@ -377,7 +860,7 @@ impl Groups {
             for id in &expired {
                 g.members.remove(id);
             }
-            if !expired.is_empty() && g.state == GroupState::Stable {
+            if !expired.is_empty() && matches!(g.state, GroupState::Stable | GroupState::CompletingRebalance) {
                 g.start_rebalance(now_ms, None);
             }
             if g.state == GroupState::PreparingRebalance {
@@ -424,6 +907,18 @@ impl Groups {
                 ),
             ));
         }
+        if g.state == GroupState::CompletingRebalance {
+            // As Kafka: the generation has formed but its assignment is not out yet, so no member
+            // knows what it owns in it.
+            return Err(error(
+                ErrorCode::RebalanceInProgress,
+                format!(
+                    "group '{group}' is completing generation {} (waiting for its leader's SyncGroup); commit after \
+                     SyncGroup",
+                    g.generation
+                ),
+            ));
+        }
         for (tp, o) in offsets {
             if let Some((stored, _)) = g.offsets.get(tp).filter(|(v, _)| v.offset > *o) {
                 return Err(error(
@@ -456,7 +951,9 @@ impl Groups {
     }
 
     /// Applies a stored group record while loading. Members come back with a fresh session: those
-    /// that are gone expire and the group rebalances.
+    /// that are gone expire and the group rebalances. A Kafka generation stored before its leader's
+    /// assignment was comes back rebalancing: its members never learnt what they own, so they must
+    /// rejoin.
     pub fn apply_group(&mut self, group: &str, value: Option<GroupValue>, position: u64, now_ms: u64) {
         let Some(v) = value else {
             self.groups.remove(group);
@@ -469,11 +966,21 @@ impl Groups {
         g.record_position = position;
         g.generation = v.generation;
         g.assignor = v.assignor.as_deref().and_then(|a| Assignor::parse(a).ok());
+        g.kafka =
+            v.kafka.map(|k| KafkaGroup { protocol_type: k.protocol_type, protocol: k.protocol, leader: k.leader });
+        g.pending_assignment = None;
+        let protocol = g.kafka.as_ref().and_then(|k| k.protocol.clone());
         g.members = v
             .members
             .into_iter()
             .map(|m| {
                 let assignment: BTreeSet<TopicPartition> = m.assignment.into_iter().collect();
+                // Only the chosen protocol's metadata is stored (as Kafka does): a member that
+                // rejoins offering more protocols starts a rebalance.
+                let protocols = match (&protocol, m.protocol_metadata) {
+                    (Some(p), Some(md)) => vec![(p.clone(), md)],
+                    _ => Vec::new(),
+                };
                 (
                     m.id.clone(),
                     Member {
@@ -486,11 +993,23 @@ impl Groups {
                         joined: false,
                         owned: assignment.clone(),
                         assignment,
+                        group_instance_id: m.group_instance_id,
+                        client_host: m.client_host,
+                        protocols,
+                        assignment_bytes: m.assignment_bytes,
+                        join_order: 0,
                     },
                 )
             })
             .collect();
-        g.state = if g.members.is_empty() { GroupState::Empty } else { GroupState::Stable };
+        let unsynced = g.kafka.is_some() && g.members.values().any(|m| m.assignment_bytes.is_none());
+        if g.members.is_empty() {
+            g.state = GroupState::Empty;
+        } else if unsynced {
+            g.start_rebalance(now_ms, None);
+        } else {
+            g.state = GroupState::Stable;
+        }
     }
 
     /// Removes an empty group and its offsets; returns the offsets it had (to store tombstones).
@@ -551,6 +1070,263 @@ mod tests {
         assert_eq!(done.generation, 1);
         assert!(done.assignments.values().all(|s| s.len() == 2), "{:?}", done.assignments);
         gs
+    }
+
+    fn kjoin(
+        gs: &mut Groups,
+        member: &str,
+        fresh: &str,
+        protocols: &[&str],
+        now: u64,
+    ) -> Result<KafkaJoinOutcome, RunnelError> {
+        gs.kafka_join(
+            KafkaJoinRequest {
+                group: "g".into(),
+                member_id: member.into(),
+                fresh_member_id: fresh.into(),
+                group_instance_id: None,
+                client_id: "kc".into(),
+                client_host: "/127.0.0.1".into(),
+                session_timeout_ms: 1000,
+                rebalance_timeout_ms: 5000,
+                protocol_type: "consumer".into(),
+                // Each member's metadata names it, so the leader's list shows whose is whose.
+                protocols: protocols
+                    .iter()
+                    .map(|p| (p.to_string(), format!("{p}:{member}{fresh}").into_bytes()))
+                    .collect(),
+            },
+            now,
+        )
+    }
+
+    /// Kafka members a and b join; generation 1 forms with a as leader and `range` as protocol.
+    fn kafka_pair() -> (Groups, Completed) {
+        let mut gs = Groups::default();
+        let a = kjoin(&mut gs, "", "a", &["range", "roundrobin"], 0).unwrap();
+        assert_eq!(a, KafkaJoinOutcome::Wait { member_id: "a".into() });
+        kjoin(&mut gs, "", "b", &["roundrobin", "range"], 1).unwrap();
+        let done = gs.complete_if_ready("g", 2, &BTreeMap::new()).expect("both joined");
+        (gs, done)
+    }
+
+    #[test]
+    fn kafka_join_forms_a_generation_with_a_leader_that_gets_every_member() {
+        let (gs, done) = kafka_pair();
+        assert_eq!(done.generation, 1);
+        assert!(done.assignments.is_empty(), "the coordinator assigns nothing in a Kafka group");
+        let a = &done.kafka_answers["a"];
+        let b = &done.kafka_answers["b"];
+        // The leader's preference wins: b prefers roundrobin but supports range.
+        assert_eq!((a.generation, a.protocol.as_str(), a.leader.as_str()), (1, "range", "a"));
+        assert_eq!(
+            (b.generation, b.protocol.as_str(), b.leader.as_str(), b.member_id.as_str()),
+            (1, "range", "a", "b")
+        );
+        assert!(b.members.is_empty(), "only the leader gets the member list");
+        let listed: Vec<(&str, &[u8])> =
+            a.members.iter().map(|m| (m.member_id.as_str(), m.metadata.as_slice())).collect();
+        assert_eq!(listed, [("a", b"range:a".as_slice()), ("b", b"range:b".as_slice())]);
+        let g = gs.get("g").unwrap();
+        assert_eq!(g.state, GroupState::CompletingRebalance);
+        assert_eq!((g.protocol_type(), g.protocol().as_str()), ("consumer", "range"));
+        // The generation is stored without assignments yet.
+        let kv = done.value.kafka.as_ref().unwrap();
+        assert_eq!((kv.protocol.as_deref(), kv.leader.as_deref()), (Some("range"), Some("a")));
+        assert!(done.value.members.iter().all(|m| m.assignment_bytes.is_none() && m.protocol_metadata.is_some()));
+    }
+
+    #[test]
+    fn kafka_sync_stores_the_leaders_assignment_then_answers_the_followers() {
+        let (mut gs, _) = kafka_pair();
+        // Heartbeats are fine while the assignment is on its way; commits are not.
+        gs.heartbeat("g", "b", 1, 3).unwrap();
+        assert_eq!(gs.check_commit("g", "b", 1, &[]).unwrap_err().code, ErrorCode::RebalanceInProgress);
+        assert_eq!(gs.kafka_sync("g", "b", 1, vec![], 4).unwrap(), SyncOutcome::Wait { rebalance_timeout_ms: 5000 });
+        let e = gs.kafka_sync("g", "b", 2, vec![], 4).unwrap_err();
+        assert_eq!(e.code, ErrorCode::IllegalGeneration);
+        assert_eq!(gs.kafka_sync("g", "zed", 1, vec![], 4).unwrap_err().code, ErrorCode::UnknownMember);
+        let assignment = vec![("a".to_string(), b"A".to_vec()), ("ghost".to_string(), b"G".to_vec())];
+        let SyncOutcome::Store(value) = gs.kafka_sync("g", "a", 1, assignment, 5).unwrap() else {
+            panic!("the leader's sync is stored")
+        };
+        let stored: Vec<(&str, Option<&[u8]>)> =
+            value.members.iter().map(|m| (m.id.as_str(), m.assignment_bytes.as_deref())).collect();
+        assert_eq!(
+            stored,
+            [("a", Some(b"A".as_slice())), ("b", Some(b"".as_slice()))],
+            "b got nothing; ghost is ignored"
+        );
+        // A retried leader sync while the first is being stored waits instead of storing again.
+        assert!(matches!(gs.kafka_sync("g", "a", 1, vec![], 6).unwrap(), SyncOutcome::Wait { .. }));
+        assert_eq!(gs.get("g").unwrap().state, GroupState::CompletingRebalance, "stable only once stored");
+        let answers = gs.kafka_sync_stored("g", 1).unwrap();
+        assert_eq!(answers, BTreeMap::from([("a".to_string(), b"A".to_vec()), ("b".to_string(), vec![])]));
+        assert_eq!(gs.get("g").unwrap().state, GroupState::Stable);
+        assert_eq!(gs.kafka_sync("g", "a", 1, vec![], 7).unwrap(), SyncOutcome::Ready(b"A".to_vec()));
+        gs.check_commit("g", "b", 1, &[]).unwrap();
+        // An unchanged rejoin of the leader is answered at once, with the member list.
+        let KafkaJoinOutcome::Ready(again) = kjoin(&mut gs, "a", "", &["range", "roundrobin"], 8).unwrap() else {
+            panic!("unchanged rejoin of a stable member")
+        };
+        assert_eq!((again.generation, again.members.len()), (1, 2));
+        // A rejoin with other protocols rebalances; the leader stays the leader.
+        assert!(matches!(kjoin(&mut gs, "b", "", &["range"], 9).unwrap(), KafkaJoinOutcome::Wait { .. }));
+        assert_eq!(gs.heartbeat("g", "a", 1, 10).unwrap_err().code, ErrorCode::RebalanceInProgress);
+        assert_eq!(gs.kafka_sync("g", "a", 1, vec![], 10).unwrap_err().code, ErrorCode::RebalanceInProgress);
+        kjoin(&mut gs, "a", "", &["range", "roundrobin"], 11).unwrap();
+        let done = gs.complete_if_ready("g", 12, &BTreeMap::new()).unwrap();
+        assert_eq!((done.generation, done.kafka_answers["b"].leader.as_str()), (2, "a"));
+    }
+
+    #[test]
+    fn a_rebalance_during_the_leaders_store_discards_it_and_a_failed_store_rebalances() {
+        let (mut gs, _) = kafka_pair();
+        assert!(matches!(gs.kafka_sync("g", "a", 1, vec![], 3).unwrap(), SyncOutcome::Store(_)));
+        kjoin(&mut gs, "", "c", &["range"], 4).unwrap();
+        assert_eq!(gs.kafka_sync_stored("g", 1), None, "c's join started a rebalance meanwhile");
+        assert_eq!(gs.get("g").unwrap().state, GroupState::PreparingRebalance);
+        for m in ["a", "b"] {
+            kjoin(&mut gs, m, "", &["range"], 5).unwrap();
+        }
+        gs.complete_if_ready("g", 6, &BTreeMap::new()).unwrap();
+        assert!(matches!(gs.kafka_sync("g", "a", 2, vec![], 7).unwrap(), SyncOutcome::Store(_)));
+        gs.kafka_sync_failed("g", 2, 8);
+        assert_eq!(gs.get("g").unwrap().state, GroupState::PreparingRebalance);
+    }
+
+    #[test]
+    fn a_kafka_leader_that_leaves_is_replaced_by_the_first_to_rejoin() {
+        let (mut gs, _) = kafka_pair();
+        gs.leave("g", "a", 3).unwrap();
+        assert_eq!(gs.get("g").unwrap().state, GroupState::PreparingRebalance, "leaving a completing group rebalances");
+        kjoin(&mut gs, "", "c", &["range"], 4).unwrap();
+        kjoin(&mut gs, "b", "", &["range"], 5).unwrap();
+        let done = gs.complete_if_ready("g", 6, &BTreeMap::new()).unwrap();
+        assert_eq!(done.kafka_answers["b"].leader, "c");
+        assert_eq!(done.kafka_answers["c"].members.len(), 2);
+        // Everyone leaves: the group is empty and keeps its protocol_type but no protocol.
+        gs.leave("g", "b", 7).unwrap();
+        gs.leave("g", "c", 7).unwrap();
+        let done = gs.complete_if_ready("g", 8, &BTreeMap::new()).unwrap();
+        assert!(done.kafka_answers.is_empty());
+        let g = gs.get("g").unwrap();
+        assert_eq!((g.state, g.protocol_type(), g.protocol().as_str()), (GroupState::Empty, "consumer", ""));
+    }
+
+    #[test]
+    fn kafka_and_runnel_members_do_not_mix_but_an_empty_group_switches() {
+        let (mut gs, _) = kafka_pair();
+        let e = gs
+            .join(
+                JoinRequest {
+                    group: "g".into(),
+                    member_id: String::new(),
+                    fresh_member_id: "r".into(),
+                    client_id: "c".into(),
+                    topics: BTreeSet::from(["t".to_string()]),
+                    session_timeout_ms: 1000,
+                    rebalance_timeout_ms: 1000,
+                    assignor: Assignor::Range,
+                    owned: BTreeSet::new(),
+                },
+                10,
+            )
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InconsistentGroupProtocol);
+        assert!(e.message.contains("Kafka consumer"), "{e}");
+        // And the other way round.
+        let mut runnel = three_members(Assignor::Range);
+        let e = kjoin(&mut runnel, "", "k", &["range"], 10).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InconsistentGroupProtocol);
+        assert!(e.message.contains("Runnel-protocol"), "{e}");
+        for m in ["a", "b", "c"] {
+            runnel.leave("g", m, 11).unwrap();
+        }
+        runnel.complete_if_ready("g", 12, &parts()).unwrap();
+        assert_eq!(runnel.get("g").unwrap().protocol_type(), RUNNEL_PROTOCOL_TYPE);
+        assert!(matches!(kjoin(&mut runnel, "", "k", &["range"], 13).unwrap(), KafkaJoinOutcome::Wait { .. }));
+        let done = runnel.complete_if_ready("g", 14, &parts()).unwrap();
+        assert_eq!((done.generation, done.kafka_answers["k"].leader.as_str()), (3, "k"));
+        assert_eq!(runnel.get("g").unwrap().protocol_type(), "consumer");
+    }
+
+    #[test]
+    fn kafka_members_must_share_a_protocol_and_a_protocol_type() {
+        let (mut gs, _) = kafka_pair();
+        let e = kjoin(&mut gs, "", "c", &["cooperative-sticky"], 3).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InconsistentGroupProtocol);
+        assert!(e.message.contains("cooperative-sticky") && e.message.contains("range"), "{e}");
+        // One shared protocol is enough.
+        assert!(kjoin(&mut gs, "", "c", &["sticky", "roundrobin"], 3).is_ok());
+        let mut other_type = KafkaJoinRequest {
+            group: "g".into(),
+            member_id: String::new(),
+            fresh_member_id: "d".into(),
+            group_instance_id: None,
+            client_id: "x".into(),
+            client_host: String::new(),
+            session_timeout_ms: 1000,
+            rebalance_timeout_ms: 1000,
+            protocol_type: "connect".into(),
+            protocols: vec![("range".into(), vec![])],
+        };
+        assert_eq!(gs.kafka_join(other_type.clone(), 4).unwrap_err().code, ErrorCode::InconsistentGroupProtocol);
+        other_type.protocols.clear();
+        other_type.protocol_type = "consumer".into();
+        assert_eq!(gs.kafka_join(other_type, 4).unwrap_err().code, ErrorCode::InconsistentGroupProtocol);
+        // Completes with the protocol everyone supports.
+        kjoin(&mut gs, "a", "", &["range", "roundrobin"], 5).unwrap();
+        kjoin(&mut gs, "b", "", &["roundrobin", "range"], 5).unwrap();
+        let done = gs.complete_if_ready("g", 6, &BTreeMap::new()).unwrap();
+        assert_eq!(done.kafka_answers["a"].protocol, "roundrobin");
+    }
+
+    #[test]
+    fn a_loaded_kafka_group_is_stable_with_its_assignment_or_rebalances_without_one() {
+        let (mut gs, formed) = kafka_pair();
+        // Stored before the leader's sync: the members must rejoin.
+        let mut next = Groups::default();
+        next.apply_group("g", Some(formed.value.clone()), 1, 100);
+        assert_eq!(next.get("g").unwrap().state, GroupState::PreparingRebalance);
+        assert_eq!(next.heartbeat("g", "a", 1, 101).unwrap_err().code, ErrorCode::RebalanceInProgress);
+
+        let SyncOutcome::Store(value) = gs.kafka_sync("g", "a", 1, vec![("b".into(), b"B".to_vec())], 3).unwrap()
+        else {
+            panic!("the leader's sync is stored")
+        };
+        let json = crate::record::encode_value(&value).unwrap();
+        let value = crate::record::decode_value(&crate::record::StoredKey::Group("g".into()), &json).unwrap();
+        let mut next = Groups::default();
+        next.apply_group("g", Some(value), 2, 100);
+        let g = next.get("g").unwrap();
+        assert_eq!((g.state, g.generation, g.protocol().as_str()), (GroupState::Stable, 1, "range"));
+        assert_eq!(g.kafka.as_ref().unwrap().leader.as_deref(), Some("a"));
+        assert_eq!(g.members["b"].client_host, "/127.0.0.1");
+        assert_eq!(next.kafka_sync("g", "b", 1, vec![], 101).unwrap(), SyncOutcome::Ready(b"B".to_vec()));
+        assert_eq!(next.kafka_sync("g", "a", 1, vec![], 101).unwrap(), SyncOutcome::Ready(vec![]));
+        next.heartbeat("g", "a", 1, 102).unwrap();
+        // The leader rejoining with its stored protocol alone is unchanged: answered at once with
+        // the members' metadata as stored.
+        let req = KafkaJoinRequest {
+            group: "g".into(),
+            member_id: "a".into(),
+            fresh_member_id: String::new(),
+            group_instance_id: None,
+            client_id: "kc".into(),
+            client_host: "/127.0.0.1".into(),
+            session_timeout_ms: 1000,
+            rebalance_timeout_ms: 5000,
+            protocol_type: "consumer".into(),
+            protocols: vec![("range".into(), b"range:a".to_vec())],
+        };
+        let KafkaJoinOutcome::Ready(answer) = next.kafka_join(req, 103).unwrap() else { panic!("stable rejoin") };
+        let listed: Vec<&[u8]> = answer.members.iter().map(|m| m.metadata.as_slice()).collect();
+        assert_eq!(listed, [b"range:a".as_slice(), b"range:b".as_slice()]);
+        // a keeps heartbeating, b goes silent: it expires and the group rebalances.
+        next.heartbeat("g", "a", 1, 1100).unwrap();
+        assert_eq!(next.tick(1200, &BTreeMap::new()), vec!["g".to_string()]);
+        assert_eq!(next.get("g").unwrap().members.keys().collect::<Vec<_>>(), ["a"]);
     }
 
     #[test]

@@ -8,14 +8,19 @@
 //! the partition.
 //!
 //! Assignment is computed by the coordinator ([`assignor`]), not by a client "leader" as in Kafka's
-//! classic protocol: every member gets its partitions in the JoinGroup answer (see ADR 0008).
+//! classic protocol: every member gets its partitions in the JoinGroup answer (see ADR 0010).
+//! Groups of Kafka consumers use the classic protocol instead (client-side assignment through
+//! JoinGroup and SyncGroup, [`group::Groups::kafka_join`]), on the same stored offsets.
 
 pub mod assignor;
 pub mod group;
 pub mod record;
 
 pub use assignor::Assignor;
-pub use group::{Completed, GroupState, Groups, JoinOutcome, Member};
+pub use group::{
+    Completed, GroupState, Groups, JoinOutcome, KafkaJoinAnswer, KafkaJoinOutcome, KafkaJoinRequest,
+    KafkaMemberMetadata, Member, SyncOutcome,
+};
 
 /// The internal topic holding committed offsets and group generations.
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";

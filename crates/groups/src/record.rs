@@ -74,14 +74,44 @@ pub struct OffsetValue {
     pub generation: i64,
 }
 
+/// A member as of a completed generation. The Kafka-protocol fields were added later: they default
+/// when absent, so records written before them still decode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberValue {
     pub id: String,
     pub client_id: String,
+    /// Runnel protocol: what the member subscribes to (empty for a Kafka member, whose
+    /// subscription is inside its opaque protocol metadata).
     pub topics: Vec<String>,
     pub session_timeout_ms: u64,
     pub rebalance_timeout_ms: u64,
+    /// Runnel protocol: the partitions the coordinator assigned.
     pub assignment: Vec<TopicPartition>,
+    /// Kafka: the static member id the client gave (`group.instance.id`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_instance_id: Option<String>,
+    /// Kafka: the address the member connected from, for DescribeGroups.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub client_host: String,
+    /// Kafka: the member's metadata for the generation's chosen protocol (base64 in the JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_base64")]
+    pub protocol_metadata: Option<Vec<u8>>,
+    /// Kafka: what the leader's SyncGroup assigned this member (base64 in the JSON). `None` in a
+    /// generation stored before the leader's SyncGroup: the members never got their assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_base64")]
+    pub assignment_bytes: Option<Vec<u8>>,
+}
+
+/// The Kafka classic-protocol part of a group record (absent for a Runnel-protocol group).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaGroupValue {
+    /// The members' `protocol_type`, e.g. `consumer`.
+    pub protocol_type: String,
+    /// The protocol chosen for the generation (`None` once the group is empty).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    #[serde(default)]
+    pub leader: Option<String>,
 }
 
 /// A group as of a completed generation (or its becoming empty).
@@ -90,6 +120,31 @@ pub struct GroupValue {
     pub generation: u64,
     pub assignor: Option<String>,
     pub members: Vec<MemberValue>,
+    /// Present for a group of Kafka consumers (classic protocol, client-side assignment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaGroupValue>,
+}
+
+/// Opaque Kafka bytes as base64 strings: a third of the size of a JSON array of numbers, and the
+/// values stay printable.
+mod opt_base64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => STANDARD.decode(s.as_bytes()).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
 }
 
 pub fn encode_value<T: Serialize>(v: &T) -> Result<Vec<u8>, RunnelError> {
@@ -114,6 +169,50 @@ mod tests {
         }
         assert!(StoredKey::decode(b"o\0g\0t\0notanumber").is_err());
         assert!(StoredKey::decode(b"zzz").is_err());
+    }
+
+    #[test]
+    fn records_written_before_the_kafka_fields_still_decode() {
+        let key = StoredKey::Group("g".into());
+        let old = br#"{"generation":4,"assignor":"range","members":[{"id":"m-1","client_id":"c",
+            "topics":["t"],"session_timeout_ms":10000,"rebalance_timeout_ms":30000,
+            "assignment":[{"topic":"t","partition":0}]}]}"#;
+        let v: GroupValue = decode_value(&key, old).unwrap();
+        assert_eq!((v.generation, v.kafka.as_ref()), (4, None));
+        let m = &v.members[0];
+        assert_eq!(m.assignment, vec![TopicPartition::new("t", 0)]);
+        assert_eq!((&m.group_instance_id, m.client_host.as_str()), (&None, ""));
+        assert_eq!((&m.protocol_metadata, &m.assignment_bytes), (&None, &None));
+        // And a Runnel group is stored exactly as before (no new keys).
+        assert!(!String::from_utf8(encode_value(&v).unwrap()).unwrap().contains("kafka"));
+    }
+
+    #[test]
+    fn kafka_fields_round_trip_with_bytes_as_base64() {
+        let v = GroupValue {
+            generation: 2,
+            assignor: None,
+            members: vec![MemberValue {
+                id: "m".into(),
+                client_id: "c".into(),
+                topics: vec![],
+                session_timeout_ms: 1,
+                rebalance_timeout_ms: 2,
+                assignment: vec![],
+                group_instance_id: Some("i".into()),
+                client_host: "/10.0.0.1".into(),
+                protocol_metadata: Some(vec![0, 1, 255]),
+                assignment_bytes: Some(vec![]),
+            }],
+            kafka: Some(KafkaGroupValue {
+                protocol_type: "consumer".into(),
+                protocol: Some("range".into()),
+                leader: Some("m".into()),
+            }),
+        };
+        let json = encode_value(&v).unwrap();
+        assert!(String::from_utf8(json.clone()).unwrap().contains(r#""protocol_metadata":"AAH/""#));
+        assert_eq!(decode_value::<GroupValue>(&StoredKey::Group("g".into()), &json).unwrap(), v);
     }
 
     #[test]

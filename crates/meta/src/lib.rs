@@ -220,6 +220,13 @@ pub enum MetaCommand {
         principal: String,
         quota: Option<runnel_security::quota::Quota>,
     },
+    /// The addresses broker `id` advertises for its other protocols (`kafka` → `host:port`), so
+    /// every node can name every other node's listener (a Kafka Metadata answer lists them all).
+    /// Replaces the broker's previous set; an empty set removes it.
+    SetListeners {
+        id: NodeId,
+        listeners: BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,6 +281,10 @@ pub struct ClusterState {
     /// (`runnel_raft::meta_sm`), so snapshots of clusters that never used them keep their format.
     #[serde(skip)]
     pub security: security::SecurityState,
+    /// Per broker, the addresses of its other protocols' listeners by protocol (`kafka`). Encoded
+    /// after the security part of a snapshot, and only when not empty, like it.
+    #[serde(skip)]
+    pub listeners: BTreeMap<NodeId, BTreeMap<String, String>>,
 }
 
 impl ClusterState {
@@ -377,6 +388,14 @@ impl ClusterState {
                 Ok(()) => MetaResponse::Done,
                 Err(e) => MetaResponse::rejected(e),
             },
+            MetaCommand::SetListeners { id, listeners } => {
+                if listeners.is_empty() {
+                    self.listeners.remove(id);
+                } else {
+                    self.listeners.insert(*id, listeners.clone());
+                }
+                MetaResponse::Done
+            }
             MetaCommand::DeleteTopic { name } => {
                 if self.topics.remove(name).is_none() {
                     return MetaResponse::rejected(RunnelError::unknown_topic(name));
@@ -591,6 +610,7 @@ impl std::fmt::Display for MetaCommand {
                 write!(f, "CreateTopic({name}, {} partitions)", assignments.len())
             }
             MetaCommand::DeleteTopic { name } => write!(f, "DeleteTopic({name})"),
+            MetaCommand::SetListeners { id, listeners } => write!(f, "SetListeners(id={id}, {listeners:?})"),
             MetaCommand::AlterTopicConfig { name, set, delete } => {
                 write!(f, "AlterTopicConfig({name}, set {set:?}, delete {delete:?})")
             }

@@ -49,7 +49,8 @@ pub fn encode_batch_with(records: Vec<v1::Record>, compression: v1::Compression)
 fn compress(raw: &[u8], compression: v1::Compression) -> Option<Vec<u8>> {
     use std::io::Write;
     match compression {
-        v1::Compression::None => None,
+        // A Kafka batch is not something records are compressed into: the records go uncompressed.
+        v1::Compression::None | v1::Compression::KafkaBatch => None,
         v1::Compression::Lz4 => {
             let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(raw.len() / 2 + 64));
             enc.write_all(raw).ok()?;
@@ -113,6 +114,13 @@ fn uncompressed(batch: &v1::RecordBatch) -> Result<Bytes, RunnelError> {
             })?;
             Ok(Bytes::from(out))
         }
+        // Stored Kafka batches are transcoded by the node (runnel-records) before anyone decodes
+        // them as Runnel batches; meeting one here means a path skipped that step.
+        Ok(v1::Compression::KafkaBatch) => Err(RunnelError::new(
+            ErrorCode::CorruptBatch,
+            "record batch is a Kafka record batch (compression KAFKA_BATCH), not a Runnel one: the node \
+             should have transcoded it before it was decoded as Runnel records",
+        )),
         Err(_) => Err(RunnelError::new(
             ErrorCode::CorruptBatch,
             format!("record batch names unknown compression codec {}", batch.compression),
@@ -220,6 +228,7 @@ mod tests {
             headers: vec![],
             timestamp_ms: 7,
             offset_delta: None,
+            ..Default::default()
         }
     }
 
@@ -298,9 +307,15 @@ mod tests {
             bad.crc32c = crc32c::crc32c(&bad.records);
             assert_eq!(decode_batch(&bad).unwrap_err().code, ErrorCode::CorruptBatch);
         }
-        let mut unknown = plain;
+        let mut unknown = plain.clone();
         unknown.compression = 9;
         assert!(decode_batch(&unknown).unwrap_err().message.contains("unknown compression codec 9"));
+        // A Kafka batch has its own refusal: it should have been transcoded first.
+        let mut kafka = plain;
+        kafka.compression = v1::Compression::KafkaBatch as i32;
+        let e = decode_batch(&kafka).unwrap_err();
+        assert_eq!(e.code, ErrorCode::CorruptBatch);
+        assert!(e.message.contains("Kafka record batch") && e.message.contains("transcoded"), "{e}");
     }
 
     #[test]

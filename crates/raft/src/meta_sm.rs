@@ -74,12 +74,18 @@ impl MetaStateMachine {
     }
 }
 
-/// A snapshot is the cluster state, followed by its security part (users, ACLs, quotas) when
-/// there is one: a cluster that never used them keeps the snapshot format of earlier versions.
+/// A snapshot is the cluster state, then its security part (users, ACLs, quotas), then the
+/// brokers' other listeners; each trailing part only when it, or a later one, is not empty. A
+/// cluster that never used them keeps the snapshot format of earlier versions byte for byte.
 fn encode_snapshot(inner: &Inner) -> io::Result<Vec<u8>> {
-    let mut out = codec::encode(&inner.state).map_err(|e| io::Error::other(e.to_string()))?;
-    if !inner.state.security.is_empty() {
-        out.extend(codec::encode(&inner.state.security).map_err(|e| io::Error::other(e.to_string()))?);
+    let enc = |e: codec::CodecError| io::Error::other(e.to_string());
+    let state = &inner.state;
+    let mut out = codec::encode(state).map_err(enc)?;
+    if !state.security.is_empty() || !state.listeners.is_empty() {
+        out.extend(codec::encode(&state.security).map_err(enc)?);
+    }
+    if !state.listeners.is_empty() {
+        out.extend(codec::encode(&state.listeners).map_err(enc)?);
     }
     Ok(out)
 }
@@ -87,9 +93,16 @@ fn encode_snapshot(inner: &Inner) -> io::Result<Vec<u8>> {
 fn decode_snapshot(bytes: &[u8]) -> io::Result<ClusterState> {
     let (mut state, used): (ClusterState, usize) =
         codec::decode_prefix(bytes).map_err(|e| io::Error::other(format!("metadata snapshot: {e}")))?;
-    if used < bytes.len() {
-        state.security =
-            codec::decode(&bytes[used..]).map_err(|e| io::Error::other(format!("metadata snapshot, security: {e}")))?;
+    let mut rest = &bytes[used..];
+    if !rest.is_empty() {
+        let (security, used) =
+            codec::decode_prefix(rest).map_err(|e| io::Error::other(format!("metadata snapshot, security: {e}")))?;
+        state.security = security;
+        rest = &rest[used..];
+    }
+    if !rest.is_empty() {
+        state.listeners =
+            codec::decode(rest).map_err(|e| io::Error::other(format!("metadata snapshot, listeners: {e}")))?;
     }
     Ok(state)
 }
@@ -176,6 +189,7 @@ mod tests {
     use super::*;
     use runnel_meta::MetaCommand;
     use runnel_security::scram::{Credentials, Mechanism};
+    use std::collections::BTreeMap;
 
     fn inner(state: ClusterState) -> Inner {
         Inner { state, last_applied: None, membership: Default::default(), snapshot: None }
@@ -202,5 +216,18 @@ mod tests {
         assert_eq!(back, state);
         assert!(back.security.users.contains_key("alice"));
         assert!(decode_snapshot(&with[..with.len() - 1]).is_err(), "a cut snapshot is refused");
+
+        // Listeners follow the security part, which is then written even when empty.
+        let mut only_listeners = ClusterState::default();
+        let kafka = BTreeMap::from([("kafka".to_string(), "h:9092".to_string())]);
+        only_listeners.apply(&MetaCommand::SetListeners { id: 1, listeners: kafka.clone() });
+        let bytes = encode_snapshot(&inner(only_listeners.clone())).unwrap();
+        assert_eq!(decode_snapshot(&bytes).unwrap(), only_listeners);
+        state.apply(&MetaCommand::SetListeners { id: 2, listeners: kafka });
+        let both = encode_snapshot(&inner(state.clone())).unwrap();
+        let back = decode_snapshot(&both).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.listeners[&2]["kafka"], "h:9092");
+        assert!(decode_snapshot(&both[..both.len() - 1]).is_err(), "a cut snapshot is refused");
     }
 }

@@ -192,7 +192,17 @@ impl Runnel for Api {
             leader_epoch: r.leader_epoch,
             partition_epoch: r.partition_epoch,
         };
-        Ok(Response::new(match outcome(self.service.fetch(&ctx, cmd).await)? {
+        // gRPC clients read Runnel batches only: batches a Kafka client produced are stored as it
+        // sent them and transcoded here, on the way out (ADR 0020).
+        let fetched = self.service.fetch(&ctx, cmd).await.and_then(|mut o| {
+            for fetched in &mut o.batches {
+                if let Some(batch) = fetched.batch.as_mut().filter(|b| b.compression == runnel_records::KAFKA_BATCH) {
+                    *batch = runnel_records::to_runnel(batch)?;
+                }
+            }
+            Ok(o)
+        });
+        Ok(Response::new(match outcome(fetched)? {
             Ok(o) => FetchResponse {
                 error: None,
                 high_watermark: o.high_watermark,
@@ -441,11 +451,9 @@ impl Runnel for Api {
         &self,
         req: Request<FindCoordinatorRequest>,
     ) -> Result<Response<FindCoordinatorResponse>, Status> {
-        let who = self.principal(&req)?;
+        let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        self.check(&who, Operation::Describe, ResourceType::Group, &r.group)?;
-        self.gate().throttle(&who, None).await;
-        Ok(Response::new(match self.service.coordinator.find(&r.group).await {
+        Ok(Response::new(match outcome(self.service.find_coordinator(&ctx, &r.group).await)? {
             Ok((partition, node_id, addr)) => FindCoordinatorResponse { error: None, node_id, addr, partition },
             Err(e) => FindCoordinatorResponse { error: err(&e), ..Default::default() },
         }))
@@ -486,18 +494,12 @@ impl Runnel for Api {
         &self,
         req: Request<CommitOffsetsRequest>,
     ) -> Result<Response<CommitOffsetsResponse>, Status> {
-        let who = self.principal(&req)?;
+        let ctx = self.ctx(&req)?;
         let r = req.into_inner();
-        // As in Kafka: committing needs read access to the group and to every topic named.
-        self.check(&who, Operation::Read, ResourceType::Group, &r.group)?;
-        let topics: std::collections::BTreeSet<&str> = r.offsets.iter().map(|o| o.topic.as_str()).collect();
-        for t in topics {
-            self.check(&who, Operation::Read, ResourceType::Topic, t)?;
-        }
-        self.gate().throttle(&who, None).await;
-        Ok(Response::new(CommitOffsetsResponse {
-            error: self.service.coordinator.commit(r).await.err().as_ref().and_then(err),
-        }))
+        // The service checks read access to the group and to every topic named, as Kafka does.
+        let offsets = r.offsets.into_iter().map(|o| (o.topic, o.partition, o.offset, o.metadata)).collect();
+        let committed = self.service.commit_offsets(&ctx, &r.group, &r.member_id, r.generation, offsets).await;
+        Ok(Response::new(CommitOffsetsResponse { error: outcome(committed)?.err().as_ref().and_then(err) }))
     }
 
     async fn fetch_offsets(&self, req: Request<FetchOffsetsRequest>) -> Result<Response<FetchOffsetsResponse>, Status> {

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use runnel_types::{NodeId, DEFAULT_PORT};
+use runnel_types::{NodeId, DEFAULT_KAFKA_PORT, DEFAULT_PORT};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +106,17 @@ pub struct NodeConfig {
     pub token_lifetime_secs: u64,
     /// Most open connections from one IP address (TLS listeners; further ones are closed at once).
     pub max_connections_per_ip: u32,
+    /// Address the Kafka-protocol listener binds (unset: no Kafka listener; `runnel dev` binds
+    /// 127.0.0.1:9092). Existing Kafka clients and tools connect here.
+    pub kafka_listen: Option<SocketAddr>,
+    /// `host:port` Kafka clients are told to use for this node (default: `kafka_listen`).
+    pub kafka_advertise: Option<String>,
+    /// A Kafka client's Metadata request for a topic that does not exist creates it (as Kafka's
+    /// `auto.create.topics.enable`), with `kafka_default_partitions` partitions.
+    pub kafka_auto_create_topics: bool,
+    /// Partitions of a topic created by a Kafka client without saying how many (Kafka's
+    /// `num.partitions`).
+    pub kafka_default_partitions: u32,
 }
 
 impl Default for NodeConfig {
@@ -139,12 +150,16 @@ impl Default for NodeConfig {
             bootstrap_user: None,
             token_lifetime_secs: 3_600,
             max_connections_per_ip: 1_000,
+            kafka_listen: None,
+            kafka_advertise: None,
+            kafka_auto_create_topics: true,
+            kafka_default_partitions: 1,
         }
     }
 }
 
 /// The keys a node reads from `RUNNEL_<KEY>` environment variables.
-const ENV_KEYS: [&str; 28] = [
+const ENV_KEYS: [&str; 32] = [
     "node_id",
     "listen",
     "advertise",
@@ -173,6 +188,10 @@ const ENV_KEYS: [&str; 28] = [
     "bootstrap_user",
     "token_lifetime_secs",
     "max_connections_per_ip",
+    "kafka_listen",
+    "kafka_advertise",
+    "kafka_auto_create_topics",
+    "kafka_default_partitions",
 ];
 
 /// Reads the comma-separated lists among the `RUNNEL_*` variables (figment takes each as one
@@ -259,6 +278,9 @@ impl NodeConfig {
         }
         if let Some(d) = data_dir {
             cfg.data_dir = d;
+        }
+        if cfg.kafka_listen.is_none() {
+            cfg.kafka_listen = Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_KAFKA_PORT)));
         }
         cfg.voters = vec![format!("{}={}", cfg.node_id, cfg.advertise_addr())];
         cfg.validate()?;
@@ -368,6 +390,27 @@ impl NodeConfig {
                 self.token_lifetime_secs,
                 &format!("must be between 1 and {MAX_TOKEN_LIFETIME_SECS} (30 days)"),
             ));
+        }
+        if self.kafka_default_partitions == 0 {
+            return Err(invalid("kafka_default_partitions", 0, "a topic has at least 1 partition"));
+        }
+        if let Some(k) = self.kafka_listen {
+            if k == self.listen && k.port() != 0 {
+                return Err(invalid("kafka_listen", k, "the gRPC listener (listen) already binds this address"));
+            }
+            if self.kafka_advertise.is_none() && k.ip().is_unspecified() {
+                return Err(invalid(
+                    "kafka_listen",
+                    k,
+                    "binds every interface: set kafka_advertise to the host:port Kafka clients should use",
+                ));
+            }
+        }
+        if let Some(a) = &self.kafka_advertise {
+            let port = a.rsplit_once(':').and_then(|(h, p)| p.parse::<u16>().ok().filter(|_| !h.is_empty()));
+            if port.is_none() {
+                return Err(invalid("kafka_advertise", a, "expected host:port"));
+            }
         }
         if self.max_connections_per_ip == 0 {
             return Err(invalid("max_connections_per_ip", 0, "at least 1"));

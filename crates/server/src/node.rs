@@ -1,6 +1,6 @@
 //! One Runnel node: storage, the metadata group, the broker, and one gRPC server for all of it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -280,6 +280,21 @@ where
     let node_id = cfg.node_id;
     let advertise = cfg.advertise_addr();
     let timing = RaftTiming { heartbeat_ms: cfg.raft_heartbeat_ms, election_timeout_ms: cfg.raft_election_timeout_ms };
+    // Bound first, so the address it advertises is known to the heartbeats that record it.
+    let kafka = match cfg.kafka_listen {
+        Some(addr) => {
+            let l =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding kafka_listen {addr}"))?;
+            let advertised = match &cfg.kafka_advertise {
+                Some(a) => a.clone(),
+                None => l.local_addr().with_context(|| format!("the address kafka_listen {addr} bound"))?.to_string(),
+            };
+            Some((l, advertised))
+        }
+        None => None,
+    };
+    let listeners: HashMap<String, String> =
+        kafka.iter().map(|(_, a)| (runnel_kafka::KAFKA_LISTENER.to_string(), a.clone())).collect();
     let NodeEnv {
         engine,
         syncer,
@@ -370,6 +385,7 @@ where
         Heartbeat {
             node_id,
             advertise: advertise.clone(),
+            listeners,
             incarnation,
             every: Duration::from_millis(cfg.broker_heartbeat_ms),
             session: Duration::from_millis(cfg.broker_session_timeout_ms),
@@ -437,6 +453,19 @@ where
         coordinator,
         gate,
     });
+    let kafka_listener = kafka.map(|(listener, advertised)| {
+        tracing::info!(node_id, kafka_listen = ?cfg.kafka_listen, kafka_advertise = %advertised, "Kafka listener ready");
+        let front = runnel_kafka::KafkaFrontEnd {
+            service: service.clone(),
+            settings: runnel_kafka::KafkaSettings {
+                advertised,
+                auto_create_topics: cfg.kafka_auto_create_topics,
+                default_partitions: cfg.kafka_default_partitions,
+                max_frame_bytes: runnel_kafka::MAX_FRAME_BYTES,
+            },
+        };
+        tokio::spawn(runnel_kafka::serve(listener, Arc::new(front)))
+    });
     let api = Api { service };
     tracing::info!(node_id, listen = %cfg.listen, advertise = %advertise, data_dir = %cfg.data_dir.display(), "runnel node ready");
     tonic::transport::Server::builder()
@@ -470,6 +499,9 @@ where
         .await?;
 
     tracing::info!(node_id, "shutting down");
+    if let Some(k) = kafka_listener {
+        k.abort();
+    }
     heartbeats.abort();
     pinger.abort();
     elections.abort();
@@ -521,6 +553,8 @@ async fn shutdown_signal() {
 struct Heartbeat {
     node_id: NodeId,
     advertise: String,
+    /// This node's other listeners by protocol (`kafka`), recorded in the metadata.
+    listeners: HashMap<String, String>,
     incarnation: u64,
     every: Duration,
     /// Without an accepted heartbeat for this long the broker fences itself.
@@ -619,6 +653,7 @@ async fn heartbeat_loop(hb: Heartbeat, broker: Arc<Broker>, controller: Arc<Cont
             incarnation: hb.incarnation,
             shutting_down,
             leaders_unchanged: unchanged,
+            listeners: hb.listeners.clone(),
         };
         let mut c = match &client {
             Some((a, c)) if *a == target => c.clone(),

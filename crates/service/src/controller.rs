@@ -563,6 +563,13 @@ impl Controller {
             let m = m.borrow_watched();
             m.membership_config.membership().get_node(&req.broker_id).is_some()
         };
+        let listeners_known = view.state.listeners.get(&req.broker_id).cloned().unwrap_or_default();
+        if listeners_known.len() != req.listeners.len()
+            || req.listeners.iter().any(|(k, v)| listeners_known.get(k) != Some(v))
+        {
+            let listeners = req.listeners.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            self.propose(MetaCommand::SetListeners { id: req.broker_id, listeners }).await?;
+        }
         if !in_membership {
             let raft = self.raft();
             let (id, addr) = (req.broker_id, req.addr.clone());

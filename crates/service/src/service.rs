@@ -4,10 +4,11 @@
 //! carry `AUTHENTICATION_FAILED` / `AUTHORIZATION_FAILED` for the front-end to answer in its own
 //! terms.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use runnel_broker::{Broker, Partition};
 use runnel_meta::{BrokerRecord, ClusterState, PartitionRecord, TopicRecord};
 use runnel_proto::v1::{FetchedBatch, RecordBatch};
@@ -24,7 +25,7 @@ use runnel_types::{ErrorCode, NodeId, RunnelError};
 use crate::access::{Gatekeeper, MAX_TOKEN_LIFETIME};
 use crate::admin::{AdminCommand, PlannedMove};
 use crate::controller::Controller;
-use crate::coordinator::Coordinator;
+use crate::coordinator::{Coordinator, GroupDescription, KafkaJoin, KafkaJoined};
 
 /// Who is asking, as the front-end established it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -411,6 +412,125 @@ impl Service {
                 format!("{topic}/{partition}: node {to} did not take leadership within 5 s"),
             )),
         }
+    }
+}
+
+/// Consumer groups, for any protocol's front-end. As in Kafka: taking part in a group (join,
+/// sync, heartbeat, leave, commit) needs read access to it, and a commit read access to every
+/// topic it names too; looking at a group (its coordinator, offsets, description) needs describe
+/// access to it.
+impl Service {
+    /// Checks `op` on group `group` and waits out the caller's request quota.
+    async fn admit_group(&self, ctx: &RequestContext, op: Operation, group: &str) -> Result<(), RunnelError> {
+        self.gate.check(&ctx.principal, op, ResourceType::Group, group)?;
+        self.gate.throttle(&ctx.principal, None).await;
+        Ok(())
+    }
+
+    /// Which node coordinates `group`: (offsets partition, node id, its address on the node-to-node
+    /// and gRPC API). Creates the offsets topic on first use.
+    pub async fn find_coordinator(
+        &self,
+        ctx: &RequestContext,
+        group: &str,
+    ) -> Result<(u32, NodeId, String), RunnelError> {
+        self.admit_group(ctx, Operation::Describe, group).await?;
+        self.coordinator.find(group).await
+    }
+
+    pub async fn kafka_join(&self, ctx: &RequestContext, r: KafkaJoin) -> Result<KafkaJoined, RunnelError> {
+        self.admit_group(ctx, Operation::Read, &r.group).await?;
+        self.coordinator.kafka_join(r).await
+    }
+
+    pub async fn kafka_sync(
+        &self,
+        ctx: &RequestContext,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+        assignments: Vec<(String, Bytes)>,
+    ) -> Result<Bytes, RunnelError> {
+        self.admit_group(ctx, Operation::Read, group).await?;
+        self.coordinator.kafka_sync(group, member_id, generation, assignments).await
+    }
+
+    pub async fn kafka_heartbeat(
+        &self,
+        ctx: &RequestContext,
+        group: &str,
+        member_id: &str,
+        generation: u64,
+    ) -> Result<(), RunnelError> {
+        self.admit_group(ctx, Operation::Read, group).await?;
+        self.coordinator.kafka_heartbeat(group, member_id, generation).await
+    }
+
+    /// One result per member, in order; the outer error is for the whole request.
+    pub async fn kafka_leave(
+        &self,
+        ctx: &RequestContext,
+        group: &str,
+        member_ids: &[String],
+    ) -> Result<Vec<Result<(), RunnelError>>, RunnelError> {
+        self.admit_group(ctx, Operation::Read, group).await?;
+        self.coordinator.kafka_leave(group, member_ids).await
+    }
+
+    /// `offsets`: (topic, partition, offset, metadata); generation -1 and member "" for a commit
+    /// outside any generation (only while the group has no members).
+    pub async fn commit_offsets(
+        &self,
+        ctx: &RequestContext,
+        group: &str,
+        member_id: &str,
+        generation: i64,
+        offsets: Vec<(String, u32, u64, String)>,
+    ) -> Result<(), RunnelError> {
+        let who = &ctx.principal;
+        self.gate.check(who, Operation::Read, ResourceType::Group, group)?;
+        let topics: BTreeSet<&str> = offsets.iter().map(|(t, ..)| t.as_str()).collect();
+        for t in topics {
+            self.gate.check(who, Operation::Read, ResourceType::Topic, t)?;
+        }
+        self.gate.throttle(who, None).await;
+        self.coordinator.commit_offsets(group, member_id, generation, offsets).await
+    }
+
+    /// The group's committed offsets of the named partitions (all of them when `partitions` is
+    /// empty): (topic, partition, offset, metadata). Only topics the caller may describe are
+    /// answered; partitions without a commit are left out.
+    pub async fn committed_offsets(
+        &self,
+        ctx: &RequestContext,
+        group: &str,
+        partitions: &[(String, u32)],
+    ) -> Result<Vec<(String, u32, u64, String)>, RunnelError> {
+        self.admit_group(ctx, Operation::Describe, group).await?;
+        let offsets = self.coordinator.committed_offsets(group, partitions).await?;
+        Ok(offsets
+            .into_iter()
+            .filter(|(t, ..)| self.gate.may(&ctx.principal, Operation::Describe, ResourceType::Topic, t))
+            .collect())
+    }
+
+    /// A group as Kafka's DescribeGroups shows it; `Dead` when there is no such group.
+    pub async fn describe_group(&self, ctx: &RequestContext, group: &str) -> Result<GroupDescription, RunnelError> {
+        self.admit_group(ctx, Operation::Describe, group).await?;
+        self.coordinator.describe_group(group).await
+    }
+
+    /// The groups this node coordinates that the caller may describe (all of them with describe
+    /// access to the cluster): (group, protocol_type, state).
+    pub async fn list_groups(&self, ctx: &RequestContext) -> Result<Vec<(String, String, String)>, RunnelError> {
+        let who = &ctx.principal;
+        self.gate.throttle(who, None).await;
+        let all = self.gate.may(who, Operation::Describe, ResourceType::Cluster, CLUSTER);
+        let groups = self.coordinator.list_groups().await?;
+        Ok(groups
+            .into_iter()
+            .filter(|(g, ..)| all || self.gate.may(who, Operation::Describe, ResourceType::Group, g))
+            .collect())
     }
 }
 

@@ -21,5 +21,7 @@ pub const META_GROUP_ID: GroupId = 0;
 
 /// The port `runnel dev` and node 1 of `scripts/cluster.sh` listen on.
 pub const DEFAULT_PORT: u16 = 9292;
+/// The Kafka-protocol listener of `runnel dev` (Kafka's own default port).
+pub const DEFAULT_KAFKA_PORT: u16 = 9092;
 /// The address clients use when no `--bootstrap` is given.
 pub const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9292";

@@ -267,6 +267,7 @@ async fn produce_once(
             headers: vec![],
             timestamp_ms: 0,
             offset_delta: None,
+            ..Default::default()
         })
         .collect();
     rec.record(process, ms(start), Event::ProduceInvoke { topic: topic.into(), partition, values: values.clone() });
