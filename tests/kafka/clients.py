@@ -134,13 +134,13 @@ def group(args):
     a = Consumer(dict(conf, **{"client.id": "member-a"}))
     a.subscribe([args.topic])
     wait_assignment([a], [partitions], "one member")
-    seen = 0
+    seen = {}
     deadline = time.time() + DEADLINE_S
-    while seen < 50 * partitions and time.time() < deadline:
+    while (len(seen) < partitions or min(seen.values()) < 50) and time.time() < deadline:
         m = a.poll(0.5)
         if m is not None and not m.error():
-            seen += 1
-    check(seen >= 50 * partitions, f"consumed only {seen}")
+            seen[m.partition()] = seen.get(m.partition(), 0) + 1
+    check(len(seen) == partitions and min(seen.values()) >= 50, f"consumed {seen}")
     a.commit(asynchronous=False)
     positions = {tp.partition: tp.offset for tp in a.position(a.assignment())}
     committed = {tp.partition: tp.offset for tp in a.committed(a.assignment(), timeout=10)}

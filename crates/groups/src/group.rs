@@ -601,15 +601,23 @@ impl Groups {
             return Err(error(ErrorCode::UnknownMember, format!("member '{id}' is not in group '{}'", req.group)));
         };
         let unchanged = m.protocols == req.protocols;
+        let is_leader = g.kafka.as_ref().and_then(|k| k.leader.as_deref()) == Some(id.as_str());
         m.last_seen_ms = now_ms;
         m.session_timeout_ms = req.session_timeout_ms;
         m.rebalance_timeout_ms = req.rebalance_timeout_ms;
         m.client_id = req.client_id;
         m.client_host = req.client_host;
         m.group_instance_id = req.group_instance_id;
-        if unchanged && matches!(state, GroupState::Stable | GroupState::CompletingRebalance) {
-            // A rejoin that changes nothing (e.g. a retried JoinGroup whose answer was lost): the
-            // current generation, as Kafka answers it.
+        // A rejoin that changes nothing (e.g. a retried JoinGroup whose answer was lost): the
+        // current generation, as Kafka answers it. Except the leader's in a stable group: a leader
+        // rejoins because it wants to assign again (its view of the topics changed: it may have
+        // assigned before it knew a topic's partitions), so, as in Kafka, that starts a rebalance.
+        let answer_now = match state {
+            GroupState::CompletingRebalance => unchanged,
+            GroupState::Stable => unchanged && !is_leader,
+            _ => false,
+        };
+        if answer_now {
             return Ok(KafkaJoinOutcome::Ready(g.kafka_answer(&id)));
         }
         m.protocols = req.protocols;
@@ -1110,6 +1118,29 @@ mod tests {
         (gs, done)
     }
 
+    /// Found by kafka-python: a consumer's first JoinGroup may precede its metadata, so as leader
+    /// it assigns nothing, then rejoins unchanged once it knows the topic. Answered with the
+    /// current generation, its new assignment was never taken and it consumed nothing; as in
+    /// Kafka, a stable group's leader rejoining starts a rebalance.
+    #[test]
+    fn a_stable_leader_that_rejoins_unchanged_gets_a_new_generation() {
+        let mut gs = Groups::default();
+        kjoin(&mut gs, "", "a", &["range"], 0).unwrap();
+        gs.complete_if_ready("g", 1, &BTreeMap::new()).expect("a alone");
+        let SyncOutcome::Store(_) = gs.kafka_sync("g", "a", 1, vec![("a".into(), vec![])], 2).unwrap() else {
+            panic!("the leader's sync is stored")
+        };
+        gs.kafka_sync_stored("g", 1).unwrap();
+        assert_eq!(gs.get("g").unwrap().state, GroupState::Stable);
+        assert!(matches!(kjoin(&mut gs, "a", "", &["range"], 3).unwrap(), KafkaJoinOutcome::Wait { .. }));
+        let done = gs.complete_if_ready("g", 4, &BTreeMap::new()).expect("the leader rejoined");
+        assert_eq!((done.generation, done.kafka_answers["a"].leader.as_str()), (2, "a"));
+        let SyncOutcome::Store(_) = gs.kafka_sync("g", "a", 2, vec![("a".into(), b"t:0".to_vec())], 5).unwrap() else {
+            panic!("the new assignment is stored")
+        };
+        assert_eq!(gs.kafka_sync_stored("g", 2).unwrap()["a"], b"t:0".to_vec());
+    }
+
     #[test]
     fn kafka_join_forms_a_generation_with_a_leader_that_gets_every_member() {
         let (gs, done) = kafka_pair();
@@ -1165,11 +1196,11 @@ mod tests {
         assert_eq!(gs.get("g").unwrap().state, GroupState::Stable);
         assert_eq!(gs.kafka_sync("g", "a", 1, vec![], 7).unwrap(), SyncOutcome::Ready(b"A".to_vec()));
         gs.check_commit("g", "b", 1, &[]).unwrap();
-        // An unchanged rejoin of the leader is answered at once, with the member list.
-        let KafkaJoinOutcome::Ready(again) = kjoin(&mut gs, "a", "", &["range", "roundrobin"], 8).unwrap() else {
-            panic!("unchanged rejoin of a stable member")
+        // An unchanged rejoin of a follower is answered at once (a retried JoinGroup).
+        let KafkaJoinOutcome::Ready(again) = kjoin(&mut gs, "b", "", &["roundrobin", "range"], 8).unwrap() else {
+            panic!("unchanged rejoin of a stable follower")
         };
-        assert_eq!((again.generation, again.members.len()), (1, 2));
+        assert_eq!((again.generation, again.members.len()), (1, 0), "a follower gets no member list");
         // A rejoin with other protocols rebalances; the leader stays the leader.
         assert!(matches!(kjoin(&mut gs, "b", "", &["range"], 9).unwrap(), KafkaJoinOutcome::Wait { .. }));
         assert_eq!(gs.heartbeat("g", "a", 1, 10).unwrap_err().code, ErrorCode::RebalanceInProgress);
@@ -1306,11 +1337,11 @@ mod tests {
         assert_eq!(next.kafka_sync("g", "b", 1, vec![], 101).unwrap(), SyncOutcome::Ready(b"B".to_vec()));
         assert_eq!(next.kafka_sync("g", "a", 1, vec![], 101).unwrap(), SyncOutcome::Ready(vec![]));
         next.heartbeat("g", "a", 1, 102).unwrap();
-        // The leader rejoining with its stored protocol alone is unchanged: answered at once with
-        // the members' metadata as stored.
+        // A follower rejoining with its stored protocol alone is unchanged: answered at once (a
+        // leader's rejoin would start a rebalance, as in Kafka).
         let req = KafkaJoinRequest {
             group: "g".into(),
-            member_id: "a".into(),
+            member_id: "b".into(),
             fresh_member_id: String::new(),
             group_instance_id: None,
             client_id: "kc".into(),
@@ -1318,11 +1349,10 @@ mod tests {
             session_timeout_ms: 1000,
             rebalance_timeout_ms: 5000,
             protocol_type: "consumer".into(),
-            protocols: vec![("range".into(), b"range:a".to_vec())],
+            protocols: vec![("range".into(), b"range:b".to_vec())],
         };
         let KafkaJoinOutcome::Ready(answer) = next.kafka_join(req, 103).unwrap() else { panic!("stable rejoin") };
-        let listed: Vec<&[u8]> = answer.members.iter().map(|m| m.metadata.as_slice()).collect();
-        assert_eq!(listed, [b"range:a".as_slice(), b"range:b".as_slice()]);
+        assert_eq!((answer.generation, answer.leader.as_str(), answer.members.len()), (1, "a", 0));
         // a keeps heartbeating, b goes silent: it expires and the group rebalances.
         next.heartbeat("g", "a", 1, 1100).unwrap();
         assert_eq!(next.tick(1200, &BTreeMap::new()), vec!["g".to_string()]);
