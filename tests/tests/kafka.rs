@@ -191,3 +191,141 @@ async fn a_kafka_producer_creates_a_missing_topic() {
     let topics = client.metadata(&["auto-created".to_string()]).await.expect("metadata");
     assert_eq!(topics.topics.len(), 1, "{topics:?}");
 }
+
+/// A running `kcat -G` group member, its output and diagnostics collected line by line.
+struct Member {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    err: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Member {
+    fn start(bootstrap: &str, group: &str, topic: &str) -> Member {
+        let mut child = Command::new("kcat")
+            .args(["-b", bootstrap, "-G", group, topic, "-u", "-f", "%p %o %s\n"])
+            // Earliest: a member that gets a partition before anything is committed starts at its
+            // beginning, whenever the records arrive (kcat's default, latest, would race them).
+            .args(["-X", "auto.commit.interval.ms=100", "-X", "session.timeout.ms=6000"])
+            .args(["-X", "auto.offset.reset=earliest"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kcat is not installed: scripts/setup.sh installs it");
+        let collect = |pipe: Box<dyn std::io::Read + Send>| {
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    sink.lock().unwrap().push(line);
+                }
+            });
+            lines
+        };
+        let out = collect(Box::new(child.stdout.take().unwrap()));
+        let err = collect(Box::new(child.stderr.take().unwrap()));
+        Member { child, out, err }
+    }
+
+    /// The partitions of this member's latest assignment (kcat logs "assigned: t [0], t [2]").
+    fn assignment(&self) -> Option<Vec<u32>> {
+        let err = self.err.lock().unwrap();
+        let line = err.iter().rev().find(|l| l.contains("assigned:"))?;
+        let list = line.split("assigned:").nth(1)?;
+        let mut parts: Vec<u32> = list
+            .split(',')
+            .filter_map(|p| p.split('[').nth(1)?.trim_end_matches(|c| c == ']' || c == ' ').parse().ok())
+            .collect();
+        parts.sort();
+        Some(parts)
+    }
+
+    /// (partition, offset, value) of every record consumed so far.
+    fn records(&self) -> Vec<(u32, u64, String)> {
+        self.out
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| {
+                let mut it = l.splitn(3, ' ');
+                Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?, it.next()?.to_string()))
+            })
+            .collect()
+    }
+
+    /// SIGTERM: kcat leaves the group and commits what it consumed.
+    fn stop(mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn produce_to(bootstrap: &str, topic: &str, partition: u32, values: impl Iterator<Item = String>) {
+    let input: String = values.map(|v| v + "\n").collect();
+    kcat(&["-b", bootstrap, "-P", "-t", topic, "-p", &partition.to_string()], Some(input.as_bytes()));
+}
+
+/// Two `kcat -G` members split a topic's partitions between them and each reads only its own;
+/// after both leave and the node restarts, a new member continues from the committed offsets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_group_members_split_partitions_and_resume_after_a_restart() {
+    let mut cluster = Cluster::start(1);
+    cluster.wait_ready(READY).await;
+    let client = connect(&cluster).await;
+    client.create_topic("split", 4, 1, BTreeMap::new()).await.expect("create topic");
+    cluster.wait_leaders("split", READY).await;
+    let bootstrap = cluster.kafka_bootstrap();
+
+    let a = Member::start(&bootstrap, "kcat-group", "split");
+    wait_for(READY, "the first member to get every partition", || async {
+        (a.assignment()? == vec![0, 1, 2, 3]).then_some(())
+    })
+    .await;
+    let b = Member::start(&bootstrap, "kcat-group", "split");
+    let (mine_a, mine_b) = wait_for(READY, "the two members to split the partitions", || async {
+        let (x, y) = (a.assignment()?, b.assignment()?);
+        let mut all: Vec<u32> = x.iter().chain(&y).copied().collect();
+        all.sort();
+        (!x.is_empty() && !y.is_empty() && all == vec![0, 1, 2, 3]).then_some((x, y))
+    })
+    .await;
+    for p in 0..4 {
+        produce_to(&bootstrap, "split", p, (0..100).map(|i| format!("p{p}-{i}")));
+    }
+    wait_for(READY, "the members to read all 400 records", || async {
+        (a.records().len() + b.records().len() == 400).then_some(())
+    })
+    .await;
+    for (member, mine) in [(&a, &mine_a), (&b, &mine_b)] {
+        let records = member.records();
+        assert!(records.iter().all(|(p, _, _)| mine.contains(p)), "a member read only its partitions");
+        assert_eq!(records.len(), 100 * mine.len());
+        for (p, o, v) in records {
+            assert_eq!(v, format!("p{p}-{o}"));
+        }
+    }
+    a.stop();
+    b.stop();
+
+    cluster.stop(1);
+    cluster.restart(1);
+    cluster.wait_ready(READY).await;
+    cluster.wait_leaders("split", READY).await;
+    for p in 0..4 {
+        produce_to(&bootstrap, "split", p, (100..110).map(|i| format!("p{p}-{i}")));
+    }
+    let c = Member::start(&bootstrap, "kcat-group", "split");
+    wait_for(READY, "the new member to read the 40 new records", || async {
+        (c.records().len() >= 40).then_some(())
+    })
+    .await;
+    let mut read = c.records();
+    read.sort();
+    let expected: Vec<(u32, u64, String)> =
+        (0..4).flat_map(|p| (100..110).map(move |o| (p, o, format!("p{p}-{o}")))).collect();
+    assert_eq!(read, expected, "the group continued from its committed offsets, nothing read twice");
+    c.stop();
+}
