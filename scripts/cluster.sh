@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A local cluster of real `runnel` processes on 127.0.0.1.
-#   scripts/cluster.sh up 3|5   start N nodes (node 1 on 127.0.0.1:9292, node i on 9291+i); all are voters
+#   scripts/cluster.sh up 3|5   start N nodes (node 1 on 127.0.0.1:9292, node i on 9291+i; their Kafka
+#                               listeners on 9092, 9093, ...); all are voters
 #   scripts/cluster.sh down     stop them (SIGTERM, then SIGKILL after 10 s)
 #   scripts/cluster.sh status   which nodes run, and the cluster as node 1 sees it
 # State lives in ./runnel-cluster (data, logs, pids); `down` keeps the data, `clean` removes it.
@@ -10,6 +11,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 dir="${RUNNEL_CLUSTER_DIR:-$PWD/runnel-cluster}"
 # Another base port (e.g. for a second cluster on the same machine): RUNNEL_CLUSTER_BASE_PORT.
 base_port="${RUNNEL_CLUSTER_BASE_PORT:-9292}"
+kafka_base_port="${RUNNEL_CLUSTER_KAFKA_BASE_PORT:-9092}"
 
 ensure_binary() {
   if [ ! -x "$RUNNEL_BIN" ] || [ -n "${RUNNEL_REBUILD:-}" ]; then
@@ -35,11 +37,11 @@ up() {
       continue
     fi
     mkdir -p "$dir/node$i"
-    nohup "$RUNNEL_BIN" start --node-id "$i" \
+    RUNNEL_KAFKA_LISTEN="127.0.0.1:$((kafka_base_port + i - 1))" nohup "$RUNNEL_BIN" start --node-id "$i" \
       --listen "127.0.0.1:$((base_port + i - 1))" --data-dir "$dir/node$i" --voters "$voters" \
       >>"$dir/node$i.log" 2>&1 &
     echo $! >"$dir/node$i.pid"
-    echo "node $i: pid $!, 127.0.0.1:$((base_port + i - 1)), log $dir/node$i.log"
+    echo "node $i: pid $!, 127.0.0.1:$((base_port + i - 1)), Kafka 127.0.0.1:$((kafka_base_port + i - 1)), log $dir/node$i.log"
   done
   # Ready when node 1 reports a controller and all N brokers.
   for _ in $(seq 1 150); do

@@ -18,8 +18,11 @@ if cargo nextest --version >/dev/null 2>&1; then
   RUNNEL_IT_TLS=1 cargo nextest run --workspace --exclude runnel-sim --no-fail-fast -E 'binary(failover)' "$@"
   # The deterministic cluster simulation (fixed + random seeds; see scripts/sim.sh).
   sim_cargo nextest run -p runnel-sim --no-fail-fast "$@"
+  # librdkafka's own integration tests on the allowlist, against a node's Kafka listener.
+  "$here/librdkafka-tests.sh"
 else
   cargo test --workspace --exclude runnel-sim --no-fail-fast "$@"
   RUNNEL_IT_TLS=1 cargo test -p runnel-tests --test failover --no-fail-fast "$@"
   sim_cargo test -p runnel-sim --no-fail-fast "$@"
+  "$here/librdkafka-tests.sh"
 fi

@@ -927,7 +927,10 @@ impl Groups {
                 ),
             ));
         }
-        for (tp, o) in offsets {
+        // A Kafka consumer may seek back and commit the earlier position (Kafka's commits are
+        // "last write wins", and clients rely on it); Runnel's own members never move one back.
+        let may_regress = g.kafka.is_some();
+        for (tp, o) in offsets.iter().filter(|_| !may_regress) {
             if let Some((stored, _)) = g.offsets.get(tp).filter(|(v, _)| v.offset > *o) {
                 return Err(error(
                     ErrorCode::CommitRegression,
@@ -1139,6 +1142,19 @@ mod tests {
             panic!("the new assignment is stored")
         };
         assert_eq!(gs.kafka_sync_stored("g", 2).unwrap()["a"], b"t:0".to_vec());
+    }
+
+    #[test]
+    fn a_kafka_member_may_commit_an_earlier_offset_after_seeking_back() {
+        let mut gs = Groups::default();
+        kjoin(&mut gs, "", "a", &["range"], 0).unwrap();
+        gs.complete_if_ready("g", 1, &BTreeMap::new()).expect("a alone");
+        gs.kafka_sync("g", "a", 1, vec![("a".into(), vec![])], 2).unwrap();
+        gs.kafka_sync_stored("g", 1).unwrap();
+        let t0 = TopicPartition::new("t", 0);
+        let v = OffsetValue { offset: 50, metadata: String::new(), commit_timestamp_ms: 0, generation: 1 };
+        gs.apply_offset("g", t0.clone(), Some(v), 1);
+        gs.check_commit("g", "a", 1, &[(t0, 10)]).unwrap();
     }
 
     #[test]
