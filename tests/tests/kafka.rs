@@ -318,10 +318,8 @@ async fn kcat_group_members_split_partitions_and_resume_after_a_restart() {
         produce_to(&bootstrap, "split", p, (100..110).map(|i| format!("p{p}-{i}")));
     }
     let c = Member::start(&bootstrap, "kcat-group", "split");
-    wait_for(READY, "the new member to read the 40 new records", || async {
-        (c.records().len() >= 40).then_some(())
-    })
-    .await;
+    wait_for(READY, "the new member to read the 40 new records", || async { (c.records().len() >= 40).then_some(()) })
+        .await;
     let mut read = c.records();
     read.sort();
     let expected: Vec<(u32, u64, String)> =

@@ -144,6 +144,9 @@ fn sample_request(api: ApiKey, version: i16) -> Box<dyn Fn(&mut BytesMut, i16)> 
                 .with_resource_name(s("orders")),
         ])),
         ApiKey::FindCoordinator => enc(FindCoordinatorRequest::default().with_key(s("billing"))),
+        ApiKey::CreatePartitions => enc(CreatePartitionsRequest::default().with_timeout_ms(30_000).with_topics(vec![
+            create_partitions_request::CreatePartitionsTopic::default().with_name(topic()).with_count(6),
+        ])),
         ApiKey::JoinGroup => enc(JoinGroupRequest::default()
             .with_group_id(GroupId(s("billing")))
             .with_session_timeout_ms(10_000)
@@ -295,6 +298,7 @@ fn every_advertised_version_encodes_answers_a_client_decodes() {
                 ApiKey::CreateTopics => round(*api, v, CreateTopicsResponse::default()),
                 ApiKey::DeleteTopics => round(*api, v, DeleteTopicsResponse::default()),
                 ApiKey::DescribeConfigs => round(*api, v, DescribeConfigsResponse::default()),
+                ApiKey::CreatePartitions => round(*api, v, CreatePartitionsResponse::default()),
                 ApiKey::FindCoordinator => round(*api, v, FindCoordinatorResponse::default().with_port(9092)),
                 ApiKey::JoinGroup => round(*api, v, JoinGroupResponse::default().with_generation_id(3)),
                 ApiKey::SyncGroup => round(*api, v, SyncGroupResponse::default()),

@@ -227,6 +227,12 @@ pub enum MetaCommand {
         id: NodeId,
         listeners: BTreeMap<String, String>,
     },
+    /// Adds partitions to topic `name` (Kafka's CreatePartitions): one per replica set, numbered
+    /// after the existing ones. Existing partitions and their records are untouched.
+    AddPartitions {
+        name: String,
+        assignments: Vec<Vec<NodeId>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -324,38 +330,12 @@ impl ClusterState {
                 if assignments.is_empty() {
                     return MetaResponse::rejected(RunnelError::invalid_config("partitions", 0, "must be at least 1"));
                 }
-                for (p, replicas) in assignments.iter().enumerate() {
-                    let mut seen = replicas.clone();
-                    seen.sort_unstable();
-                    seen.dedup();
-                    if replicas.is_empty() || seen.len() != replicas.len() {
-                        return MetaResponse::rejected(RunnelError::internal(format!(
-                            "partition {p} of '{name}' has an invalid replica set {replicas:?}"
-                        )));
-                    }
-                    if let Some(unknown) = replicas.iter().find(|r| !self.brokers.contains_key(r)) {
-                        return MetaResponse::rejected(RunnelError::new(
-                            ErrorCode::NotEnoughBrokers,
-                            format!("partition {p} of '{name}' names broker {unknown}, which is not registered"),
-                        ));
-                    }
+                if let Err(e) = self.check_assignments(name, 0, assignments) {
+                    return MetaResponse::rejected(e);
                 }
                 let topic_id = self.next_topic_id.max(1);
                 self.next_topic_id = topic_id + 1;
-                let mut partitions = Vec::with_capacity(assignments.len());
-                for (p, replicas) in assignments.iter().enumerate() {
-                    let group_id = self.next_group_id.max(META_GROUP_ID + 1);
-                    self.next_group_id = group_id + 1;
-                    partitions.push(PartitionRecord {
-                        partition: p as u32,
-                        group_id,
-                        replicas: replicas.clone(),
-                        leader: None,
-                        leader_epoch: 0,
-                        partition_epoch: 1,
-                        target_replicas: None,
-                    });
-                }
+                let partitions = self.new_partitions(0, assignments);
                 self.topics.insert(
                     name.clone(),
                     TopicRecord { name: name.clone(), topic_id, config: config.clone(), partitions },
@@ -388,6 +368,26 @@ impl ClusterState {
                 Ok(()) => MetaResponse::Done,
                 Err(e) => MetaResponse::rejected(e),
             },
+            MetaCommand::AddPartitions { name, assignments } => {
+                let Some(existing) = self.topics.get(name).map(|t| t.partitions.len() as u32) else {
+                    return MetaResponse::rejected(RunnelError::unknown_topic(name));
+                };
+                if assignments.is_empty() {
+                    return MetaResponse::rejected(RunnelError::invalid_config(
+                        "partitions",
+                        existing,
+                        "adding partitions needs at least one new partition",
+                    ));
+                }
+                if let Err(e) = self.check_assignments(name, existing, assignments) {
+                    return MetaResponse::rejected(e);
+                }
+                let added = self.new_partitions(existing, assignments);
+                if let Some(t) = self.topics.get_mut(name) {
+                    t.partitions.extend(added);
+                }
+                MetaResponse::Done
+            }
             MetaCommand::SetListeners { id, listeners } => {
                 if listeners.is_empty() {
                     self.listeners.remove(id);
@@ -589,6 +589,49 @@ impl ClusterState {
     }
 }
 
+impl ClusterState {
+    /// Every replica set names distinct, registered brokers. Partitions are numbered from `first`.
+    fn check_assignments(&self, name: &str, first: u32, assignments: &[Vec<NodeId>]) -> Result<(), RunnelError> {
+        for (i, replicas) in assignments.iter().enumerate() {
+            let p = first as usize + i;
+            let mut seen = replicas.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            if replicas.is_empty() || seen.len() != replicas.len() {
+                return Err(RunnelError::internal(format!(
+                    "partition {p} of '{name}' has an invalid replica set {replicas:?}"
+                )));
+            }
+            if let Some(unknown) = replicas.iter().find(|r| !self.brokers.contains_key(r)) {
+                return Err(RunnelError::new(
+                    ErrorCode::NotEnoughBrokers,
+                    format!("partition {p} of '{name}' names broker {unknown}, which is not registered"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// New partitions numbered from `first`, each with a fresh Raft group.
+    fn new_partitions(&mut self, first: u32, assignments: &[Vec<NodeId>]) -> Vec<PartitionRecord> {
+        let mut partitions = Vec::with_capacity(assignments.len());
+        for (i, replicas) in assignments.iter().enumerate() {
+            let group_id = self.next_group_id.max(META_GROUP_ID + 1);
+            self.next_group_id = group_id + 1;
+            partitions.push(PartitionRecord {
+                partition: first + i as u32,
+                group_id,
+                replicas: replicas.clone(),
+                leader: None,
+                leader_epoch: 0,
+                partition_epoch: 1,
+                target_replicas: None,
+            });
+        }
+        partitions
+    }
+}
+
 fn unknown_broker(id: NodeId) -> RunnelError {
     RunnelError::new(ErrorCode::InvalidRequest, format!("broker {id} is not registered"))
 }
@@ -611,6 +654,9 @@ impl std::fmt::Display for MetaCommand {
             }
             MetaCommand::DeleteTopic { name } => write!(f, "DeleteTopic({name})"),
             MetaCommand::SetListeners { id, listeners } => write!(f, "SetListeners(id={id}, {listeners:?})"),
+            MetaCommand::AddPartitions { name, assignments } => {
+                write!(f, "AddPartitions({name}, {} more)", assignments.len())
+            }
             MetaCommand::AlterTopicConfig { name, set, delete } => {
                 write!(f, "AlterTopicConfig({name}, set {set:?}, delete {delete:?})")
             }
@@ -645,6 +691,30 @@ mod tests {
             s.apply(&MetaCommand::RegisterBroker { id, addr: format!("h:{id}"), incarnation: 7 });
         }
         s
+    }
+
+    #[test]
+    fn added_partitions_follow_the_existing_ones_with_new_groups() {
+        let mut s = ClusterState::default();
+        for id in 1..=3 {
+            s.apply(&MetaCommand::RegisterBroker { id, addr: format!("h:{id}"), incarnation: 7 });
+        }
+        let config = TopicConfig::default();
+        s.apply(&MetaCommand::CreateTopic { name: "t".into(), config, assignments: vec![vec![1, 2]] });
+        let first_group = s.topics["t"].partitions[0].group_id;
+        let r = s.apply(&MetaCommand::AddPartitions { name: "t".into(), assignments: vec![vec![2, 3], vec![3, 1]] });
+        assert_eq!(r, MetaResponse::Done);
+        let parts: Vec<(u32, u64, Vec<u64>)> =
+            s.topics["t"].partitions.iter().map(|p| (p.partition, p.group_id, p.replicas.clone())).collect();
+        assert_eq!(
+            parts,
+            vec![(0, first_group, vec![1, 2]), (1, first_group + 1, vec![2, 3]), (2, first_group + 2, vec![3, 1])]
+        );
+        let bad = s.apply(&MetaCommand::AddPartitions { name: "t".into(), assignments: vec![vec![9]] });
+        assert!(matches!(bad, MetaResponse::Rejected { .. }), "an unregistered broker is refused");
+        assert_eq!(s.topics["t"].partitions.len(), 3, "a refused change adds nothing");
+        let none = s.apply(&MetaCommand::AddPartitions { name: "nope".into(), assignments: vec![vec![1]] });
+        assert!(matches!(none, MetaResponse::Rejected { .. }));
     }
 
     #[test]

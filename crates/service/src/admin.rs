@@ -18,19 +18,59 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AdminCommand {
-    CreateTopic { name: String, partitions: u32, replication_factor: u32, configs: BTreeMap<String, String> },
-    DeleteTopic { name: String },
-    AlterTopicConfig { topic: String, set: BTreeMap<String, String>, delete: Vec<String> },
-    Decommission { node: NodeId, cancel: bool },
-    Reassign { topic: String, partition: u32, replicas: Vec<NodeId> },
-    Rebalance { dry_run: bool },
-    ReplaceVoter { remove: NodeId, add: NodeId },
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication_factor: u32,
+        configs: BTreeMap<String, String>,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    AlterTopicConfig {
+        topic: String,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    },
+    Decommission {
+        node: NodeId,
+        cancel: bool,
+    },
+    Reassign {
+        topic: String,
+        partition: u32,
+        replicas: Vec<NodeId>,
+    },
+    Rebalance {
+        dry_run: bool,
+    },
+    ReplaceVoter {
+        remove: NodeId,
+        add: NodeId,
+    },
     NewProducerId,
-    PutUser { name: String, credentials: Vec<Credentials> },
-    DeleteUser { name: String },
-    AddAcls { rules: Vec<AclRule> },
-    RemoveAcls { rules: Vec<AclRule> },
-    SetQuota { principal: String, quota: Option<Quota> },
+    PutUser {
+        name: String,
+        credentials: Vec<Credentials>,
+    },
+    DeleteUser {
+        name: String,
+    },
+    AddAcls {
+        rules: Vec<AclRule>,
+    },
+    RemoveAcls {
+        rules: Vec<AclRule>,
+    },
+    SetQuota {
+        principal: String,
+        quota: Option<Quota>,
+    },
+    /// Grows `topic` to `total` partitions (appended: earlier commands keep their encoding).
+    CreatePartitions {
+        topic: String,
+        total: u32,
+    },
 }
 
 impl AdminCommand {
@@ -51,6 +91,7 @@ impl AdminCommand {
             AdminCommand::AddAcls { rules } => format!("add {} ACL(s)", rules.len()),
             AdminCommand::RemoveAcls { rules } => format!("remove {} ACL(s)", rules.len()),
             AdminCommand::SetQuota { principal, .. } => format!("set the quota of {principal}"),
+            AdminCommand::CreatePartitions { topic, total } => format!("grow topic '{topic}' to {total} partitions"),
         }
     }
 }

@@ -130,6 +130,9 @@ impl Controller {
             AdminCommand::AlterTopicConfig { topic, set, delete } => {
                 self.alter_topic_config(&topic, &set, &delete).await.map(AdminAnswer::Topic)
             }
+            AdminCommand::CreatePartitions { topic, total } => {
+                self.create_partitions(&topic, total).await.map(AdminAnswer::Topic)
+            }
             AdminCommand::Decommission { node, cancel } => {
                 self.decommission(node, cancel).await.map(AdminAnswer::Remaining)
             }
@@ -526,6 +529,31 @@ impl Controller {
             return Err(self.not_controller());
         }
         self.propose(MetaCommand::DeleteTopic { name: name.to_string() }).await.map(|_| ())
+    }
+
+    /// Grows `name` to `total` partitions; the new ones are placed like a new topic's, with the
+    /// topic's replication factor.
+    async fn create_partitions(&self, name: &str, total: u32) -> Result<TopicRecord, RunnelError> {
+        if !self.is_controller() {
+            return Err(self.not_controller());
+        }
+        let view = self.sm.current();
+        let t = view.state.topics.get(name).ok_or_else(|| RunnelError::unknown_topic(name))?;
+        let current = t.partitions.len() as u32;
+        if total <= current || total > MAX_PARTITIONS_PER_TOPIC {
+            return Err(RunnelError::invalid_config(
+                "partitions",
+                total,
+                &format!(
+                    "topic '{name}' has {current}; partitions can only be added, up to {MAX_PARTITIONS_PER_TOPIC}"
+                ),
+            ));
+        }
+        let rf = t.partitions.first().map_or(1, |p| p.replicas.len() as u32);
+        let live = self.live_brokers();
+        let assignments = place_partitions(&view.state, &live, total - current, rf)?;
+        self.propose(MetaCommand::AddPartitions { name: name.to_string(), assignments }).await?;
+        self.sm.current().state.topics.get(name).cloned().ok_or_else(|| RunnelError::unknown_topic(name))
     }
 
     async fn heartbeat(self: &Arc<Self>, req: BrokerHeartbeatRequest) -> Result<u64, RunnelError> {

@@ -322,6 +322,19 @@ impl Service {
         Ok((configs, overridden))
     }
 
+    /// Grows `topic` to `total` partitions (Kafka's CreatePartitions).
+    pub async fn create_partitions(
+        &self,
+        ctx: &RequestContext,
+        topic: &str,
+        total: u32,
+    ) -> Result<TopicRecord, RunnelError> {
+        self.gate.check(&ctx.principal, Operation::Alter, ResourceType::Topic, topic)?;
+        self.gate.throttle(&ctx.principal, None).await;
+        let cmd = AdminCommand::CreatePartitions { topic: topic.to_string(), total };
+        self.controller.execute(cmd).await?.into_topic()
+    }
+
     pub async fn alter_topic_config(
         &self,
         ctx: &RequestContext,

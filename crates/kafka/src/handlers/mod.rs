@@ -35,6 +35,7 @@ pub enum Request {
     CreateTopics(CreateTopicsRequest),
     DeleteTopics(DeleteTopicsRequest),
     DescribeConfigs(DescribeConfigsRequest),
+    CreatePartitions(CreatePartitionsRequest),
     FindCoordinator(FindCoordinatorRequest),
     JoinGroup(JoinGroupRequest),
     SyncGroup(SyncGroupRequest),
@@ -58,6 +59,7 @@ pub fn decode_request(api: ApiKey, version: i16, buf: &mut Bytes) -> Result<Requ
         ApiKey::CreateTopics => Request::CreateTopics(decode(api, version, buf)?),
         ApiKey::DeleteTopics => Request::DeleteTopics(decode(api, version, buf)?),
         ApiKey::DescribeConfigs => Request::DescribeConfigs(decode(api, version, buf)?),
+        ApiKey::CreatePartitions => Request::CreatePartitions(decode(api, version, buf)?),
         ApiKey::FindCoordinator => Request::FindCoordinator(decode(api, version, buf)?),
         ApiKey::JoinGroup => Request::JoinGroup(decode(api, version, buf)?),
         ApiKey::SyncGroup => Request::SyncGroup(decode(api, version, buf)?),
@@ -91,6 +93,7 @@ pub(crate) async fn dispatch(
         Request::CreateTopics(r) => some(topics::create_topics(front, r).await),
         Request::DeleteTopics(r) => some(topics::delete_topics(front, r, version).await),
         Request::DescribeConfigs(r) => some(topics::describe_configs(front, r).await),
+        Request::CreatePartitions(r) => some(topics::create_partitions(front, r).await),
         Request::FindCoordinator(r) => some(groups::find_coordinator(front, r, version).await),
         Request::JoinGroup(r) => {
             let client_id = header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default();

@@ -210,3 +210,52 @@ pub async fn describe_configs(
     }
     out
 }
+
+pub async fn create_partitions(
+    front: &KafkaFrontEnd,
+    req: kafka_protocol::messages::CreatePartitionsRequest,
+) -> kafka_protocol::messages::CreatePartitionsResponse {
+    use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+    let ctx = front.context();
+    let mut out = kafka_protocol::messages::CreatePartitionsResponse::default();
+    for t in req.topics {
+        let name = t.name.0.to_string();
+        let mut r = CreatePartitionsTopicResult::default();
+        r.name = t.name.clone();
+        let result = async {
+            let ctx = ctx.as_ref().map_err(Clone::clone)?;
+            if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+                return Err(RunnelError::new(
+                    ErrorCode::InvalidRequest,
+                    "manual replica assignments are not supported: give only the new partition count",
+                ));
+            }
+            let total = u32::try_from(t.count)
+                .map_err(|_| RunnelError::invalid_config("partitions", t.count, "must be positive"))?;
+            if req.validate_only {
+                let view = front.service.meta.current();
+                let current = view.state.topics.get(&name).ok_or_else(|| RunnelError::unknown_topic(&name))?;
+                if total <= current.partitions.len() as u32 {
+                    return Err(RunnelError::invalid_config(
+                        "partitions",
+                        total,
+                        &format!("topic '{name}' has {}; partitions can only be added", current.partitions.len()),
+                    ));
+                }
+                return Ok(());
+            }
+            front.service.create_partitions(ctx, &name, total).await.map(|_| ())
+        }
+        .await;
+        if let Err(e) = result {
+            r.error_code = if e.code == ErrorCode::InvalidConfig {
+                ResponseError::InvalidPartitions.code()
+            } else {
+                topic_error(&e)
+            };
+            r.error_message = message(&e);
+        }
+        out.results.push(r);
+    }
+    out
+}
