@@ -171,6 +171,15 @@ impl Group {
         }
     }
 
+    /// Adds a new member, which starts a rebalance unless one is under way.
+    fn admit(&mut self, member: Member, now_ms: u64) {
+        let id = member.id.clone();
+        self.members.insert(id.clone(), member);
+        if self.state != GroupState::PreparingRebalance {
+            self.start_rebalance(now_ms, Some(&id));
+        }
+    }
+
     fn start_rebalance(&mut self, now_ms: u64, except: Option<&str>) {
         self.state = GroupState::PreparingRebalance;
         // A leader's assignment still being stored belongs to the generation being replaced.
@@ -442,8 +451,7 @@ impl Groups {
         g.joins += 1;
         if req.member_id.is_empty() {
             let id = req.fresh_member_id.clone();
-            g.members.insert(
-                id.clone(),
+            g.admit(
                 Member {
                     id: id.clone(),
                     client_id: req.client_id,
@@ -460,10 +468,8 @@ impl Groups {
                     assignment_bytes: None,
                     join_order: g.joins,
                 },
+                now_ms,
             );
-            if g.state != GroupState::PreparingRebalance {
-                g.start_rebalance(now_ms, Some(&id));
-            }
             return Ok(JoinOutcome::Wait { member_id: id });
         }
         let id = req.member_id.clone();
@@ -571,8 +577,7 @@ impl Groups {
         g.joins += 1;
         if req.member_id.is_empty() {
             let id = req.fresh_member_id.clone();
-            g.members.insert(
-                id.clone(),
+            g.admit(
                 Member {
                     id: id.clone(),
                     client_id: req.client_id,
@@ -589,10 +594,8 @@ impl Groups {
                     assignment_bytes: None,
                     join_order: g.joins,
                 },
+                now_ms,
             );
-            if g.state != GroupState::PreparingRebalance {
-                g.start_rebalance(now_ms, Some(&id));
-            }
             return Ok(KafkaJoinOutcome::Wait { member_id: id });
         }
         let id = req.member_id.clone();
