@@ -91,7 +91,7 @@ pub enum Parsed {
         api: ApiKey,
         version: i16,
         header: RequestHeader,
-        request: Request,
+        request: Box<Request>,
     },
     /// An ApiVersions of a version this node does not know: answered with UNSUPPORTED_VERSION
     /// in v0 framing (its header and body parse in every version), so the client retries with a
@@ -124,7 +124,7 @@ pub fn parse(mut frame: Bytes) -> Result<Parsed, Closed> {
     if frame.has_remaining() {
         tracing::debug!(api = ?api, version, left = frame.remaining(), "request frame had bytes past its body");
     }
-    Ok(Parsed::Request { api, version, header, request })
+    Ok(Parsed::Request { api, version, header, request: Box::new(request) })
 }
 
 /// The answer to one request frame (size-prefixed, ready to write), `None` for a request that
@@ -137,7 +137,7 @@ pub async fn answer(front: &KafkaFrontEnd, frame: Bytes) -> Result<Option<Bytes>
             encode(ApiKey::ApiVersions, 0, correlation_id, &body).map(Some)
         }
         Parsed::Request { api, version, header, request } => {
-            match handlers::dispatch(front, version, &header, request).await {
+            match handlers::dispatch(front, version, &header, *request).await {
                 Some(body) => body.encode_answer(api, version, header.correlation_id).map(Some),
                 None => Ok(None),
             }

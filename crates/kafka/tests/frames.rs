@@ -91,10 +91,13 @@ fn records() -> Bytes {
     out.freeze()
 }
 
+/// Writes a request body of the given version.
+type Encoder = Box<dyn Fn(&mut BytesMut, i16)>;
+
 /// One representative request per API for `version`, with the fields that version carries filled
 /// in (an encoder refuses a field set that its version does not have).
-fn sample_request(api: ApiKey, version: i16) -> Box<dyn Fn(&mut BytesMut, i16)> {
-    fn enc<T: Encodable + 'static>(t: T) -> Box<dyn Fn(&mut BytesMut, i16)> {
+fn sample_request(api: ApiKey, version: i16) -> Encoder {
+    fn enc<T: Encodable + 'static>(t: T) -> Encoder {
         Box::new(move |b, v| t.encode(b, v).unwrap())
     }
     let topic = || TopicName(s("orders"));

@@ -44,7 +44,7 @@ pub async fn fetch(front: &KafkaFrontEnd, req: FetchRequest) -> FetchResponse {
         .collect();
     let ctx = front.context();
     let mut results = read_all(front, &ctx, &wanted, 0).await;
-    let ready: usize = results.iter().map(|r| r.as_ref().map_or(1, |f| batch_bytes(f))).sum();
+    let ready: usize = results.iter().map(|r| r.as_ref().map_or(1, batch_bytes)).sum();
     let wait = Duration::from_millis(req.max_wait_ms.max(0) as u64).min(MAX_WAIT);
     if ready < req.min_bytes.max(1) as usize && !wait.is_zero() && !wanted.is_empty() {
         // Nothing yet: wait on every partition at once; the first to get records (or the end

@@ -282,10 +282,13 @@ pub async fn offset_commit(front: &KafkaFrontEnd, req: OffsetCommitRequest) -> O
     out
 }
 
+/// Partitions asked for, by topic.
+type TopicPartitions = Vec<(String, Vec<i32>)>;
+
 pub async fn offset_fetch(front: &KafkaFrontEnd, req: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
     let mut out = OffsetFetchResponse::default();
     // Up to version 7 one group; from 8 a list of groups.
-    let asked: Vec<(String, Option<Vec<(String, Vec<i32>)>>)> = if version < 8 {
+    let asked: Vec<(String, Option<TopicPartitions>)> = if version < 8 {
         let topics = req
             .topics
             .as_ref()

@@ -135,7 +135,7 @@ pub async fn init_producer_id(front: &KafkaFrontEnd, req: InitProducerIdRequest)
     }
     // From version 3 a producer may ask for the next epoch of the id it has.
     let current = (req.producer_id.0 >= 0 && req.producer_epoch >= 0)
-        .then(|| (req.producer_id.0 as u64, req.producer_epoch as u32));
+        .then_some((req.producer_id.0 as u64, req.producer_epoch as u32));
     let result = match front.context() {
         Ok(ctx) => front.service.init_producer_id(&ctx, current).await,
         Err(e) => Err(e),
