@@ -10,7 +10,7 @@ cargo build --bin runnel --examples -p runnel-cli -p runnel-client
 dir="$(mktemp -d -t runnel-examples-XXXXXX)"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 addr="127.0.0.1:$port"
-"$RUNNEL_BIN" dev --listen "$addr" --data-dir "$dir/data" >"$dir/node.log" 2>&1 &
+RUNNEL_KAFKA_LISTEN=127.0.0.1:0 "$RUNNEL_BIN" dev --listen "$addr" --data-dir "$dir/data" >"$dir/node.log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -rf "$dir"; }
 trap cleanup EXIT

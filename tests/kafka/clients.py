@@ -122,7 +122,8 @@ def group(args):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     partitions = args.partitions
-    base_ts = 1_700_000_000_000
+    # Recent, so time retention (7 days by default) keeps them for the offsets_for_times check.
+    base_ts = int(time.time() * 1000) - 200_000
     p = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5})
     for part in range(partitions):
         for i in range(100):

@@ -72,9 +72,21 @@ pub fn client_config() -> runnel_client::ClientConfig {
     cfg
 }
 
+/// A port nothing listens on now, and never one this process handed out before: the OS may give
+/// a released port straight back, and a node's gRPC and Kafka ports (both drawn here before the
+/// node binds them) must differ. Found by a full run: node 3's gRPC port was node 2's Kafka port,
+/// so node 3 never started and node 2 read gRPC's HTTP/2 preface as a Kafka frame.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Polls `f` until it returns `Some`, failing the test with `what` after `timeout`.

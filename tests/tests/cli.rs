@@ -25,6 +25,8 @@ async fn start_dev() -> Dev {
     let child = Command::new(runnel_bin())
         .args(["dev", "--listen", &addr, "--data-dir"])
         .arg(dir.path().join("data"))
+        // Not `runnel dev`'s 9092: tests run side by side.
+        .env("RUNNEL_KAFKA_LISTEN", "127.0.0.1:0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -319,6 +321,8 @@ async fn certificates_from_the_cli_secure_a_node() {
     let mut node = Command::new(runnel_bin())
         .args(["dev", "--listen", &addr, "--data-dir"])
         .arg(dir.path().join("data"))
+        // Not `runnel dev`'s 9092: tests run side by side.
+        .env("RUNNEL_KAFKA_LISTEN", "127.0.0.1:0")
         .env("RUNNEL_TLS_CA_FILE", certs.join("ca.pem"))
         .env("RUNNEL_TLS_CERT_FILE", certs.join("node-1.pem"))
         .env("RUNNEL_TLS_KEY_FILE", certs.join("node-1.key"))
@@ -365,6 +369,8 @@ async fn users_rules_quotas_and_tokens_from_the_cli() {
     let mut node = Command::new(runnel_bin())
         .args(["dev", "--listen", &addr, "--data-dir"])
         .arg(dir.path().join("data"))
+        // Not `runnel dev`'s 9092: tests run side by side.
+        .env("RUNNEL_KAFKA_LISTEN", "127.0.0.1:0")
         .env("RUNNEL_REQUIRE_AUTH", "true")
         .env("RUNNEL_SUPERUSERS", "User:admin")
         .env("RUNNEL_BOOTSTRAP_USER", "admin:admin-password-1")

@@ -127,6 +127,10 @@ pub struct Group {
     /// `Some` for a group of Kafka consumers (classic protocol).
     pub kafka: Option<KafkaGroup>,
     rebalance_deadline_ms: u64,
+    /// Kafka: a rebalance that an empty group's first join started completes no earlier than this
+    /// (Kafka's `group.initial.rebalance.delay.ms`), so members starting together form one
+    /// generation instead of a cascade of rebalances.
+    hold_until_ms: u64,
     /// Offsets-topic position of the latest group record applied.
     record_position: u64,
     /// Counts (re)joins, for [`Member::join_order`].
@@ -147,6 +151,7 @@ impl Group {
             offsets: BTreeMap::new(),
             kafka: None,
             rebalance_deadline_ms: 0,
+            hold_until_ms: 0,
             record_position: 0,
             joins: 0,
             pending_assignment: None,
@@ -171,12 +176,18 @@ impl Group {
         }
     }
 
-    /// Adds a new member, which starts a rebalance unless one is under way.
-    fn admit(&mut self, member: Member, now_ms: u64) {
+    /// Adds a new member, which starts a rebalance unless one is under way. `initial_delay_ms`:
+    /// how long a Kafka group that had no members holds its first rebalance open for more members,
+    /// each new one extending the hold (never past the rebalance deadline), as Kafka does.
+    fn admit(&mut self, member: Member, now_ms: u64, initial_delay_ms: u64) {
         let id = member.id.clone();
+        let was_empty = self.members.is_empty();
         self.members.insert(id.clone(), member);
         if self.state != GroupState::PreparingRebalance {
             self.start_rebalance(now_ms, Some(&id));
+        }
+        if self.kafka.is_some() && initial_delay_ms > 0 && (was_empty || now_ms < self.hold_until_ms) {
+            self.hold_until_ms = (now_ms + initial_delay_ms).min(self.rebalance_deadline_ms);
         }
     }
 
@@ -398,7 +409,14 @@ pub struct Completed {
 #[derive(Debug, Default)]
 pub struct Groups {
     pub groups: BTreeMap<String, Group>,
+    /// Kafka's `group.initial.rebalance.delay.ms` for Kafka groups (0: none; the coordinator uses
+    /// [`KAFKA_INITIAL_REBALANCE_DELAY_MS`]).
+    pub kafka_initial_delay_ms: u64,
 }
+
+/// Kafka's default `group.initial.rebalance.delay.ms`: consumers started together (a deployment
+/// rolling out) join one first generation instead of rebalancing once per member.
+pub const KAFKA_INITIAL_REBALANCE_DELAY_MS: u64 = 3_000;
 
 fn error(code: ErrorCode, msg: String) -> RunnelError {
     RunnelError::new(code, msg)
@@ -469,6 +487,7 @@ impl Groups {
                     join_order: g.joins,
                 },
                 now_ms,
+                0,
             );
             return Ok(JoinOutcome::Wait { member_id: id });
         }
@@ -502,6 +521,7 @@ impl Groups {
     /// A Kafka classic-protocol JoinGroup. Every member must give the same `protocol_type` and
     /// share at least one protocol with all the others; a group of Runnel members is refused.
     pub fn kafka_join(&mut self, req: KafkaJoinRequest, now_ms: u64) -> Result<KafkaJoinOutcome, RunnelError> {
+        let delay = self.kafka_initial_delay_ms;
         if req.protocol_type.is_empty() || req.protocols.is_empty() {
             return Err(error(
                 ErrorCode::InconsistentGroupProtocol,
@@ -595,6 +615,7 @@ impl Groups {
                     join_order: g.joins,
                 },
                 now_ms,
+                delay,
             );
             return Ok(KafkaJoinOutcome::Wait { member_id: id });
         }
@@ -729,7 +750,7 @@ impl Groups {
             return None;
         }
         let all_joined = g.members.values().all(|m| m.joined);
-        if !all_joined && now_ms < g.rebalance_deadline_ms {
+        if (!all_joined || now_ms < g.hold_until_ms) && now_ms < g.rebalance_deadline_ms {
             return None;
         }
         let removed: Vec<String> = g.members.values().filter(|m| !m.joined).map(|m| m.id.clone()).collect();
@@ -1158,6 +1179,26 @@ mod tests {
         let v = OffsetValue { offset: 50, metadata: String::new(), commit_timestamp_ms: 0, generation: 1 };
         gs.apply_offset("g", t0.clone(), Some(v), 1);
         gs.check_commit("g", "a", 1, &[(t0, 10)]).unwrap();
+    }
+
+    /// Found by librdkafka's test 0113 (l_unsubscribe): two consumers subscribing together must
+    /// form one first generation; completing at once for the first made it take every partition
+    /// and give half back a moment later (an extra assignment and revocation).
+    #[test]
+    fn an_empty_kafka_groups_first_rebalance_waits_for_members_starting_together() {
+        let mut gs = Groups { kafka_initial_delay_ms: 3000, ..Groups::default() };
+        kjoin(&mut gs, "", "a", &["range"], 0).unwrap();
+        assert!(gs.complete_if_ready("g", 10, &BTreeMap::new()).is_none(), "held open for more members");
+        kjoin(&mut gs, "", "b", &["range"], 2000).unwrap();
+        assert!(gs.complete_if_ready("g", 4000, &BTreeMap::new()).is_none(), "b's join extended the hold");
+        let done = gs.complete_if_ready("g", 5000, &BTreeMap::new()).expect("the hold is over");
+        assert_eq!((done.generation, done.kafka_answers.len()), (1, 2), "one generation with both");
+        // A later member joining a stable group is not held: everyone is asked to rejoin at once.
+        kjoin(&mut gs, "", "c", &["range"], 6000).unwrap();
+        for m in ["a", "b"] {
+            kjoin(&mut gs, m, "", &["range"], 6001).unwrap();
+        }
+        assert!(gs.complete_if_ready("g", 6002, &BTreeMap::new()).is_some());
     }
 
     #[test]

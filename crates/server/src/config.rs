@@ -629,6 +629,22 @@ mod tests {
     }
 
     #[test]
+    fn dev_listens_for_kafka_clients_on_9092_and_start_only_when_asked() {
+        let dev = NodeConfig::load_dev_from(None, None, no_env()).unwrap();
+        assert_eq!(dev.kafka_listen, Some("127.0.0.1:9092".parse().unwrap()));
+        assert_eq!(NodeConfig::default().kafka_listen, None);
+        let mut cfg = NodeConfig { kafka_listen: Some("0.0.0.0:9092".parse().unwrap()), ..dev.clone() };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("kafka_listen") && e.contains("kafka_advertise"), "{e}");
+        cfg.kafka_advertise = Some("broker-1.example:9092".into());
+        cfg.validate().unwrap();
+        cfg.kafka_advertise = Some("no-port".into());
+        assert!(cfg.validate().unwrap_err().to_string().contains("kafka_advertise"));
+        let same = NodeConfig { kafka_listen: Some(dev.listen), ..dev };
+        assert!(same.validate().unwrap_err().to_string().contains("already binds"));
+    }
+
+    #[test]
     fn dev_is_its_own_voter() {
         let cfg = NodeConfig::load_dev_from(None, None, no_env()).unwrap();
         assert_eq!(cfg.voter_map().unwrap().get(&1).map(String::as_str), Some("127.0.0.1:9292"));

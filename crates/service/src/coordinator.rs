@@ -398,7 +398,10 @@ impl Coordinator {
 
     /// Replays the partition into a fresh `Groups`.
     async fn load(&self, partition: Arc<Partition>, term: u64) -> Result<Shard, RunnelError> {
-        let mut groups = Groups::default();
+        let mut groups = Groups {
+            kafka_initial_delay_ms: runnel_groups::group::KAFKA_INITIAL_REBALANCE_DELAY_MS,
+            ..Groups::default()
+        };
         let now = self.now_ms();
         let hw = partition.sm.high_watermark();
         let mut offset = 0u64;
