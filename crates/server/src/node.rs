@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[cfg(feature = "rocksdb")]
 use anyhow::Context;
 use openraft::BasicNode;
 use runnel_broker::{Broker, BrokerDeps};
